@@ -382,7 +382,7 @@ def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rul
             continue
         old_ids, new_ids = ids[name]
         added = [u for u in new_ids if u not in set(old_ids)]
-        missing = sorted({repr(rule.source_of(u)) for u in added if rule.source_of(u) not in set(old_ids)})
+        missing = sorted({rule.source_of(u) for u in added if rule.source_of(u) not in set(old_ids)}, key=repr)
         if missing:
             problems.append(f"space {name!r}: {rule.name} names source IDs {missing} that are not old "
                             f"units of the space (old IDs: {list(old_ids)})")

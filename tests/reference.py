@@ -1,0 +1,59 @@
+"""A plain-NumPy transplant that loops over every entry the obvious way: the tests' reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neutral=0.0):
+    """One leaf transplanted entry by entry.
+
+    Args:
+      old, fresh: the old leaf and the new network's fresh leaf (NumPy).
+      old_axes, new_axes: the leaf's layout entries (space names or None; no Flat).
+      old_ids, new_ids: {space: list of IDs}.
+      rules: {space: (incoming, outgoing)} fill names: "fresh", "zeros" or "mean".
+      neutral: the value "zeros" means for this leaf.
+    """
+    out = np.empty(fresh.shape, fresh.dtype)
+    mapped = [a for a, s in enumerate(new_axes) if s is not None]
+    out_axis = mapped[-1] if mapped else None
+    for idx in np.ndindex(*fresh.shape):
+        source, spatial_pad, new_in, new_out = [], False, None, None
+        for axis, space in enumerate(new_axes):
+            if space is None:
+                shift = (fresh.shape[axis] - 1) // 2 - (old.shape[axis] - 1) // 2
+                o = idx[axis] - shift
+                spatial_pad |= not 0 <= o < old.shape[axis]
+                source.append(o)
+                continue
+            uid = new_ids[space][idx[axis]]
+            ids = old_ids[old_axes[axis]]
+            if uid in ids:
+                source.append(ids.index(uid))
+            else:
+                source.append(None)
+                if axis == out_axis:
+                    new_out = (axis, rules[space][0])
+                else:  # the last new input axis claims the entry, as in transplant
+                    new_in = (axis, rules[space][1])
+        if spatial_pad:
+            out[idx] = 0.0
+            continue
+        claim = new_in or new_out
+        if claim is None:
+            out[idx] = old[tuple(source)]
+            continue
+        axis, fill = claim
+        if fill == "fresh":
+            out[idx] = fresh[idx]
+        elif fill == "zeros":
+            out[idx] = neutral
+        else:  # mean over the old units of `axis`
+            values = []
+            for k in range(old.shape[axis]):
+                at = list(source)
+                at[axis] = k
+                values.append(old[tuple(at)])
+            out[idx] = np.mean(values)
+    return out
