@@ -5,25 +5,17 @@ and keep what it learned: unit IDs pair old and new units, a host-side plan turn
 into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able gathers.
 """
 
-from flaxsurgery.init import Rule
-from flaxsurgery.init import copy
-from flaxsurgery.init import fresh
-from flaxsurgery.init import fresh_in_zero_out
-from flaxsurgery.init import mean
-from flaxsurgery.init import split
-from flaxsurgery.init import zeros
-from flaxsurgery.layout import Flat
-from flaxsurgery.layout import chain_layout
-from flaxsurgery.spec import Plan
-from flaxsurgery.spec import plan
-from flaxsurgery.transplant import transplant
-from flaxsurgery.transplant import transplant_state
-from flaxsurgery.verify import VerifyReport
-from flaxsurgery.verify import map_units
-from flaxsurgery.verify import verify
+from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
+from flaxsurgery.layout import Concat, Flat, Grid, chain_layout
+from flaxsurgery.spec import Plan, plan
+from flaxsurgery.trace import trace_layout
+from flaxsurgery.transplant import transplant, transplant_state
+from flaxsurgery.verify import VerifyReport, map_units, verify
 
 __all__ = (
+    "Concat",
     "Flat",
+    "Grid",
     "Plan",
     "Rule",
     "VerifyReport",
@@ -35,6 +27,7 @@ __all__ = (
     "mean",
     "plan",
     "split",
+    "trace_layout",
     "transplant",
     "transplant_state",
     "verify",

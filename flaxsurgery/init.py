@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Mapping
-from typing import Union
 
 FILLS = ("fresh", "zeros", "mean")
 LAYER_INITS = ("identity", "near_identity", "fresh", "zeros")
 ROLES = ("input", "hidden", "output")
 NEAR_IDENTITY_NOISE = 0.01
 
-Source = Union[Hashable, Mapping]
+Source = Hashable | Mapping
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +24,53 @@ class Flat:
     positions: int
 
 
-AxisSpec = Optional[Union[str, Flat]]
+@dataclasses.dataclass(frozen=True)
+class Concat:
+    """An axis made of consecutive segments, each an axis entry (a space name, Flat, Grid).
+
+    A dense layer reading ``concatenate([a, b])`` has kernel rows ``Concat(("a", "b"))``: the
+    rows of ``a``'s units, then those of ``b``'s. Adding a unit to ``a`` inserts a row at the
+    end of the first segment. A space may appear in several segments (LSTM gates).
+    """
+
+    parts: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """An axis that is the row-major flattening of several parts, the last part fastest.
+
+    Each part is an axis entry (a space, Concat, ...) or an int: that many positions that carry
+    no units. ``Grid((49, "Conv_1"))`` is ``Flat("Conv_1", 49)``; ``Grid(("heads", "head_dim"))``
+    is an attention projection's heads x features axis.
+    """
+
+    parts: tuple
+
+
+AxisSpec = str | Flat | Concat | Grid | None
 Layout = Mapping[str, tuple]
 
 
-def space_of(axis: AxisSpec) -> Optional[str]:
-    """The space an axis entry names, or None."""
+def as_grid(axis: AxisSpec) -> AxisSpec:
+    """A Flat as the Grid it stands for; other entries as they are."""
+    return Grid((axis.positions, axis.space)) if isinstance(axis, Flat) else axis
+
+
+def spaces_in(axis: AxisSpec) -> tuple:
+    """Every space an axis entry names, in order (with repeats)."""
+    axis = as_grid(axis)
+    if isinstance(axis, (Concat, Grid)):
+        return tuple(s for part in axis.parts for s in spaces_in(part))
+    return () if axis is None or isinstance(axis, int) else (axis,)
+
+
+def space_of(axis: AxisSpec) -> str | None:
+    """The space a plain or Flat axis entry names, or None."""
     return axis.space if isinstance(axis, Flat) else axis
 
 
-def output_axis(axes: Sequence[AxisSpec]) -> Optional[int]:
+def output_axis(axes: Sequence[AxisSpec]) -> int | None:
     """Index of a leaf's output axis: its last mapped axis (None if no axis is mapped)."""
     mapped = [i for i, a in enumerate(axes) if a is not None]
     return mapped[-1] if mapped else None
@@ -45,7 +81,7 @@ def chain_layout(
     layers: Sequence[str],
     *,
     prefix: str = "params",
-    spatial_dims: Union[int, Mapping[str, int]] = 0,
+    spatial_dims: int | Mapping[str, int] = 0,
 ) -> dict[str, tuple]:
     """The layout of a chain of Dense/Conv layers (an MLP or a plain CNN).
 

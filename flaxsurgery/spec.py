@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import jax
 import numpy as np
 
 from flaxsurgery import init as rules_lib
-from flaxsurgery.layout import Flat, output_axis, space_of
+from flaxsurgery.layout import Concat, Grid, as_grid, output_axis, space_of, spaces_in
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 
-IdSpec = Union[int, Sequence[Hashable]]
+IdSpec = int | Sequence[Hashable]
 NEUTRAL_ONE = ("scale", "var")  # norm leaves whose neutral value is 1
 EXACTNESS = ("none", "greedy", "function")  # weakest first
 
@@ -31,17 +31,22 @@ class AxisPlan:
     Attributes:
       role: ``"input"``, ``"output"`` or ``"spatial"`` (an unmapped axis).
       gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
-      fill: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"``, ``"mean"``,
-        ``"zero"``), or None when the axis has no such entry.
+      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"``, ``"mean"``,
+        ``"zero"``): one kind, or several (a ``Concat`` of spaces with different rules), told
+        apart by the per-unit ``kind`` array; empty when the axis has no such entry.
       scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
       offset: whether a per-unit ``offset`` is added (a copied unit's bias).
+      prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
+        ones appended: the usual widening), the gather is a slice and a pad, which XLA fuses
+        better than a general gather.
     """
 
     role: str
     gather: bool
-    fill: Optional[str] = None
+    fills: tuple = ()
     scaled: bool = False
     offset: bool = False
+    prefix: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +65,17 @@ class LeafPlan:
     """
 
     path: str
-    source: Optional[str]
+    source: str | None
     init: str
     shape: tuple
     dtype: Any
     axes: tuple = ()
     neutral: float = 0.0
-    kernel_axes: Optional[tuple] = None
+    kernel_axes: tuple | None = None
 
     @property
     def needs_fresh(self) -> bool:
-        return self.init in ("fresh", "near_identity") or any(a.fill == "fresh" for a in self.axes)
+        return self.init in ("fresh", "near_identity") or any("fresh" in a.fills for a in self.axes)
 
     def fill_order(self) -> tuple:
         """Axes whose new entries are filled, weakest claim first: output, inputs, spatial.
@@ -79,7 +84,7 @@ class LeafPlan:
         spatial padding of a grown conv kernel is always zero.
         """
         rank = {"output": 0, "input": 1, "spatial": 2}
-        filled = [i for i, a in enumerate(self.axes) if a.fill is not None]
+        filled = [i for i, a in enumerate(self.axes) if a.fills]
         return tuple(sorted(filled, key=lambda i: rank[self.axes[i].role]))
 
 
@@ -158,12 +163,12 @@ class Plan:
         levels = [s.exactness() for s in self.spaces] + [e for _, _, e in self.layer_inits]
         return min(levels, key=EXACTNESS.index, default="function")
 
-    def for_state(self) -> "Plan":
+    def for_state(self) -> Plan:
         """The same plan with every new entry zero: for optimizer moments such as Adam's."""
         def zeroed(leaf: LeafPlan) -> LeafPlan:
             if leaf.init != "gather":
                 return dataclasses.replace(leaf, init="zero")
-            axes = tuple(dataclasses.replace(a, fill="zero") if a.fill else a for a in leaf.axes)
+            axes = tuple(dataclasses.replace(a, fills=("zero",)) if a.fills else a for a in leaf.axes)
             return dataclasses.replace(leaf, axes=axes)
 
         return dataclasses.replace(self, leaves=tuple(zeroed(leaf) for leaf in self.leaves))
@@ -195,12 +200,12 @@ def plan(
     new_tree: Any,
     layout: Mapping[str, tuple],
     *,
-    new_layout: Optional[Mapping[str, tuple]] = None,
-    spaces: Optional[Mapping[str, tuple[IdSpec, IdSpec]]] = None,
-    layer_map: Optional[Mapping[str, Optional[str]]] = None,
-    rules: Optional[Mapping[str, rules_lib.Rule]] = None,
+    new_layout: Mapping[str, tuple] | None = None,
+    spaces: Mapping[str, tuple[IdSpec, IdSpec]] | None = None,
+    layer_map: Mapping[str, str | None] | None = None,
+    rules: Mapping[str, rules_lib.Rule] | None = None,
     preset: str = "preserving",
-    leaf_rules: Optional[Mapping[str, str]] = None,
+    leaf_rules: Mapping[str, str] | None = None,
     drop: Sequence[str] = (),
 ) -> Plan:
     """Computes, on the host, how every leaf of `new_tree` is made from `old_tree`.
@@ -241,8 +246,9 @@ def plan(
     new_leaves, new_treedef = flatten(new_tree)
     old_axes = _resolve_layout(old_leaves, layout, "old", problems)
     new_axes = _resolve_layout(new_leaves, layout if new_layout is None else new_layout, "new", problems)
-    old_sizes = _space_sizes(old_leaves, old_axes, "old", problems)
-    new_sizes = _space_sizes(new_leaves, new_axes, "new", problems)
+    given_ids = {name: pair for name, pair in (spaces or {}).items() if isinstance(pair, (tuple, list)) and len(pair) == 2}
+    old_sizes = _space_sizes(old_leaves, old_axes, {k: _ids(v[0]) for k, v in given_ids.items()}, "old", problems)
+    new_sizes = _space_sizes(new_leaves, new_axes, {k: _ids(v[1]) for k, v in given_ids.items()}, "new", problems)
     ids = _space_ids(dict(spaces or {}), old_sizes, new_sizes, problems)
     roles = {**_roles(old_axes), **_roles(new_axes)}
     chosen = _space_rules(dict(rules or {}), roles, rules_lib.PRESETS[preset], ids, problems)
@@ -253,6 +259,9 @@ def plan(
     leaf_plans, arrays, layer_inits = [], [], {}
     for path, new in new_leaves.items():
         source = sources[path]
+        entries = new_axes[path] + (old_axes[source] if source else ())
+        if any(name not in ids for entry in entries for name in spaces_in(entry)):
+            continue  # a space without a known size: reported above, the plan is not built
         if source is None:
             init = (leaf_rules or {}).get(path, rules_lib.PRESETS[preset].layer)
             leaf, arr = _init_leaf(path, new, new_axes[path], init, ctx)
@@ -300,27 +309,79 @@ def _resolve_layout(leaves, layout, which, problems) -> dict[str, tuple]:
     return resolved
 
 
-def _space_sizes(leaves, axes_of, which, problems) -> dict[str, int]:
-    """Each space's unit count, checked to agree on every axis that carries it."""
-    sizes, seen_at = {}, {}
+def _entry_size(entry, sizes) -> int | None:
+    """Units along an axis entry, or None while a space in it has no known size."""
+    entry = as_grid(entry)
+    if isinstance(entry, int):
+        return entry
+    if isinstance(entry, (Concat, Grid)):
+        parts = [_entry_size(part, sizes) for part in entry.parts]
+        if any(p is None for p in parts):
+            return None
+        return sum(parts) if isinstance(entry, Concat) else int(np.prod(parts, dtype=np.int64))
+    return sizes.get(entry)
+
+
+def _solve_size(entry, space, total, sizes) -> int | None:
+    """The size of `space` (the entry's one unknown) that makes the entry `total` long."""
+    lo, hi = 0, total
+    while lo <= hi:  # an entry's size grows with each space's size
+        mid = (lo + hi) // 2
+        size = _entry_size(entry, {**sizes, space: mid})
+        if size == total:
+            return mid
+        lo, hi = (mid + 1, hi) if size < total else (lo, mid - 1)
+    return None
+
+
+def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
+    """Each space's unit count, checked to agree on every axis that carries it.
+
+    Plain entries give sizes directly; then given IDs; then composite entries (Flat, Grid,
+    Concat) are solved for their one unknown space, repeatedly.
+    """
+    sizes, seen_at, composite = {}, {}, []
     for path, axes in axes_of.items():
         shape = np.shape(leaves[path])
         for axis, spec in enumerate(axes):
             if spec is None:
                 continue
-            size = shape[axis]
-            if isinstance(spec, Flat):
-                if spec.positions <= 0 or size % spec.positions:
-                    problems.append(f"{which} leaf {path!r} axis {axis}: size {size} is not "
-                                    f"{spec.positions} positions times the channels of {spec.space!r}")
+            where = f"{path!r} axis {axis}"
+            if not isinstance(spec, str):
+                composite.append((where, spec, shape[axis]))
+            elif spec in sizes and sizes[spec] != shape[axis]:
+                problems.append(f"space {spec!r} has {sizes[spec]} {which} units at {seen_at[spec]}, "
+                                f"but {shape[axis]} at {where}")
+            else:
+                sizes.setdefault(spec, shape[axis])
+                seen_at.setdefault(spec, where)
+    for name, unit_ids in given.items():
+        if name not in sizes and any(name in spaces_in(spec) for _, spec, _ in composite):
+            sizes[name] = len(unit_ids)
+    while composite:
+        unsolved = []
+        for where, spec, total in composite:
+            unknown = sorted({s for s in spaces_in(spec) if s not in sizes})
+            if len(unknown) == 1:
+                solved = _solve_size(spec, unknown[0], total, sizes)
+                if solved is None:
+                    problems.append(f"{which} leaf {where}: size {total} fits no size of space "
+                                    f"{unknown[0]!r} in {spec!r}")
                     continue
-                size //= spec.positions
-            name = space_of(spec)
-            if name in sizes and sizes[name] != size:
-                problems.append(f"space {name!r} has {sizes[name]} {which} units at {seen_at[name]}, "
-                                f"but {size} at {path!r} axis {axis}")
-            sizes.setdefault(name, size)
-            seen_at.setdefault(name, f"{path!r} axis {axis}")
+                sizes[unknown[0]] = solved
+                seen_at[unknown[0]] = where
+            elif unknown:
+                unsolved.append((where, spec, total))
+            elif _entry_size(spec, sizes) != total:
+                problems.append(f"{which} leaf {where}: size {total}, but {spec!r} has "
+                                f"{_entry_size(spec, sizes)} units ({', '.join(f'{s!r}: {sizes[s]}' for s in dict.fromkeys(spaces_in(spec)))})")
+        if len(unsolved) == len(composite):
+            for where, spec, _ in unsolved:
+                unknown = sorted({s for s in spaces_in(spec) if s not in sizes})
+                problems.append(f"{which} leaf {where}: cannot tell the sizes of spaces {unknown} apart in "
+                                f"{spec!r}; give their IDs in spaces=")
+            break
+        composite = unsolved
     return sizes
 
 
@@ -361,8 +422,8 @@ def _roles(axes_of) -> dict[str, str]:
     for axes in axes_of.values():
         out = output_axis(axes)
         for axis, spec in enumerate(axes):
-            if spec is not None:
-                seen.setdefault(space_of(spec), set()).add("output" if axis == out else "input")
+            for name in spaces_in(spec):
+                seen.setdefault(name, set()).add("output" if axis == out else "input")
     return {name: roles.pop() if len(roles) == 1 else "hidden" for name, roles in seen.items()}
 
 
@@ -445,6 +506,16 @@ def _shape_dtype(x) -> tuple[tuple, Any]:
     return tuple(np.shape(x)), np.dtype(x.dtype)
 
 
+@dataclasses.dataclass
+class _Units:
+    """Per-unit arrays of one axis (host side): where each new unit comes from and how it starts."""
+
+    src: np.ndarray  # int32 index into the old axis, -1 for a new unit
+    fill: np.ndarray  # object: the fill kind of each new unit, None where src >= 0
+    scale: np.ndarray | None = None  # float32 multiplier (Net2Net split)
+    offset: np.ndarray | None = None  # float32 addend (a copied unit's bias)
+
+
 def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     """The plan of a new leaf that takes its values from an old leaf."""
     new_shape, dtype = _shape_dtype(new)
@@ -459,25 +530,16 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     axes, arrays = [], {}
     for axis, (old_spec, new_spec) in enumerate(zip(old_axes, new_axes)):
         where = f"leaf {path!r} axis {axis} (source {source!r})"
-        if (old_spec is None) != (new_spec is None) or isinstance(old_spec, Flat) != isinstance(new_spec, Flat):
-            ctx.problems.append(f"{where}: old axis is {old_spec!r} but new axis is {new_spec!r}")
-            continue
-        if new_spec is None:
-            ax, arr = _spatial_axis(old_shape[axis], new_shape[axis])
+        if new_spec is None and old_spec is None:
+            units, role = _spatial_units(old_shape[axis], new_shape[axis]), "spatial"
         else:
-            if isinstance(new_spec, Flat) and new_spec.positions != old_spec.positions:
-                ctx.problems.append(f"{where}: {old_spec.positions} flattened positions became "
-                                    f"{new_spec.positions}; only channels can change")
-                continue
             role = "output" if axis == out else "input"
-            ax, arr = _unit_axis(space_of(old_spec), space_of(new_spec), role, leaf_name(path), ctx)
-            if isinstance(new_spec, Flat):
-                if ax.fill == "mean":
-                    ctx.problems.append(f"{where}: rule mean cannot fill a flattened axis")
-                arr = _flatten_arrays(arr, len(ctx.ids[space_of(old_spec)][0]), new_spec.positions)
-            if old_shape[axis] == new_shape[axis] and not ax.fill and not ax.scaled and not ax.offset \
-                    and np.array_equal(arr["src"], np.arange(new_shape[axis])):
-                ax, arr = AxisPlan(role, gather=False), {}
+            units = _entry_units(old_spec, new_spec, role, leaf_name(path), ctx, where)
+        if units is None:
+            continue
+        if "mean" in set(units.fill) and not isinstance(new_spec, str):
+            ctx.problems.append(f"{where}: rule mean needs a plain space, not {new_spec!r}")
+        ax, arr = _axis_plan(role, units, old_shape[axis])
         axes.append(ax)
         arrays.update({f"{k}{axis}": v for k, v in arr.items()})
     if len(axes) != len(new_shape):
@@ -485,56 +547,132 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     return dataclasses.replace(leaf, axes=tuple(axes)), arrays
 
 
-def _spatial_axis(old_size: int, new_size: int):
+def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]:
+    """The static AxisPlan and the arrays of one axis; an unchanged axis needs neither."""
+    fills = tuple(dict.fromkeys(f for f in units.fill if f is not None))
+    if not fills and units.scale is None and units.offset is None and len(units.src) == old_size \
+            and np.array_equal(units.src, np.arange(old_size)):
+        return AxisPlan(role, gather=False), {}
+    arrays = {"src": units.src}
+    if len(fills) > 1:
+        arrays["kind"] = np.array([fills.index(f) if f else -1 for f in units.fill], np.int32)
+    if units.scale is not None:
+        arrays["scale"] = units.scale
+    if units.offset is not None:
+        arrays["offset"] = units.offset
+    ax = AxisPlan(role, gather=True, fills=fills, scaled=units.scale is not None,
+                  offset=units.offset is not None, prefix=_prefix_length(units.src))
+    return ax, arrays
+
+
+def _prefix_length(src: np.ndarray) -> int | None:
+    """k if `src` is ``0..k-1`` followed only by -1, else None."""
+    k = int((src >= 0).sum())
+    return k if np.array_equal(src[:k], np.arange(k)) and (src[k:] < 0).all() else None
+
+
+def _no_fill(n: int) -> np.ndarray:
+    return np.full(n, None, dtype=object)
+
+
+def _spatial_units(old_size: int, new_size: int) -> _Units:
     """An axis without units: kept, or a kernel grown (zero-padded) / shrunk around its centre."""
-    if old_size == new_size:
-        return AxisPlan("spatial", gather=False), {}
     shift = (new_size - 1) // 2 - (old_size - 1) // 2  # the tap SAME padding centres on
     src = np.arange(new_size) - shift
     src = np.where((src >= 0) & (src < old_size), src, -1).astype(np.int32)
-    return AxisPlan("spatial", gather=True, fill="zeros" if (src < 0).any() else None), {"src": src}
+    fill = _no_fill(new_size)
+    fill[src < 0] = "zeros"
+    return _Units(src, fill)
 
 
-def _unit_axis(old_space: str, new_space: str, role: str, name: str, ctx):
-    """Index, scale and offset arrays of an axis carrying units, by unit ID and the space's rule."""
+def _entry_units(old_spec, new_spec, role, name, ctx, where) -> _Units | None:
+    """The units of an axis entry, recursively through Grid and Concat; None on a mismatch."""
+    old_spec, new_spec = as_grid(old_spec), as_grid(new_spec)
+    if isinstance(new_spec, str) and isinstance(old_spec, str):
+        return _space_units(old_spec, new_spec, role, name, ctx)
+    if isinstance(new_spec, int) and new_spec == old_spec:
+        return _Units(np.arange(new_spec, dtype=np.int32), _no_fill(new_spec))
+    if type(old_spec) is not type(new_spec) or not isinstance(new_spec, (Concat, Grid)) \
+            or len(old_spec.parts) != len(new_spec.parts):
+        ctx.problems.append(f"{where}: old axis is {old_spec!r} but new axis is {new_spec!r}; only "
+                            f"the units of a space can change, not the axis's structure")
+        return None
+    parts = [_entry_units(o, n, role, name, ctx, where) for o, n in zip(old_spec.parts, new_spec.parts)]
+    if any(p is None for p in parts):
+        return None
+    old_sizes = [_entry_size(o, {k: len(v[0]) for k, v in ctx.ids.items()}) for o in old_spec.parts]
+    combine = _concat_units if isinstance(new_spec, Concat) else _grid_units
+    return combine(parts, old_sizes)
+
+
+def _concat_units(parts: list, old_sizes: list) -> _Units:
+    """Segments end to end: each segment's old indices shifted by the old segments before it."""
+    starts = np.cumsum([0] + old_sizes[:-1])
+    src = np.concatenate([np.where(p.src >= 0, p.src + start, -1) for p, start in zip(parts, starts)])
+    return _Units(src.astype(np.int32), np.concatenate([p.fill for p in parts]),
+                  _joined([p.scale for p in parts], [len(p.src) for p in parts], 1.0, np.concatenate),
+                  _joined([p.offset for p in parts], [len(p.src) for p in parts], 0.0, np.concatenate))
+
+
+def _grid_units(parts: list, old_sizes: list) -> _Units:
+    """Row-major product, last part fastest: a unit is new if any of its parts' units is."""
+    src = np.zeros(1, np.int64)
+    fill = _no_fill(1)
+    for part, old_size in zip(parts, old_sizes):
+        src = np.where((src[:, None] >= 0) & (part.src[None, :] >= 0),
+                       src[:, None] * old_size + part.src[None, :], -1).reshape(-1)
+        # The fastest new part decides the fill (as the last new input axis does for a leaf).
+        fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)
+    sizes = [len(p.src) for p in parts]
+
+    def outer(values, neutral, combine):
+        if all(v is None for v in values):
+            return None
+        grid = np.full(1, neutral, np.float32)
+        for v, n in zip(values, sizes):
+            grid = combine(grid[:, None], (np.full(n, neutral, np.float32) if v is None else v)[None, :]).reshape(-1)
+        return grid
+
+    return _Units(src.astype(np.int32), fill, outer([p.scale for p in parts], 1.0, np.multiply),
+                  outer([p.offset for p in parts], 0.0, np.add))
+
+
+def _joined(values, sizes, neutral, join):
+    if all(v is None for v in values):
+        return None
+    return join([np.full(n, neutral, np.float32) if v is None else v for v, n in zip(values, sizes)])
+
+
+def _space_units(old_space: str, new_space: str, role: str, name: str, ctx) -> _Units:
+    """Index, fill, scale and offset of a space's units, by unit ID and the space's rule."""
     old_ids = ctx.ids[old_space][0]
     new_ids = ctx.ids[new_space][1]
     rule = ctx.rules[new_space]
     position = {uid: i for i, uid in enumerate(old_ids)}
     src = np.array([position.get(uid, -1) for uid in new_ids], dtype=np.int32)
     added = src < 0
+    fill = _no_fill(len(src))
     if not added.any():
-        return AxisPlan(role, gather=True), {"src": src}
+        return _Units(src, fill)
     if rule.incoming != "copy":
-        return AxisPlan(role, gather=True, fill=rule.incoming if role == "output" else rule.outgoing), {"src": src}
+        fill[added] = rule.incoming if role == "output" else rule.outgoing
+        return _Units(src, fill)
 
     from_unit = np.array([position.get(rule.source_of(uid), -1) for uid in new_ids], dtype=np.int32)
     if (from_unit[added] < 0).any():  # reported by _space_rules
-        return AxisPlan(role, gather=True), {"src": src}
+        return _Units(src, fill)
     if role == "output":
-        copied = np.where(added, from_unit, src)
+        copied = np.where(added, from_unit, src).astype(np.int32)
         if rule.name == "copy" and name == "bias" and rule.offset:
-            offset = np.where(added, rule.offset, 0.0).astype(np.float32)
-            return AxisPlan(role, gather=True, offset=True), {"src": copied, "offset": offset}
-        return AxisPlan(role, gather=True), {"src": copied}
+            return _Units(copied, fill, offset=np.where(added, rule.offset, 0.0).astype(np.float32))
+        return _Units(copied, fill)
     if rule.outgoing != "split":  # copy: a new unit's outgoing weights start at zero
-        return AxisPlan(role, gather=True, fill="zeros"), {"src": src}
+        fill[added] = "zeros"
+        return _Units(src, fill)
     # Net2Net split: the source unit keeps 1 - ratio * (its number of splits) of its outgoing weights.
     splits = np.bincount(from_unit[added], minlength=len(old_ids))
     scale = np.where(added, rule.ratio, 1.0 - rule.ratio * splits[np.maximum(src, 0)]).astype(np.float32)
-    return AxisPlan(role, gather=True, scaled=True), {"src": np.where(added, from_unit, src), "scale": scale}
-
-
-def _flatten_arrays(arrays: dict, old_channels: int, positions: int) -> dict:
-    """A channel axis's arrays repeated over flattened positions, channels fastest."""
-    out = {}
-    for key, value in arrays.items():
-        tiled = np.tile(value, positions)
-        if key == "src":
-            offsets = np.repeat(np.arange(positions) * old_channels, len(value))
-            tiled = np.where(tiled >= 0, tiled + offsets, -1).astype(np.int32)
-        out[key] = tiled
-    return out
+    return _Units(np.where(added, from_unit, src).astype(np.int32), fill, scale=scale)
 
 
 def _init_leaf(path, new, new_axes, init, ctx):
@@ -544,7 +682,7 @@ def _init_leaf(path, new, new_axes, init, ctx):
     mapped = [i for i, spec in enumerate(new_axes) if spec is not None]
     if init not in ("identity", "near_identity") or len(mapped) == 1:
         return leaf, {}
-    if len(mapped) != 2 or any(isinstance(new_axes[i], Flat) for i in mapped):
+    if len(mapped) != 2 or any(not isinstance(new_axes[i], str) for i in mapped):
         ctx.problems.append(
             f"new leaf {path!r} (axes {new_axes}) has no source and {init} needs a kernel with one input "
             f"and one output space; give it a source in layer_map or a leaf_rules entry such as 'fresh'")

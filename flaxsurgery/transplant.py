@@ -7,7 +7,7 @@ no Python loop over units; the loop over leaves runs once, at trace time.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ from flaxsurgery.paths import flatten
 from flaxsurgery.spec import LeafPlan, Plan
 
 
-def transplant(old_tree: Any, plan: Plan, fresh_tree: Optional[Any] = None) -> Any:
+def transplant(old_tree: Any, plan: Plan, fresh_tree: Any | None = None) -> Any:
     """Moves what `old_tree` learned into the new architecture, as `plan` says.
 
     Pure: the caller's trees are not changed. Under ``jax.jit`` it compiles once per plan and
@@ -106,7 +106,7 @@ def _check_leaves(leaves: dict, expected: dict, name: str) -> None:
     problems += [f"{name} has leaf {p!r}, which the plan does not know" for p in leaves if p not in expected]
     for path, leaf in leaves.items():
         if path in expected:
-            shape, dtype = expected[path]
+            shape, _ = expected[path]
             if tuple(np.shape(leaf)) != shape:
                 problems.append(f"{name} leaf {path!r} has shape {tuple(np.shape(leaf))}, the plan expects {shape}")
     if problems:
@@ -124,23 +124,38 @@ def _leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any) -> jax.Array:
     if leaf.init != "gather":
         return _init_leaf(leaf, arrays, fresh)
     ndim = len(leaf.shape)
-    x = jnp.asarray(old)
+    x = _gather(jnp.asarray(old), leaf, arrays)
     for axis, ax in enumerate(leaf.axes):
-        if ax.gather:
-            x = jnp.take(x, arrays[f"src{axis}"], axis=axis, mode="clip")
         if ax.scaled:
             x = x * _along(arrays[f"scale{axis}"], axis, ndim).astype(x.dtype)
         if ax.offset:
             x = x + _along(arrays[f"offset{axis}"], axis, ndim).astype(x.dtype)
     for axis in leaf.fill_order():
-        fill = _fill(leaf, axis, arrays, old, fresh)
-        x = jnp.where(_along(arrays[f"src{axis}"] < 0, axis, ndim), fill, x)
+        fills = leaf.axes[axis].fills
+        for i, kind in enumerate(fills):
+            new = arrays[f"src{axis}"] < 0 if len(fills) == 1 else arrays[f"kind{axis}"] == i
+            x = jnp.where(_along(new, axis, ndim), _fill(kind, leaf, axis, arrays, old, fresh), x)
     return x.astype(leaf.dtype)
 
 
-def _fill(leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: Any) -> Any:
-    """Values for the new entries along `axis`, broadcastable to the leaf."""
-    kind = leaf.axes[axis].fill
+def _gather(x: jax.Array, leaf: LeafPlan, arrays: dict, skip: int | None = None) -> jax.Array:
+    """`x` gathered along every axis that has an index array, except `skip`."""
+    axes = [a for a, ax in enumerate(leaf.axes) if ax.gather and a != skip]
+    if not axes:
+        return x
+    for axis in axes:
+        kept = leaf.axes[axis].prefix
+        if kept is None:
+            x = jnp.take(x, arrays[f"src{axis}"], axis=axis, mode="clip")
+        else:  # old units in order, new ones appended: a slice and a pad
+            pad = [(0, 0)] * x.ndim
+            pad[axis] = (0, leaf.shape[axis] - kept)
+            x = jnp.pad(jax.lax.slice_in_dim(x, 0, kept, axis=axis), pad)
+    return x
+
+
+def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: Any) -> Any:
+    """Values of fill `kind` for new entries along `axis`, broadcastable to the leaf."""
     if kind == "fresh":
         return fresh
     if kind == "zeros":
@@ -148,11 +163,7 @@ def _fill(leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: Any) -> Any:
     if kind == "zero":
         return jnp.asarray(0, leaf.dtype)
     # mean: over the old units of this axis, the other axes gathered as usual.
-    y = jnp.asarray(old)
-    for other, ax in enumerate(leaf.axes):
-        if other != axis and ax.gather:
-            y = jnp.take(y, arrays[f"src{other}"], axis=other, mode="clip")
-    return jnp.mean(y, axis=axis, keepdims=True)
+    return jnp.mean(_gather(jnp.asarray(old), leaf, arrays, skip=axis), axis=axis, keepdims=True)
 
 
 def _init_leaf(leaf: LeafPlan, arrays: dict, fresh: Any) -> jax.Array:

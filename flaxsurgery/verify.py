@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def verify(
     *,
     inputs: str = "obs",
     outputs: str = "out",
-    x_new: Optional[jnp.ndarray] = None,
+    x_new: jnp.ndarray | None = None,
 ) -> VerifyReport:
     """Compares the old and new networks on the same samples.
 

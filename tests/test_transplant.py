@@ -228,7 +228,7 @@ def test_conv_identity_layer_and_grown_kernel_with_same_padding():
     old_m, new_m = CNN((4,), kernel=3), CNN((6, 6), kernel=5)
     x = jax.random.normal(jax.random.PRNGKey(3), (16, 7, 7, 2))
     old, fresh = init(old_m, 0, (7, 7, 2)), init(new_m, 1, (7, 7, 2))
-    flat = lambda space: fs.Flat(space, 49)  # noqa: E731
+    flat = lambda space: fs.Flat(space, 49)
     old_layout = fs.chain_layout(["obs", flat("Conv_0"), "out"], ["Conv_0", "Dense_0"], spatial_dims={"Conv_0": 2})
     new_layout = fs.chain_layout(["obs", "Conv_0", flat("Conv_1"), "out"], ["Conv_0", "Conv_1", "Dense_0"],
                                  spatial_dims={"Conv_0": 2, "Conv_1": 2})
@@ -301,7 +301,7 @@ def cartpole_plan(preset="preserving"):
 
 @pytest.mark.parametrize("preset", ["preserving", "seed"])
 def test_jit_equals_eager_and_does_not_retrace(preset):
-    _, new_m, old, fresh, plan = cartpole_plan(preset)
+    _, _, old, fresh, plan = cartpole_plan(preset)
     traces = []
 
     def counted(o, p, f):
@@ -324,9 +324,9 @@ def test_vmap_over_population_equals_loop():
     freshes = jax.vmap(lambda k: new_m.init(k, jnp.zeros((1, 4))))(keys + 1)
     stacked = jax.jit(jax.vmap(lambda o, f: fs.transplant(o, plan, f)))(olds, freshes)
     for i in range(8):
-        one = fs.transplant(jax.tree_util.tree_map(lambda v: v[i], olds), plan,
-                            jax.tree_util.tree_map(lambda v: v[i], freshes))
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[i], b), stacked, one)
+        agent = lambda tree, i=i: jax.tree_util.tree_map(lambda v: v[i], tree)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, agent(stacked),
+                               fs.transplant(agent(olds), plan, agent(freshes)))
 
 
 def test_inputs_are_not_changed():
@@ -341,3 +341,28 @@ def test_fresh_values_required_when_a_rule_needs_them():
     _, _, old, _, plan = cartpole_plan()
     with pytest.raises(ValueError, match="fresh values for .*params/Dense_0/kernel"):
         fs.transplant(old, plan)
+
+
+def test_concat_segments_take_their_own_rules():
+    old = {"w": np.arange(10, dtype=np.float32).reshape(5, 2)}  # rows: pos a, b | vel u, v, w
+    fresh = {"w": -np.ones((7, 2), np.float32)}
+    layout = {"w": (fs.Concat(("pos", "vel")), "out")}
+    spaces = {"pos": (["a", "b"], ["b", "a", "c"]), "vel": (["u", "v", "w"], ["u", "v", "w", "z"])}
+    plan = fs.plan(old, fresh, layout, spaces=spaces, rules={"pos": fs.zeros(), "vel": fs.fresh()})
+    got = np.asarray(fs.transplant(old, plan, fresh)["w"])
+    np.testing.assert_array_equal(got, [[2, 3], [0, 1], [0, 0], [4, 5], [6, 7], [8, 9], [-1, -1]])
+
+
+def test_grid_heads_by_features():
+    # A (heads x features) axis, heads slowest: a new head's rows are the new block.
+    old = {"w": np.arange(4, dtype=np.float32).reshape(4, 1)}  # 2 heads x 2 features
+    layout = {"w": (fs.Grid(("heads", "dim")), None)}
+    plan = fs.plan(old, {"w": np.zeros((6, 1), np.float32)}, layout,
+                   spaces={"heads": ([0, 1], [1, 0, 2])}, rules={"heads": fs.zeros()})
+    np.testing.assert_array_equal(np.asarray(fs.transplant(old, plan)["w"])[:, 0], [2, 3, 0, 1, 0, 0])
+
+
+def test_grid_sizes_need_ids_when_two_spaces_are_unknown():
+    layout = {"w": (fs.Grid(("heads", "dim")), None)}
+    with pytest.raises(ValueError, match=r"cannot tell the sizes of spaces \['dim', 'heads'\] apart"):
+        fs.plan({"w": np.zeros((4, 1), np.float32)}, {"w": np.zeros((4, 1), np.float32)}, layout)
