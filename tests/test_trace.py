@@ -416,12 +416,3 @@ def test_unused_variables_are_reported():
     with pytest.raises(ValueError, match="never reads 'params/extra/kernel'"):
         trace_layout(MLP().apply, variables, x)
 
-
-def test_the_docs_example_runs():
-    import doctest
-    import pathlib
-
-    path = pathlib.Path(__file__).parent.parent / "docs" / "tracing.md"
-    result = doctest.testfile(str(path), module_relative=False,
-                              optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
-    assert result.failed == 0
