@@ -1,0 +1,24 @@
+"""Experiment 4: the Acrobot agent could only use torques -1 and 0; now it may use +1 too.
+
+The output space ``actions`` has IDs (torque-1, torque0) in the old network and (torque-1,
+torque0, torque+1) in the new one. The new action's Q-value starts as the mean of the old ones
+(preserving: the greedy action is kept) or fresh (seed rules).
+
+    python examples/acrobot_add_action.py --seeds 20
+"""
+
+from flaxsurgery.rl import DQNConfig, EnvView
+from flaxsurgery.rl.experiment import ACROBOT_THRESHOLD, Experiment, main
+
+EXPERIMENT = Experiment(
+    name="acrobot_add_action",
+    old_view=EnvView("Acrobot-v1", action_ids=("torque-1", "torque0")),
+    new_view=EnvView("Acrobot-v1"),
+    old_hidden=(16, 16),
+    new_hidden=(16, 16),
+    config=DQNConfig(),
+    threshold=ACROBOT_THRESHOLD,
+)
+
+if __name__ == "__main__":
+    main(EXPERIMENT)

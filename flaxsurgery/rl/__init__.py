@@ -1,0 +1,23 @@
+"""Reinforcement learning with flaxsurgery: a gymnax DQN, ID-named environment views, experiments."""
+
+from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
+from flaxsurgery.rl.dqn import QNetwork as QNetwork
+from flaxsurgery.rl.dqn import Trained as Trained
+from flaxsurgery.rl.dqn import evaluate as evaluate
+from flaxsurgery.rl.dqn import make_optimizer as make_optimizer
+from flaxsurgery.rl.dqn import make_train as make_train
+from flaxsurgery.rl.envs import ACTION_IDS as ACTION_IDS
+from flaxsurgery.rl.envs import OBS_IDS as OBS_IDS
+from flaxsurgery.rl.envs import EnvView as EnvView
+
+__all__ = [
+    "ACTION_IDS",
+    "OBS_IDS",
+    "DQNConfig",
+    "EnvView",
+    "QNetwork",
+    "Trained",
+    "evaluate",
+    "make_optimizer",
+    "make_train",
+]

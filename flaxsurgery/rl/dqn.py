@@ -1,0 +1,361 @@
+"""A DQN whose whole training run is one jit-able function.
+
+``make_train(config, view, network)`` returns ``train(key, init_params=None, ...)``; a population
+of seeds runs as ``jax.jit(jax.vmap(train))(keys)`` with one key per seed. The run is three
+nested ``lax.scan``s and no ``lax.cond`` (under ``vmap`` a ``cond`` runs both branches):
+
+- evaluation intervals: ``eval_every`` environment steps, then a greedy evaluation;
+- iterations: collect ``collect_steps`` steps in each of ``num_envs`` environments, then take
+  ``gradient_steps`` gradient steps;
+- the steps themselves.
+
+Transitions bootstrap on ``terminated`` only: an episode cut by the time limit (``truncated``)
+still has a future, and its real next observation is ``info["final_observation"]``.
+
+Example:
+  >>> import jax
+  >>> from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, make_train
+  >>> config = DQNConfig(total_steps=200, eval_every=100, learning_starts=100, eval_episodes=2)
+  >>> view = EnvView("CartPole-v1")
+  >>> train = make_train(config, view, QNetwork(hidden=(8,), num_actions=view.num_actions))
+  >>> out = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 3))
+  >>> out.returns.shape  # (seeds, evaluations): at steps 0, 100, 200
+  (3, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxsurgery.rl.envs import EnvView
+
+
+@dataclasses.dataclass(frozen=True)
+class DQNConfig:
+    """DQN hyperparameters. Steps count environment transitions of one seed (all its envs).
+
+    The defaults are the published experiments' (docs/experiments.md).
+
+    Attributes:
+      total_steps: environment steps of the run.
+      num_envs: environments stepped in parallel per seed.
+      collect_steps: K, steps of every environment per iteration.
+      gradient_steps: G, gradient steps per iteration.
+      buffer_size: replay buffer capacity, in transitions.
+      batch_size: transitions per gradient step.
+      learning_starts: transitions in the buffer before the first gradient step.
+      learning_rate: Adam's step size.
+      max_grad_norm: global gradient norm clip.
+      gamma: discount.
+      target_period: gradient steps between target-network copies.
+      epsilon_start: exploration rate at step 0.
+      epsilon_end: exploration rate after ``epsilon_steps``.
+      epsilon_steps: environment steps of the linear decay.
+      double_dqn: pick the bootstrap action with the online network (Double DQN).
+      huber: Huber loss instead of squared error.
+      eval_every: environment steps between greedy evaluations.
+      eval_episodes: episodes per evaluation (fixed keys, the same for every seed and arm).
+      eval_seed: seed of the evaluation keys.
+    """
+
+    total_steps: int = 100_000
+    num_envs: int = 4
+    collect_steps: int = 25
+    gradient_steps: int = 50
+    buffer_size: int = 10_000
+    batch_size: int = 64
+    learning_starts: int = 1_000
+    learning_rate: float = 1e-3
+    max_grad_norm: float = 10.0
+    gamma: float = 0.99
+    target_period: int = 500
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_steps: int = 10_000
+    double_dqn: bool = True
+    huber: bool = True
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    eval_seed: int = 0
+
+    def __post_init__(self):
+        per_iteration = self.collect_steps * self.num_envs
+        problems = []
+        if self.eval_every % per_iteration:
+            problems.append(
+                f"eval_every={self.eval_every} is not a multiple of collect_steps * num_envs"
+                f" = {per_iteration}"
+            )
+        if self.total_steps % self.eval_every:
+            problems.append(
+                f"total_steps={self.total_steps} is not a multiple of eval_every={self.eval_every}"
+            )
+        if self.learning_starts < self.batch_size:
+            problems.append(
+                f"learning_starts={self.learning_starts} is below batch_size={self.batch_size}"
+            )
+        if problems:
+            raise ValueError("DQNConfig does not fit together:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def eval_steps(self) -> np.ndarray:
+        """int (num_evals + 1,): the step of every evaluation, 0 and each ``eval_every``."""
+        return np.arange(0, self.total_steps + 1, self.eval_every)
+
+
+class QNetwork(nn.Module):
+    """An MLP from observation features to one Q-value per action (Dense_0, Dense_1, ...)."""
+
+    hidden: Sequence[int]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_actions)(x)
+
+
+class Transition(NamedTuple):
+    obs: jax.Array  # (..., obs_size)
+    action: jax.Array  # (...,) int32, agent action index
+    reward: jax.Array  # (...,)
+    next_obs: jax.Array  # (..., obs_size), the real next observation
+    terminated: jax.Array  # (...,) bool; truncation is not termination
+
+
+class Buffer(NamedTuple):
+    """A preallocated ring of transitions; ``count`` is how many were ever added."""
+
+    data: Transition  # leaves (capacity, ...)
+    count: jax.Array  # () int32
+
+
+class TrainState(NamedTuple):
+    params: Any
+    target_params: Any
+    opt_state: optax.OptState
+    buffer: Buffer
+    env_state: Any  # (num_envs, ...)
+    obs: jax.Array  # (num_envs, obs_size)
+    steps: jax.Array  # () int32, environment steps so far
+    updates: jax.Array  # () int32, gradient steps applied so far
+    key: jax.Array
+
+
+class Trained(NamedTuple):
+    """What ``train`` returns; with ``vmap`` every leaf gains a leading seed axis."""
+
+    params: Any
+    target_params: Any
+    opt_state: optax.OptState
+    returns: jax.Array  # (num_evals + 1,) mean greedy return at each of config.eval_steps
+
+
+# ---------------------------------------------------------------------------------- buffer
+
+
+def buffer_init(capacity: int, obs_size: int) -> Buffer:
+    """An empty buffer of ``capacity`` transitions."""
+    data = Transition(
+        obs=jnp.zeros((capacity, obs_size)),
+        action=jnp.zeros((capacity,), jnp.int32),
+        reward=jnp.zeros((capacity,)),
+        next_obs=jnp.zeros((capacity, obs_size)),
+        terminated=jnp.zeros((capacity,), bool),
+    )
+    return Buffer(data, jnp.int32(0))
+
+
+def buffer_add(buffer: Buffer, batch: Transition) -> Buffer:
+    """Append ``batch`` (leaves (n, ...)), overwriting the oldest transitions when full."""
+    capacity = buffer.data.reward.shape[0]
+    n = batch.reward.shape[0]
+    slots = (buffer.count + jnp.arange(n)) % capacity
+    data = jax.tree.map(lambda store, new: store.at[slots].set(new), buffer.data, batch)
+    return Buffer(data, buffer.count + n)
+
+
+def buffer_size(buffer: Buffer) -> jax.Array:
+    """() int32: transitions currently held."""
+    return jnp.minimum(buffer.count, buffer.data.reward.shape[0])
+
+
+def buffer_sample(buffer: Buffer, key: jax.Array, batch_size: int) -> Transition:
+    """``batch_size`` transitions drawn uniformly, with replacement, from those held."""
+    slots = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer_size(buffer), 1))
+    return jax.tree.map(lambda store: store[slots], buffer.data)
+
+
+# ---------------------------------------------------------------------------------- pieces
+
+
+def epsilon(config: DQNConfig, step: jax.Array) -> jax.Array:
+    """Exploration rate at environment step ``step``: linear decay, then constant."""
+    fraction = jnp.clip(step / config.epsilon_steps, 0.0, 1.0)
+    return config.epsilon_start + fraction * (config.epsilon_end - config.epsilon_start)
+
+
+def td_loss(config: DQNConfig, apply: Callable, params, target_params, batch: Transition):
+    """Mean TD loss of ``batch``; the bootstrap is cut only where an episode terminated."""
+    q = apply(params, batch.obs)  # (B, A)
+    q_taken = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]  # (B,)
+    q_next_target = apply(target_params, batch.next_obs)  # (B, A)
+    chooser = apply(params, batch.next_obs) if config.double_dqn else q_next_target
+    next_action = jnp.argmax(chooser, axis=-1)  # (B,)
+    next_value = jnp.take_along_axis(q_next_target, next_action[:, None], axis=-1)[:, 0]
+    bootstrap = config.gamma * (1.0 - batch.terminated) * next_value
+    error = q_taken - jax.lax.stop_gradient(batch.reward + bootstrap)  # (B,)
+    return jnp.mean(optax.huber_loss(error) if config.huber else 0.5 * error**2)
+
+
+def evaluate(view: EnvView, apply: Callable, params, keys: jax.Array) -> jax.Array:
+    """Mean undiscounted return of the greedy policy over one episode per key.
+
+    Every episode runs to the environment's time limit; rewards after its end are masked.
+    """
+
+    def episode(key):
+        key_reset, key_steps = jax.random.split(key)
+        obs, env_state = view.reset(key_reset)
+
+        def step(carry, key):
+            obs, env_state, total, alive = carry
+            action = jnp.argmax(apply(params, obs))
+            obs, env_state, reward, terminated, truncated, _ = view.step(key, env_state, action)
+            total = total + jnp.where(alive, reward, 0.0)
+            alive = alive & ~(terminated | truncated)
+            return (obs, env_state, total, alive), None
+
+        carry = (obs, env_state, jnp.float32(0.0), jnp.bool_(True))
+        (_, _, total, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, view.max_steps))
+        return total
+
+    return jnp.mean(jax.vmap(episode)(keys))
+
+
+def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
+    """Adam with global-norm clipping."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate)
+    )
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def make_train(
+    config: DQNConfig,
+    view: EnvView,
+    network: nn.Module,
+    progress: Callable[[int], None] | None = None,
+) -> Callable[..., Trained]:
+    """Build the training function of one seed.
+
+    Args:
+      config: hyperparameters.
+      view: the environment as the agent sees it; ``network`` maps its observation features
+        to one Q-value per action of the view.
+      network: a Linen module; its variables are ``{"params": ...}``.
+      progress: optional host function called with the environment step after every
+        evaluation (through ``jax.debug.callback``, once per evaluation even under ``vmap``).
+
+    Returns:
+      ``train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained``.
+      ``init_params`` (e.g. a transplant) replaces the network's own initialisation;
+      ``init_target`` defaults to the initial parameters, ``init_opt_state`` to a fresh one.
+    """
+    tx = make_optimizer(config)
+    apply = network.apply
+    eval_keys = jax.random.split(jax.random.key(config.eval_seed), config.eval_episodes)
+    iterations = config.eval_every // (config.collect_steps * config.num_envs)
+    loss_and_grad = jax.value_and_grad(lambda p, t, b: td_loss(config, apply, p, t, b))
+
+    def env_step(state: TrainState, _) -> tuple[TrainState, None]:
+        """Step every environment once, epsilon-greedy, and store the transitions."""
+        key, key_random, key_explore, key_env = jax.random.split(state.key, 4)
+        greedy = jnp.argmax(apply(state.params, state.obs), axis=-1)  # (num_envs,)
+        random = jax.random.randint(key_random, greedy.shape, 0, view.num_actions)
+        explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, state.steps)
+        action = jnp.where(explore, random, greedy)
+        env_keys = jax.random.split(key_env, config.num_envs)
+        obs, env_state, reward, terminated, _, info = jax.vmap(view.step)(
+            env_keys, state.env_state, action
+        )
+        transitions = Transition(state.obs, action, reward, info["final_observation"], terminated)
+        return state._replace(
+            buffer=buffer_add(state.buffer, transitions),
+            env_state=env_state,
+            obs=obs,
+            steps=state.steps + config.num_envs,
+            key=key,
+        ), None
+
+    def learn_step(state: TrainState, _) -> tuple[TrainState, None]:
+        """One gradient step, applied only once the buffer holds ``learning_starts``."""
+        key, key_batch = jax.random.split(state.key)
+        batch = buffer_sample(state.buffer, key_batch, config.batch_size)
+        _, grads = loss_and_grad(state.params, state.target_params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # Selects, not a cond: under vmap both sides are computed anyway.
+        ready = buffer_size(state.buffer) >= config.learning_starts
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(ready, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
+        updates_done = state.updates + ready
+        sync = ready & (updates_done % config.target_period == 0)
+        target = jax.tree.map(lambda p, t: jnp.where(sync, p, t), params, state.target_params)
+        return state._replace(
+            params=params, target_params=target, opt_state=opt_state, updates=updates_done, key=key
+        ), None
+
+    def iteration(state: TrainState, _) -> tuple[TrainState, None]:
+        """Collect K steps in every environment, then take G gradient steps."""
+        state, _ = jax.lax.scan(env_step, state, None, length=config.collect_steps)
+        state, _ = jax.lax.scan(learn_step, state, None, length=config.gradient_steps)
+        return state, None
+
+    def interval(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
+        """Train ``eval_every`` steps, then evaluate greedily; ``step`` is where it ends."""
+        state, _ = jax.lax.scan(iteration, state, None, length=iterations)
+        returns = evaluate(view, apply, state.params, eval_keys)
+        if progress is not None:
+            # ``step`` comes from the scan's (unbatched) xs: one call per evaluation.
+            jax.debug.callback(progress, step)
+        return state, returns
+
+    def train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained:
+        key_init, key_reset, key_run = jax.random.split(key, 3)
+        if init_params is None:
+            init_params = network.init(key_init, jnp.zeros((view.obs_size,)))
+        target = init_params if init_target is None else init_target
+        opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
+        obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
+        state = TrainState(
+            params=init_params,
+            target_params=target,
+            opt_state=opt_state,
+            buffer=buffer_init(config.buffer_size, view.obs_size),
+            env_state=env_state,
+            obs=obs,
+            steps=jnp.int32(0),
+            updates=jnp.int32(0),
+            key=key_run,
+        )
+        first = evaluate(view, apply, init_params, eval_keys)
+        state, returns = jax.lax.scan(interval, state, jnp.asarray(config.eval_steps[1:]))
+        returns = jnp.concatenate([first[None], returns])  # (num_evals + 1,)
+        return Trained(state.params, state.target_params, state.opt_state, returns)
+
+    return train

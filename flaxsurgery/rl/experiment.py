@@ -1,0 +1,340 @@
+"""Transplant experiments: train an old agent, change its network, train on from the transplant.
+
+An :class:`Experiment` is an old network with the environment view it was trained on, a new
+network with its view, and the spec between them (unit IDs of the views, a layer map). A run:
+
+1. ``old``: train the old network, one population of seeds in one jitted, vmapped call.
+2. transplant every seed's parameters, target network and Adam state into the new network,
+   with the function-preserving rules (arm ``transplant``) and the seeds' rules
+   (arm ``transplant_seed``): one vmapped call per plan.
+3. train the new network from each transplant and from scratch (arm ``scratch``): all three
+   arms in one jitted, vmapped call, arm ``a`` seed ``i`` with the same training key.
+
+It writes ``<out>/<name>/summary.json`` and ``<out>/<name>/curves.png`` and prints a markdown
+table of the arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+import flaxsurgery as fs
+from flaxsurgery.rl.dqn import DQNConfig, QNetwork, Trained, make_optimizer, make_train
+from flaxsurgery.rl.envs import EnvView
+
+ARMS = ("old", "transplant", "transplant_seed", "scratch")
+PRESETS = {"transplant": "preserving", "transplant_seed": "seed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An old agent, a new one, and the spec between them.
+
+    Attributes:
+      name: the results folder's name.
+      old_view: the environment as the old network sees it.
+      new_view: the environment as the new network sees it.
+      old_hidden: the old network's hidden widths.
+      new_hidden: the new network's hidden widths.
+      config: DQN hyperparameters of every phase; ``total_steps`` is the budget of each phase.
+      threshold: the mean evaluation return counted as solved.
+      layer_map: ``{new layer path: old layer path or None}`` for networks whose layers do not
+        pair by name (an inserted layer); see :func:`flaxsurgery.plan`.
+    """
+
+    name: str
+    old_view: EnvView
+    new_view: EnvView
+    old_hidden: tuple[int, ...]
+    new_hidden: tuple[int, ...]
+    config: DQNConfig
+    threshold: float
+    layer_map: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def old_network(self) -> QNetwork:
+        return QNetwork(self.old_hidden, self.old_view.num_actions)
+
+    @property
+    def new_network(self) -> QNetwork:
+        return QNetwork(self.new_hidden, self.new_view.num_actions)
+
+
+# The mean evaluation return that counts as solving each environment.
+CARTPOLE_THRESHOLD = 475.0
+ACROBOT_THRESHOLD = -100.0
+
+
+# ---------------------------------------------------------------------------------- spec
+
+
+def mlp_layout(depth: int) -> dict[str, tuple]:
+    """Layout of a :class:`QNetwork` with ``depth`` hidden layers: input space ``obs``, hidden
+    spaces named after the layer that outputs them, output space ``actions``."""
+    hidden = [f"Dense_{i}" for i in range(depth)]
+    return fs.chain_layout(["obs", *hidden, "actions"], [*hidden, f"Dense_{depth}"])
+
+
+def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
+    """The transplant plan from the old network to the new one, by unit ID."""
+    old_shapes = jax.eval_shape(
+        experiment.old_network.init, jax.random.key(0), jnp.zeros(experiment.old_view.obs_size)
+    )
+    new_shapes = jax.eval_shape(
+        experiment.new_network.init, jax.random.key(0), jnp.zeros(experiment.new_view.obs_size)
+    )
+    return fs.plan(
+        old_shapes,
+        new_shapes,
+        mlp_layout(len(experiment.old_hidden)),
+        new_layout=mlp_layout(len(experiment.new_hidden)),
+        spaces={
+            "obs": (experiment.old_view.obs_ids, experiment.new_view.obs_ids),
+            "actions": (experiment.old_view.action_ids, experiment.new_view.action_ids),
+        },
+        layer_map=dict(experiment.layer_map),
+        preset=preset,
+    )
+
+
+def transplant_agents(plan: fs.Plan, old: Trained, fresh_params, fresh_opt_state):
+    """Every seed's parameters, target network and Adam state, transplanted in one call.
+
+    Args:
+      plan: from :func:`make_plan`.
+      old: the trained old population (leading seed axis).
+      fresh_params: the new network's initialisation per seed, where fresh units come from.
+      fresh_opt_state: a fresh optimizer state per seed (its structure for the new network).
+
+    Returns:
+      ``(params, target_params, opt_state)``, each with a leading seed axis.
+    """
+
+    def one(params, target, opt_state, fresh, fresh_opt):
+        return (
+            fs.transplant(params, plan, fresh),
+            fs.transplant(target, plan, fresh),
+            fs.transplant_state(opt_state, plan, fresh_opt),
+        )
+
+    return jax.jit(jax.vmap(one))(
+        old.params, old.target_params, old.opt_state, fresh_params, fresh_opt_state
+    )
+
+
+def verify_first_seed(experiment: Experiment, plan: fs.Plan, old_params, new_params):
+    """Compare seed 0's old and transplanted Q-networks on standard-normal observations."""
+    old_0, new_0 = jax.tree.map(lambda leaf: leaf[0], (old_params, new_params))
+    x = np.random.default_rng(0).standard_normal((1000, experiment.old_view.obs_size), np.float32)
+    return fs.verify(
+        lambda v: experiment.old_network.apply(old_0, v),
+        lambda v: experiment.new_network.apply(new_0, v),
+        x,
+        plan,
+        inputs="obs",
+        outputs="actions",
+    )
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+class Progress:
+    """Host-side progress line of one training phase, called once per evaluation."""
+
+    def __init__(self, experiment: str, phase: str, seeds: int, total_steps: int):
+        self.prefix = f"[{experiment}] {phase}: {seeds} seeds"
+        self.total_steps = total_steps
+        self.start = time.perf_counter()
+        print(f"{self.prefix}, compiling and training {total_steps:,} steps", flush=True)
+
+    def __call__(self, step) -> None:
+        elapsed = time.perf_counter() - self.start
+        print(f"{self.prefix}, step {int(step):,}/{self.total_steps:,}, {elapsed:.0f}s", flush=True)
+
+
+def run(experiment: Experiment, seeds: int = 20, seed: int = 0) -> dict:
+    """Run all phases of ``experiment`` with ``seeds`` seeds per arm.
+
+    Returns:
+      ``{arm: returns}``, each returns array (seeds, evaluations) of mean greedy returns at
+      ``experiment.config.eval_steps``.
+    """
+    config, name = experiment.config, experiment.name
+    tx = make_optimizer(config)
+    key_old, key_new, key_init = jax.random.split(jax.random.key(seed), 3)
+
+    # Phase 1: the old network, on the old view.
+    progress = Progress(name, "old", seeds, config.total_steps)
+    train_old = make_train(config, experiment.old_view, experiment.old_network, progress)
+    old = jax.jit(jax.vmap(train_old))(jax.random.split(key_old, seeds))
+
+    # Phase 2: transplant every seed, with each plan. Fresh values (and the scratch arm) come
+    # from the same per-seed initialisation of the new network.
+    new_net, new_view = experiment.new_network, experiment.new_view
+    fresh = jax.vmap(lambda k: new_net.init(k, jnp.zeros(new_view.obs_size)))(
+        jax.random.split(key_init, seeds)
+    )
+    fresh_opt = jax.vmap(tx.init)(fresh)
+    starts = {}  # arm -> (params, target_params, opt_state), leading seed axis
+    for arm, preset in PRESETS.items():
+        plan = make_plan(experiment, preset)
+        starts[arm] = transplant_agents(plan, old, fresh, fresh_opt)
+        check = verify_first_seed(experiment, plan, old.params, starts[arm][0])
+        print(
+            f"[{name}] {arm} (preset {preset!r}):\n{plan.report()}\n"
+            f"seed 0 on 1,000 random observations: max |Q_new - Q_old| = {check.max_abs_diff:.3g},"
+            f" greedy agreement {check.greedy_agreement:.1%}",
+            flush=True,
+        )
+    starts["scratch"] = (fresh, fresh, fresh_opt)
+
+    # Phase 3: the new network from each start, every arm's seed i on the same key.
+    new_arms = list(starts)
+    progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
+    train_new = make_train(config, new_view, new_net, progress)
+    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *starts.values())
+    keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(new_arms))
+    new = jax.jit(jax.vmap(train_new))(keys, *stacked)
+
+    returns = np.asarray(new.returns).reshape(len(new_arms), seeds, -1)
+    return {"old": np.asarray(old.returns), **dict(zip(new_arms, returns))}
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _ci95(values: np.ndarray) -> np.ndarray:
+    """Half-width of the 95% Student-t interval of the mean over axis 0 (seeds)."""
+    n = values.shape[0]
+    return stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> dict:
+    """One arm's statistics from its returns (seeds, evaluations) at ``steps``."""
+    mean = returns.mean(axis=0)
+    auc_per_seed = returns.mean(axis=1)  # mean evaluation return over the phase
+    auc, auc_half = float(auc_per_seed.mean()), float(_ci95(auc_per_seed))
+    reached = np.flatnonzero(mean >= threshold)
+    return {
+        "steps": [int(s) for s in steps],
+        "return_mean": [float(m) for m in mean],
+        "return_ci95": [float(h) for h in _ci95(returns)],
+        "first_return": float(mean[0]),
+        "final_return": float(mean[-1]),
+        "auc": auc,
+        "auc_ci95": [auc - auc_half, auc + auc_half],
+        "steps_to_threshold": int(steps[reached[0]]) if reached.size else None,
+    }
+
+
+def markdown_table(summary: dict) -> str:
+    """The arms as a markdown table: first return, AUC with CI, steps to threshold, final."""
+    lines = [
+        f"| arm | first return | AUC (95% CI) | steps to {summary['threshold']:g} | final return |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm, a in summary["arms"].items():
+        lo, hi = a["auc_ci95"]
+        reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
+        lines.append(
+            f"| {arm} | {a['first_return']:.1f} | {a['auc']:.1f} ({lo:.1f}, {hi:.1f}) "
+            f"| {reached} | {a['final_return']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Mean evaluation return with its 95% band per arm; the old phase before the transplant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    total = summary["steps_per_phase"]
+    for arm, a in summary["arms"].items():
+        steps = np.array(a["steps"]) - (total if arm == "old" else 0)
+        mean, half = np.array(a["return_mean"]), np.array(a["return_ci95"])
+        ax.plot(steps, mean, label=arm)
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
+    ax.axhline(summary["threshold"], color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("environment steps (0 = transplant)")
+    ax.set_ylabel("greedy evaluation return")
+    ax.set_title(f"{summary['experiment']} ({summary['env']}, {summary['seeds']} seeds, 95% CI)")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _view_config(view: EnvView, hidden: Sequence[int]) -> dict:
+    return {"obs_ids": list(view.obs_ids), "action_ids": list(view.action_ids), "hidden": list(hidden)}
+
+
+def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> dict:
+    """Write ``summary.json`` and ``curves.png`` under ``out / experiment.name``; print the table."""
+    config = experiment.config
+    seeds = returns["old"].shape[0]
+    summary = {
+        "experiment": experiment.name,
+        "env": experiment.new_view.env_id,
+        "seeds": seeds,
+        "steps_per_phase": config.total_steps,
+        "threshold": experiment.threshold,
+        "wall_s": wall_s,
+        "config": {
+            "dqn": dataclasses.asdict(config),
+            "old": _view_config(experiment.old_view, experiment.old_hidden),
+            "new": _view_config(experiment.new_view, experiment.new_hidden),
+            "layer_map": dict(experiment.layer_map),
+        },
+        "arms": {
+            arm: summarise_arm(config.eval_steps, returns[arm], experiment.threshold) for arm in ARMS
+        },
+    }
+    folder = out / experiment.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, folder / "curves.png")
+    print(f"\n{experiment.name}: {seeds} seeds, {config.total_steps:,} steps per phase, "
+          f"{wall_s:.0f}s\n\n{markdown_table(summary)}\n", flush=True)
+    return summary
+
+
+def main(experiment: Experiment, argv: Sequence[str] | None = None) -> dict:
+    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``."""
+    parser = argparse.ArgumentParser(description=f"Transplant experiment {experiment.name}.")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds per arm (at least 2)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=experiment.config.total_steps,
+        help="environment steps per phase (keeps the number of evaluations)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    args = parser.parse_args(argv)
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the 95%% interval needs two)")
+    config = experiment.config
+    evaluations = config.total_steps // config.eval_every
+    experiment = dataclasses.replace(
+        experiment,
+        config=dataclasses.replace(
+            config, total_steps=args.steps, eval_every=args.steps // evaluations
+        ),
+    )
+    start = time.perf_counter()
+    returns = run(experiment, seeds=args.seeds)
+    return report(experiment, returns, time.perf_counter() - start, args.out)

@@ -1,0 +1,185 @@
+"""The gymnax DQN, the ID-named environment views and the experiment runner, on tiny budgets."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, dqn, envs, make_train
+from flaxsurgery.rl import experiment as exp
+
+TINY = DQNConfig(
+    total_steps=400, num_envs=2, collect_steps=10, gradient_steps=5, learning_starts=100,
+    eval_every=200, eval_episodes=2,
+)
+
+
+# ---------------------------------------------------------------------------------- views
+
+
+def test_observation_view_picks_features_by_id_in_its_order():
+    view = EnvView("CartPole-v1", obs_ids=("theta_dot", "x"))
+    full = EnvView("CartPole-v1")
+    key = jax.random.key(3)
+    obs, _ = view.reset(key)
+    full_obs, _ = full.reset(key)
+    np.testing.assert_array_equal(obs, full_obs[jnp.array([3, 0])])
+
+
+@pytest.mark.parametrize("action_id, env_action", [("torque-1", 0), ("torque0", 1), ("torque+1", 2)])
+def test_action_view_maps_agent_actions_to_environment_actions(action_id, env_action):
+    view = EnvView("Acrobot-v1", action_ids=(action_id,))
+    _, state = view.reset(jax.random.key(0))
+    key = jax.random.key(1)
+    mine = view.step(key, state, 0)
+    theirs = view.env.step(key, state, env_action, view.env_params)
+    np.testing.assert_array_equal(mine[0], theirs[0])
+    np.testing.assert_array_equal(mine[1].velocity_1, theirs[1].velocity_1)
+
+
+def test_step_returns_gymnax_six_values_with_the_real_final_observation():
+    view = EnvView("CartPole-v1", obs_ids=("theta", "x_dot"))
+    _, state = view.reset(jax.random.key(0))
+    state = state.replace(theta=jnp.float32(0.2), theta_dot=jnp.float32(1.0))  # falling over
+    obs, _, reward, terminated, truncated, info = view.step(jax.random.key(1), state, 1)
+    assert bool(terminated) and not bool(truncated) and float(reward) == 1.0
+    final = info["final_observation"]
+    assert final.shape == (2,) and float(final[0]) > 0.2094  # the pole past the limit, not a reset
+    assert abs(float(obs[0])) <= 0.05  # the next episode's first observation
+
+
+def test_view_first_used_inside_jit_caches_no_tracer():
+    envs._make.cache_clear()
+    view = EnvView("Acrobot-v1")
+    inside = jax.jit(lambda key: view.reset(key)[0])(jax.random.key(0))
+    np.testing.assert_array_equal(inside, view.reset(jax.random.key(0))[0])
+
+
+def test_view_lists_every_bad_id_at_once():
+    with pytest.raises(ValueError) as error:
+        EnvView("Acrobot-v1", obs_ids=("cos1", "cos1", "phi"), action_ids=("torque+2",))
+    message = str(error.value)
+    assert "'phi'" in message and "duplicate observation ID 'cos1'" in message
+    assert "'torque+2'" in message
+
+
+# ---------------------------------------------------------------------------------- DQN pieces
+
+
+def test_buffer_is_a_ring():
+    buffer = dqn.buffer_init(capacity=4, obs_size=1)
+    for start in (0, 3):
+        batch = dqn.Transition(
+            obs=jnp.arange(start, start + 3, dtype=jnp.float32)[:, None],
+            action=jnp.zeros(3, jnp.int32),
+            reward=jnp.arange(start, start + 3, dtype=jnp.float32),
+            next_obs=jnp.zeros((3, 1)),
+            terminated=jnp.zeros(3, bool),
+        )
+        buffer = dqn.buffer_add(buffer, batch)
+    assert int(buffer.count) == 6 and int(dqn.buffer_size(buffer)) == 4
+    np.testing.assert_array_equal(buffer.data.reward, [4.0, 5.0, 2.0, 3.0])
+    sample = dqn.buffer_sample(buffer, jax.random.key(0), 64)
+    assert set(np.asarray(sample.reward).tolist()) <= {2.0, 3.0, 4.0, 5.0}
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_bootstrap_is_cut_on_termination_only(double_dqn):
+    """A truncated transition (terminated False) bootstraps; a terminated one does not."""
+    config = DQNConfig(gamma=0.5, huber=False, double_dqn=double_dqn)
+    net = QNetwork((), 2)  # one Dense layer: Q = obs @ kernel + bias
+    params = {"params": {"Dense_0": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}}}
+    target = {"params": {"Dense_0": {"kernel": 2 * jnp.eye(2), "bias": jnp.zeros(2)}}}
+    batch = dqn.Transition(
+        obs=jnp.array([[1.0, 0.0], [1.0, 0.0]]),
+        action=jnp.array([0, 0]),
+        reward=jnp.array([1.0, 1.0]),
+        next_obs=jnp.array([[0.0, 3.0], [0.0, 3.0]]),
+        terminated=jnp.array([False, True]),
+    )
+    # Q(s, 0) = 1; next value = target Q(s', 1) = 6 with either action choice.
+    # Truncated: error 1 - (1 + 0.5 * 6) = -3; terminated: 1 - 1 = 0.
+    loss = dqn.td_loss(config, net.apply, params, target, batch)
+    np.testing.assert_allclose(loss, 0.5 * (9.0 + 0.0) / 2)
+
+
+def test_config_lists_every_problem():
+    with pytest.raises(ValueError) as error:
+        DQNConfig(total_steps=1000, eval_every=150, learning_starts=10)
+    message = str(error.value)
+    assert "eval_every=150" in message and "total_steps=1000" in message
+    assert "learning_starts=10" in message
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def test_seeds_differ_and_progress_runs_once_per_evaluation():
+    calls = []
+    view = EnvView("CartPole-v1")
+    train = make_train(TINY, view, QNetwork((8,), view.num_actions), progress=calls.append)
+    out = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 3))
+    assert out.returns.shape == (3, len(TINY.eval_steps))
+    assert [int(c) for c in calls] == [200, 400]
+    flat = jax.tree.leaves(out.params)[0]
+    assert not np.allclose(flat[0], flat[1])  # every seed has its own key
+
+
+def test_starts_from_given_parameters():
+    view = EnvView("CartPole-v1")
+    net = QNetwork((8,), view.num_actions)
+    params = net.init(jax.random.key(5), jnp.zeros(4))
+    config = dataclasses.replace(TINY, learning_starts=10_000)  # never learns: params unchanged
+    out = jax.jit(make_train(config, view, net))(jax.random.key(0), params)
+    jax.tree.map(np.testing.assert_array_equal, out.params, params)
+
+
+def test_dqn_learns_cartpole_in_a_few_thousand_steps():
+    config = DQNConfig(
+        total_steps=8_000, num_envs=4, collect_steps=25, gradient_steps=50, learning_starts=500,
+        epsilon_steps=3_000, target_period=250, eval_every=2_000, eval_episodes=5,
+    )
+    view = EnvView("CartPole-v1")
+    train = make_train(config, view, QNetwork((32, 32), view.num_actions))
+    returns = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 4)).returns
+    best = np.asarray(returns.mean(axis=0))[1:].max()
+    assert best > 100.0, returns
+
+
+# ---------------------------------------------------------------------------------- experiment
+
+
+def test_summary_statistics():
+    steps = np.array([0, 10, 20])
+    returns = np.array([[0.0, 5.0, 10.0], [2.0, 7.0, 12.0]])
+    arm = exp.summarise_arm(steps, returns, threshold=6.0)
+    assert arm["first_return"] == 1.0 and arm["final_return"] == 11.0
+    assert arm["steps_to_threshold"] == 10 and arm["auc"] == pytest.approx(6.0)
+    lo, hi = arm["auc_ci95"]
+    assert lo < 6.0 < hi
+    assert exp.summarise_arm(steps, returns, threshold=99.0)["steps_to_threshold"] is None
+
+
+def test_experiment_transplants_every_seed_and_writes_results(tmp_path, capsys):
+    experiment = exp.Experiment(
+        name="tiny",
+        old_view=EnvView("Acrobot-v1", obs_ids=("cos1", "sin1", "dtheta1"), action_ids=("torque-1", "torque+1")),
+        new_view=EnvView("Acrobot-v1"),
+        old_hidden=(4,),
+        new_hidden=(6, 6),
+        config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=-100.0,
+        layer_map={"params/Dense_1": None, "params/Dense_2": "params/Dense_1"},
+    )
+    summary = exp.main(experiment, ["--seeds", "2", "--steps", "400", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert (tmp_path / "tiny" / "curves.png").stat().st_size > 0
+    arms = summary["arms"]
+    assert list(arms) == list(exp.ARMS)
+    # The preserving transplant keeps the greedy policy: the same return on the same episodes.
+    assert arms["transplant"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+    assert "| transplant |" in capsys.readouterr().out
