@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -118,7 +119,8 @@ class QNetwork(nn.Module):
     num_actions: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = obs  # the argument's name is the input space's name in a traced layout
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_actions)(x)
@@ -149,6 +151,25 @@ class TrainState(NamedTuple):
     steps: jax.Array  # () int32, environment steps so far
     updates: jax.Array  # () int32, gradient steps applied so far
     key: jax.Array
+
+
+class Actor(NamedTuple):
+    """What the environment steps carry."""
+
+    env_state: Any  # (num_envs, ...)
+    obs: jax.Array  # (num_envs, obs_size)
+    steps: jax.Array  # () int32, environment steps so far
+    key: jax.Array
+
+
+class Learner(NamedTuple):
+    """What the gradient steps carry: the networks, Adam's state, and whether to learn yet."""
+
+    params: Any
+    target_params: Any
+    opt_state: optax.OptState
+    updates: jax.Array  # () int32, gradient steps applied so far
+    ready: jax.Array  # () bool, the buffer holds learning_starts transitions
 
 
 class Trained(NamedTuple):
@@ -279,52 +300,61 @@ def make_train(
     iterations = config.eval_every // (config.collect_steps * config.num_envs)
     loss_and_grad = jax.value_and_grad(lambda p, t, b: td_loss(config, apply, p, t, b))
 
-    def env_step(state: TrainState, _) -> tuple[TrainState, None]:
-        """Step every environment once, epsilon-greedy, and store the transitions."""
-        key, key_random, key_explore, key_env = jax.random.split(state.key, 4)
-        greedy = jnp.argmax(apply(state.params, state.obs), axis=-1)  # (num_envs,)
+    def env_step(params, carry: Actor, _) -> tuple[Actor, Transition]:
+        """Step every environment once, epsilon-greedy; return the transitions."""
+        key, key_random, key_explore, key_env = jax.random.split(carry.key, 4)
+        greedy = jnp.argmax(apply(params, carry.obs), axis=-1)  # (num_envs,)
         random = jax.random.randint(key_random, greedy.shape, 0, view.num_actions)
-        explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, state.steps)
+        explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, carry.steps)
         action = jnp.where(explore, random, greedy)
         env_keys = jax.random.split(key_env, config.num_envs)
         obs, env_state, reward, terminated, _, info = jax.vmap(view.step)(
-            env_keys, state.env_state, action
+            env_keys, carry.env_state, action
         )
-        transitions = Transition(state.obs, action, reward, info["final_observation"], terminated)
-        return state._replace(
-            buffer=buffer_add(state.buffer, transitions),
-            env_state=env_state,
-            obs=obs,
-            steps=state.steps + config.num_envs,
-            key=key,
-        ), None
+        transitions = Transition(carry.obs, action, reward, info["final_observation"], terminated)
+        return Actor(env_state, obs, carry.steps + config.num_envs, key), transitions
 
-    def learn_step(state: TrainState, _) -> tuple[TrainState, None]:
+    def collect(state: TrainState) -> TrainState:
+        """K steps in every environment, stored in the buffer at once (K * num_envs)."""
+        actor = Actor(state.env_state, state.obs, state.steps, state.key)
+        actor, transitions = jax.lax.scan(
+            functools.partial(env_step, state.params), actor, None, length=config.collect_steps
+        )  # leaves (K, num_envs, ...)
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
+        return state._replace(buffer=buffer_add(state.buffer, flat), env_state=actor.env_state,
+                              obs=actor.obs, steps=actor.steps, key=actor.key)
+
+    def gradient_step(carry: Learner, batch: Transition) -> tuple[Learner, None]:
         """One gradient step, applied only once the buffer holds ``learning_starts``."""
-        key, key_batch = jax.random.split(state.key)
-        batch = buffer_sample(state.buffer, key_batch, config.batch_size)
-        _, grads = loss_and_grad(state.params, state.target_params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, target, opt_state, updates, ready = carry
+        _, grads = loss_and_grad(params, target, batch)
+        change, new_opt_state = tx.update(grads, opt_state, params)
         # Selects, not a cond: under vmap both sides are computed anyway.
-        ready = buffer_size(state.buffer) >= config.learning_starts
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ready, new, old),
+            (optax.apply_updates(params, change), new_opt_state),
             (params, opt_state),
-            (state.params, state.opt_state),
         )
-        updates_done = state.updates + ready
-        sync = ready & (updates_done % config.target_period == 0)
-        target = jax.tree.map(lambda p, t: jnp.where(sync, p, t), params, state.target_params)
-        return state._replace(
-            params=params, target_params=target, opt_state=opt_state, updates=updates_done, key=key
-        ), None
+        updates = updates + ready
+        sync = ready & (updates % config.target_period == 0)
+        target = jax.tree.map(lambda p, t: jnp.where(sync, p, t), params, target)
+        return Learner(params, target, opt_state, updates, ready), None
+
+    def learn(state: TrainState) -> TrainState:
+        """G gradient steps. Their G batches are drawn at once (the buffer does not change while
+        learning), so the scan carries only the networks and Adam's state, not the buffer."""
+        key, key_batches = jax.random.split(state.key)
+        drawn = buffer_sample(state.buffer, key_batches, config.gradient_steps * config.batch_size)
+        batches = jax.tree.map(lambda x: x.reshape(config.gradient_steps, config.batch_size, *x.shape[1:]), drawn)
+        ready = buffer_size(state.buffer) >= config.learning_starts
+        learner = Learner(state.params, state.target_params, state.opt_state, state.updates, ready)
+        learner, _ = jax.lax.scan(gradient_step, learner, batches)
+        return state._replace(params=learner.params, target_params=learner.target_params,
+                              opt_state=learner.opt_state, updates=learner.updates, key=key)
 
     def iteration(state: TrainState, _) -> tuple[TrainState, None]:
         """Collect K steps in every environment, then take G gradient steps."""
-        state, _ = jax.lax.scan(env_step, state, None, length=config.collect_steps)
-        state, _ = jax.lax.scan(learn_step, state, None, length=config.gradient_steps)
-        return state, None
+        return learn(collect(state)), None
 
     def interval(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
         """Train ``eval_every`` steps, then evaluate greedily; ``step`` is where it ends."""
