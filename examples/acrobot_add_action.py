@@ -1,6 +1,6 @@
 """Experiment 4: the Acrobot agent could only use torques -1 and 0; now it may use +1 too.
 
-The output space ``actions`` has IDs (torque-1, torque0) in the old network and (torque-1,
+The output space ``out`` has IDs (torque-1, torque0) in the old network and (torque-1,
 torque0, torque+1) in the new one. The new action's Q-value starts as the mean of the old ones
 (preserving: the greedy action is kept) or fresh (seed rules).
 

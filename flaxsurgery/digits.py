@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ import numpy as np
 import optax
 
 import flaxsurgery as fs
+from flaxsurgery import results
 
 OLD_CLASSES = (0, 1, 2, 3)
 NEW_CLASSES = (4, 5, 6, 7, 8, 9)
@@ -282,15 +282,13 @@ def run(config: Config, seeds: int = 20, seed: int = 0, verbose: bool = True) ->
 def summarise(config: Config, accuracy: dict, wall_s: float, seed: int = 0) -> dict:
     """The RL experiments' ``summary.json`` format, with test accuracy as the "return".
 
-    Per arm the statistics of :func:`flaxsurgery.rl.experiment.summarise_arm` (imported here:
-    it needs SciPy): mean and 95% half-width per evaluation, first and final accuracy, AUC (the
-    mean test accuracy over the phase's evaluations) with its 95% interval over seeds, and the
-    first evaluated step whose mean accuracy reaches :data:`THRESHOLD`.
+    Per arm the statistics of :func:`flaxsurgery.results.summarise_arm`: mean and 95%
+    half-width per evaluation, first and final accuracy, AUC (the mean test accuracy over the
+    phase's evaluations) with its 95% interval over seeds, and the first evaluated step whose
+    mean accuracy reaches :data:`THRESHOLD`.
     """
-    from flaxsurgery.rl.experiment import summarise_arm
-
     steps = config.eval_steps
-    arms = {arm: summarise_arm(steps, accuracy[arm], THRESHOLD) for arm in ARMS}
+    arms = {arm: results.summarise_arm(steps, accuracy[arm], THRESHOLD) for arm in ARMS}
     return {
         "experiment": "digits_classes",
         "env": DATASET,
@@ -312,73 +310,18 @@ def summarise(config: Config, accuracy: dict, wall_s: float, seed: int = 0) -> d
             "return_is": "test accuracy (old: digits 0-3; other arms: digits 4-9)",
         },
         "arms": arms,
-        "paired_vs_scratch": {arm: paired_difference(accuracy[arm], accuracy["scratch"])
+        "paired_vs_scratch": {arm: results.paired_difference(accuracy[arm], accuracy["scratch"])
                               for arm in PRESETS},
     }
 
 
-def paired_difference(arm: np.ndarray, scratch: np.ndarray) -> dict:
-    """Per-seed differences from scratch (seed i of both arms shares its minibatch key and the
-    new network's initialisation), each as a mean with its 95% Student-t interval: AUC, and the
-    final accuracy."""
-    from scipy import stats
-
-    def interval(d):
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-        return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)]}
-
-    return {"auc": interval(arm.mean(axis=1) - scratch.mean(axis=1)),
-            "final": interval(arm[:, -1] - scratch[:, -1])}
+def report(summary: dict, out: Path) -> Path:
+    """Writes ``summary.json`` and ``curves.png`` under `out`; returns the plot's path."""
+    return results.write(summary, out, xlabel="minibatch steps (0 = transplant)",
+                         ylabel="test accuracy (old: digits 0-3)",
+                         title="digits 0-3 -> 4-9, conv layers transplanted")
 
 
 def markdown_table(summary: dict) -> str:
     """The arms as a markdown table of test accuracies (three decimals)."""
-    lines = [
-        f"| arm | first accuracy | AUC (95% CI) | steps to {summary['threshold']:g} | final accuracy |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for arm, a in summary["arms"].items():
-        lo, hi = a["auc_ci95"]
-        reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
-        lines.append(f"| {arm} | {a['first_return']:.3f} | {a['auc']:.3f} ({lo:.3f}, {hi:.3f}) "
-                     f"| {reached} | {a['final_return']:.3f} |")
-    for arm, p in summary.get("paired_vs_scratch", {}).items():
-        auc, final = p["auc"], p["final"]
-        lines.append(f"\n{arm} - scratch, paired by seed: AUC {auc['mean']:+.3f} "
-                     f"({auc['ci95'][0]:+.3f}, {auc['ci95'][1]:+.3f}), final accuracy "
-                     f"{final['mean']:+.3f} ({final['ci95'][0]:+.3f}, {final['ci95'][1]:+.3f})")
-    return "\n".join(lines)
-
-
-def plot(summary: dict, path: Path) -> None:
-    """Mean test accuracy with its 95% band per arm; the old phase drawn before the transplant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    total = summary["steps_per_phase"]
-    for arm, a in summary["arms"].items():
-        steps = np.array(a["steps"]) - (total if arm == "old" else 0)
-        mean, half = np.array(a["return_mean"]), np.array(a["return_ci95"])
-        ax.plot(steps, mean, label=arm + (" (digits 0-3)" if arm == "old" else ""))
-        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
-    ax.axhline(summary["threshold"], color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("minibatch steps (0 = transplant)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.01)
-    ax.set_title(f"digits 0-3 -> 4-9, conv layers transplanted ({summary['seeds']} seeds, 95% CI)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def report(summary: dict, out: Path) -> Path:
-    """Writes ``summary.json`` and ``curves.png`` under `out`; returns the plot's path."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, out / "curves.png")
-    return out / "curves.png"
+    return results.markdown_table(summary, measure="accuracy", digits=3)

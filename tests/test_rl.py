@@ -152,17 +152,6 @@ def test_dqn_learns_cartpole_in_a_few_thousand_steps():
 # ---------------------------------------------------------------------------------- experiment
 
 
-def test_summary_statistics():
-    steps = np.array([0, 10, 20])
-    returns = np.array([[0.0, 5.0, 10.0], [2.0, 7.0, 12.0]])
-    arm = exp.summarise_arm(steps, returns, threshold=6.0)
-    assert arm["first_return"] == 1.0 and arm["final_return"] == 11.0
-    assert arm["steps_to_threshold"] == 10 and arm["auc"] == pytest.approx(6.0)
-    lo, hi = arm["auc_ci95"]
-    assert lo < 6.0 < hi
-    assert exp.summarise_arm(steps, returns, threshold=99.0)["steps_to_threshold"] is None
-
-
 def test_experiment_transplants_every_seed_and_writes_results(tmp_path, capsys):
     experiment = exp.Experiment(
         name="tiny",

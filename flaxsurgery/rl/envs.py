@@ -2,7 +2,7 @@
 
 An :class:`EnvView` shows the agent a subset of an environment's observation features and
 lets it use a subset of its actions, both named by unit ID. These are the IDs a transplant
-spec uses for the network's input space (``obs``) and output space (``actions``), so the
+spec uses for the network's input space (``obs``) and output space (``out``), so the
 view an agent was trained on and the spec that moves it to a new view speak one language.
 
 Example:

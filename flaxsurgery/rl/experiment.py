@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,9 +25,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 import flaxsurgery as fs
+from flaxsurgery import results
 from flaxsurgery.rl.dqn import DQNConfig, QNetwork, Trained, make_optimizer, make_train
 from flaxsurgery.rl.envs import EnvView
 
@@ -78,29 +77,26 @@ ACROBOT_THRESHOLD = -100.0
 # ---------------------------------------------------------------------------------- spec
 
 
-def mlp_layout(depth: int) -> dict[str, tuple]:
-    """Layout of a :class:`QNetwork` with ``depth`` hidden layers: input space ``obs``, hidden
-    spaces named after the layer that outputs them, output space ``actions``."""
-    hidden = [f"Dense_{i}" for i in range(depth)]
-    return fs.chain_layout(["obs", *hidden, "actions"], [*hidden, f"Dense_{depth}"])
-
-
 def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
-    """The transplant plan from the old network to the new one, by unit ID."""
-    old_shapes = jax.eval_shape(
-        experiment.old_network.init, jax.random.key(0), jnp.zeros(experiment.old_view.obs_size)
-    )
-    new_shapes = jax.eval_shape(
-        experiment.new_network.init, jax.random.key(0), jnp.zeros(experiment.new_view.obs_size)
-    )
+    """The transplant plan from the old network to the new one, by unit ID. The layouts are
+    traced from the networks' forward passes: input space ``obs``, hidden spaces named after
+    the layer that outputs them, output space ``out``."""
+
+    def shapes_and_layout(network: QNetwork, view: EnvView):
+        sample = jnp.zeros((2, view.obs_size))  # a batch of 2 tells the batch axis from units
+        shapes = jax.eval_shape(network.init, jax.random.key(0), sample)
+        return shapes, fs.trace_layout(network.apply, shapes, sample)
+
+    old_shapes, old_layout = shapes_and_layout(experiment.old_network, experiment.old_view)
+    new_shapes, new_layout = shapes_and_layout(experiment.new_network, experiment.new_view)
     return fs.plan(
         old_shapes,
         new_shapes,
-        mlp_layout(len(experiment.old_hidden)),
-        new_layout=mlp_layout(len(experiment.new_hidden)),
+        old_layout,
+        new_layout=new_layout,
         spaces={
             "obs": (experiment.old_view.obs_ids, experiment.new_view.obs_ids),
-            "actions": (experiment.old_view.action_ids, experiment.new_view.action_ids),
+            "out": (experiment.old_view.action_ids, experiment.new_view.action_ids),
         },
         layer_map=dict(experiment.layer_map),
         preset=preset,
@@ -142,7 +138,7 @@ def verify_first_seed(experiment: Experiment, plan: fs.Plan, old_params, new_par
         x,
         plan,
         inputs="obs",
-        outputs="actions",
+        outputs="out",
     )
 
 
@@ -214,71 +210,6 @@ def run(experiment: Experiment, seeds: int = 20, seed: int = 0) -> dict:
 # ---------------------------------------------------------------------------------- report
 
 
-def _ci95(values: np.ndarray) -> np.ndarray:
-    """Half-width of the 95% Student-t interval of the mean over axis 0 (seeds)."""
-    n = values.shape[0]
-    return stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
-
-
-def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> dict:
-    """One arm's statistics from its returns (seeds, evaluations) at ``steps``."""
-    mean = returns.mean(axis=0)
-    auc_per_seed = returns.mean(axis=1)  # mean evaluation return over the phase
-    auc, auc_half = float(auc_per_seed.mean()), float(_ci95(auc_per_seed))
-    reached = np.flatnonzero(mean >= threshold)
-    return {
-        "steps": [int(s) for s in steps],
-        "return_mean": [float(m) for m in mean],
-        "return_ci95": [float(h) for h in _ci95(returns)],
-        "first_return": float(mean[0]),
-        "final_return": float(mean[-1]),
-        "auc": auc,
-        "auc_ci95": [auc - auc_half, auc + auc_half],
-        "steps_to_threshold": int(steps[reached[0]]) if reached.size else None,
-    }
-
-
-def markdown_table(summary: dict) -> str:
-    """The arms as a markdown table: first return, AUC with CI, steps to threshold, final."""
-    lines = [
-        f"| arm | first return | AUC (95% CI) | steps to {summary['threshold']:g} | final return |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for arm, a in summary["arms"].items():
-        lo, hi = a["auc_ci95"]
-        reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
-        lines.append(
-            f"| {arm} | {a['first_return']:.1f} | {a['auc']:.1f} ({lo:.1f}, {hi:.1f}) "
-            f"| {reached} | {a['final_return']:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(summary: dict, path: Path) -> None:
-    """Mean evaluation return with its 95% band per arm; the old phase before the transplant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    total = summary["steps_per_phase"]
-    for arm, a in summary["arms"].items():
-        steps = np.array(a["steps"]) - (total if arm == "old" else 0)
-        mean, half = np.array(a["return_mean"]), np.array(a["return_ci95"])
-        ax.plot(steps, mean, label=arm)
-        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
-    ax.axhline(summary["threshold"], color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("environment steps (0 = transplant)")
-    ax.set_ylabel("greedy evaluation return")
-    ax.set_title(f"{summary['experiment']} ({summary['env']}, {summary['seeds']} seeds, 95% CI)")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _view_config(view: EnvView, hidden: Sequence[int]) -> dict:
     return {"obs_ids": list(view.obs_ids), "action_ids": list(view.action_ids), "hidden": list(hidden)}
 
@@ -301,15 +232,14 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> d
             "layer_map": dict(experiment.layer_map),
         },
         "arms": {
-            arm: summarise_arm(config.eval_steps, returns[arm], experiment.threshold) for arm in ARMS
+            arm: results.summarise_arm(config.eval_steps, returns[arm], experiment.threshold)
+            for arm in ARMS
         },
     }
-    folder = out / experiment.name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, folder / "curves.png")
+    results.write(summary, out / experiment.name, xlabel="environment steps (0 = transplant)",
+                  ylabel="greedy evaluation return", title=f"{experiment.name} ({summary['env']})")
     print(f"\n{experiment.name}: {seeds} seeds, {config.total_steps:,} steps per phase, "
-          f"{wall_s:.0f}s\n\n{markdown_table(summary)}\n", flush=True)
+          f"{wall_s:.0f}s\n\n{results.markdown_table(summary)}\n", flush=True)
     return summary
 
 
