@@ -1,0 +1,135 @@
+"""DQN throughput: our nested-scan design against purejaxrl's, and scaling with seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bench.common import record
+from flaxsurgery.rl.dqn import (
+    DQNConfig,
+    QNetwork,
+    Transition,
+    buffer_add,
+    buffer_init,
+    buffer_sample,
+    buffer_size,
+    epsilon,
+    evaluate,
+    make_optimizer,
+    make_train,
+    td_loss,
+)
+from flaxsurgery.rl.envs import EnvView
+
+HIDDEN = (16, 16)
+
+
+def config_for(total_steps: int) -> DQNConfig:
+    """The experiments' hyperparameters, with one evaluation at the start and one at the end."""
+    return dataclasses.replace(DQNConfig(), total_steps=total_steps, eval_every=total_steps,
+                               epsilon_steps=min(DQNConfig().epsilon_steps, total_steps))
+
+
+def make_train_purejaxrl_design(config: DQNConfig, view: EnvView, network, learn_every: int, updates: int):
+    """The same DQN with purejaxrl's structure: one scan step per environment step; every
+    `learn_every` scan steps a learning phase of `updates` gradient steps, gated by ``lax.cond``,
+    as is the target update. Under ``vmap`` a ``cond`` computes both branches, so the learning
+    phase is computed at every scan step and discarded where it is not due.
+
+    Same network, batch, buffer, loss, optimizer and budget as :func:`make_train`; with
+    ``learn_every = collect_steps`` and ``updates = gradient_steps`` also the same gradient steps
+    per environment step and the same schedule.
+    """
+    tx = make_optimizer(config)
+    apply = network.apply
+    eval_keys = jax.random.split(jax.random.key(config.eval_seed), config.eval_episodes)
+    loss_and_grad = jax.value_and_grad(lambda p, t, b: td_loss(config, apply, p, t, b))
+
+    def learn(operand):
+        params, opt_state, target, buffer, key = operand
+
+        def gradient_step(carry, key):
+            params, opt_state = carry
+            _, grads = loss_and_grad(params, target, buffer_sample(buffer, key, config.batch_size))
+            change, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, change), opt_state), None
+
+        (params, opt_state), _ = jax.lax.scan(gradient_step, (params, opt_state), jax.random.split(key, updates))
+        return params, opt_state
+
+    def step(state, _):
+        params, target, opt_state, buffer, env_state, obs, steps, done, key = state
+        key, key_random, key_explore, key_env, key_learn = jax.random.split(key, 5)
+        greedy = jnp.argmax(apply(params, obs), axis=-1)
+        random = jax.random.randint(key_random, greedy.shape, 0, view.num_actions)
+        explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, steps)
+        action = jnp.where(explore, random, greedy)
+        next_obs, env_state, reward, terminated, _, info = jax.vmap(view.step)(
+            jax.random.split(key_env, config.num_envs), env_state, action)
+        buffer = buffer_add(buffer, Transition(obs, action, reward, info["final_observation"], terminated))
+
+        due = (buffer_size(buffer) >= config.learning_starts) & ((steps // config.num_envs + 1) % learn_every == 0)
+        params, opt_state = jax.lax.cond(due, learn, lambda operand: operand[:2],
+                                         (params, opt_state, target, buffer, key_learn))
+        new_done = done + due * updates
+        sync = new_done // config.target_period > done // config.target_period
+        target = jax.lax.cond(sync, lambda: params, lambda: target)
+        state = (params, target, opt_state, buffer, env_state, next_obs, steps + config.num_envs, new_done, key)
+        return state, None
+
+    def train(key):
+        key_init, key_reset, key_run = jax.random.split(key, 3)
+        params = network.init(key_init, jnp.zeros((view.obs_size,)))
+        obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
+        state = (params, params, tx.init(params), buffer_init(config.buffer_size, view.obs_size),
+                 env_state, obs, jnp.int32(0), jnp.int32(0), key_run)
+        first = evaluate(view, apply, params, eval_keys)
+        state, _ = jax.lax.scan(step, state, None, length=config.total_steps // config.num_envs)
+        return jnp.stack([first, evaluate(view, apply, state[0], eval_keys)])
+
+    return train
+
+
+def steps_per_second(train, seeds: int, total_steps: int) -> float:
+    """Environment steps per second of `seeds` seeds (compile excluded)."""
+    keys = jax.random.split(jax.random.key(0), seeds)
+    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(keys))
+    return seeds * total_steps / (time.perf_counter() - start)
+
+
+def bench_dqn(quick: bool) -> list[dict]:
+    """Ours against purejaxrl's structure with our schedule, and with learning at every step."""
+    total_steps = 4_000 if quick else 20_000
+    config, view = config_for(total_steps), EnvView("CartPole-v1")
+    network = QNetwork(HIDDEN, view.num_actions)
+    ours = steps_per_second(lambda k: make_train(config, view, network)(k).returns, 20, total_steps)
+    schedule = make_train_purejaxrl_design(config, view, network, config.collect_steps, config.gradient_steps)
+    # The same gradient steps per environment step, learning at every scan step: no branch wasted.
+    per_step = make_train_purejaxrl_design(config, view, network, 1, config.gradient_steps // config.collect_steps)
+    common = {"seeds": 20, "total_steps": total_steps, "env": "CartPole-v1", "hidden": str(HIDDEN)}
+    return [
+        record("dqn_vs_purejaxrl_design", "throughput", ours, steps_per_second(schedule, 20, total_steps),
+               "steps/s", learn_every=config.collect_steps, updates=config.gradient_steps, **common),
+        record("dqn_vs_purejaxrl_design_every_step", "throughput", ours, steps_per_second(per_step, 20, total_steps),
+               "steps/s", learn_every=1, updates=config.gradient_steps // config.collect_steps, **common),
+    ]
+
+
+def bench_seeds_scaling(quick: bool) -> list[dict]:
+    total_steps = 2_000 if quick else 10_000
+    config, view = config_for(total_steps), EnvView("CartPole-v1")
+    train = lambda k: make_train(config, view, QNetwork(HIDDEN, view.num_actions))(k).returns
+    one = steps_per_second(train, 1, total_steps)
+    rows = []
+    for seeds in (1, 8, 32) if quick else (1, 8, 32, 128):
+        rate = one if seeds == 1 else steps_per_second(train, seeds, total_steps)
+        rows.append(record("dqn_seeds_scaling", "throughput", rate, one, "steps/s", seeds=seeds,
+                           total_steps=total_steps, baseline_is="1 seed"))
+    return rows
