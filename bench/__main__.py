@@ -19,13 +19,14 @@ SUITES = {
     "population": transplant_bench.bench_population,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
+    "experiment_wall": dqn_bench.bench_experiment_wall,
 }
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| name | params | value | baseline | ratio | unit |", "|---|---|---|---|---|---|"]
     for r in rows:
-        shown = {k: v for k, v in r["params"].items() if not isinstance(v, str)}
+        shown = {k: v for k, v in r["params"].items() if not k.endswith("_is")}
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         lines.append(f"| {r['name']} | {params} | {r['value']:.4g} | {r['baseline']:.4g} | "
                      f"{r['ratio']:.3g} | {r['unit']} |")

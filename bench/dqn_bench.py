@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
+import tempfile
 import time
 
 import jax
@@ -25,6 +28,7 @@ from flaxsurgery.rl.dqn import (
     td_loss,
 )
 from flaxsurgery.rl.envs import EnvView
+from flaxsurgery.rl.experiment import main
 
 HIDDEN = (16, 16)
 
@@ -132,4 +136,38 @@ def bench_seeds_scaling(quick: bool) -> list[dict]:
         rate = one if seeds == 1 else steps_per_second(train, seeds, total_steps)
         rows.append(record("dqn_seeds_scaling", "throughput", rate, one, "steps/s", seeds=seeds,
                            total_steps=total_steps, baseline_is="1 seed"))
+    return rows
+
+
+EXPERIMENTS = ("cartpole_add_observations", "cartpole_add_units", "cartpole_add_layer", "acrobot_add_action")
+
+
+def load_experiment(name: str):
+    """The Experiment defined by ``examples/<name>.py``."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXPERIMENT
+
+
+def bench_experiment_wall(quick: bool) -> list[dict]:
+    """Wall time of each whole 20-seed experiment (old phase, transplants, three new arms),
+    against training its old phase alone (20 seeds, same budget), compilation included in both."""
+    rows = []
+    for name in EXPERIMENTS[:1] if quick else EXPERIMENTS:
+        experiment = load_experiment(name)
+        steps = 2_000 if quick else experiment.config.total_steps
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            summary = main(experiment, ["--seeds", "20", "--steps", str(steps), "--out", out])
+            wall = time.perf_counter() - start
+        config = dataclasses.replace(experiment.config, total_steps=steps,
+                                     eval_every=summary["arms"]["old"]["steps"][1])
+        train = make_train(config, experiment.old_view, experiment.old_network)
+        start = time.perf_counter()
+        jax.block_until_ready(jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 20)).returns)
+        rows.append(record("experiment_wall", "time", wall, time.perf_counter() - start, "s",
+                           experiment=name, seeds=20, steps_per_phase=steps,
+                           baseline_is="the old phase alone"))
     return rows
