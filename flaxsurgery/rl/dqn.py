@@ -329,7 +329,7 @@ def make_train(
         params, target, opt_state, updates, ready = carry
         _, grads = loss_and_grad(params, target, batch)
         change, new_opt_state = tx.update(grads, opt_state, params)
-        # Selects, not a cond: under vmap both sides are computed anyway.
+        # A select, not a cond: under vmap a cond whose predicate is batched runs both sides.
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ready, new, old),
             (optax.apply_updates(params, change), new_opt_state),
@@ -345,7 +345,9 @@ def make_train(
         learning), so the scan carries only the networks and Adam's state, not the buffer."""
         key, key_batches = jax.random.split(state.key)
         drawn = buffer_sample(state.buffer, key_batches, config.gradient_steps * config.batch_size)
-        batches = jax.tree.map(lambda x: x.reshape(config.gradient_steps, config.batch_size, *x.shape[1:]), drawn)
+        batches = jax.tree.map(  # leaves (G, batch_size, ...)
+            lambda x: x.reshape(config.gradient_steps, config.batch_size, *x.shape[1:]), drawn
+        )
         ready = buffer_size(state.buffer) >= config.learning_starts
         learner = Learner(state.params, state.target_params, state.opt_state, state.updates, ready)
         learner, _ = jax.lax.scan(gradient_step, learner, batches)
