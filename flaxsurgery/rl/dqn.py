@@ -270,6 +270,55 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
     )
 
 
+def epsilon_greedy(
+    config: DQNConfig, q: jax.Array, step: jax.Array, key_random: jax.Array, key_explore: jax.Array
+) -> jax.Array:
+    """int32 (...,): the greedy action of ``q`` (..., A), or with probability
+    ``epsilon(config, step)`` a uniformly random one."""
+    greedy = jnp.argmax(q, axis=-1)
+    random = jax.random.randint(key_random, greedy.shape, 0, q.shape[-1])
+    explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, step)
+    return jnp.where(explore, random, greedy)
+
+
+def make_learn(
+    config: DQNConfig, apply: Callable, tx: optax.GradientTransformation
+) -> Callable[..., Learner]:
+    """Build ``learn(params, target_params, opt_state, updates, buffer, key) -> Learner``: G
+    gradient steps on G batches drawn from ``buffer`` with ``key``, applied only once the buffer
+    holds ``learning_starts`` transitions. The G batches are drawn at once (the buffer does not
+    change while learning), so the scan carries only the networks and Adam's state."""
+    loss_and_grad = jax.value_and_grad(lambda p, t, b: td_loss(config, apply, p, t, b))
+
+    def gradient_step(carry: Learner, batch: Transition) -> tuple[Learner, None]:
+        """One gradient step, applied only once the buffer holds ``learning_starts``."""
+        params, target, opt_state, updates, ready = carry
+        _, grads = loss_and_grad(params, target, batch)
+        change, new_opt_state = tx.update(grads, opt_state, params)
+        # A select, not a cond: under vmap a cond whose predicate is batched runs both sides.
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(ready, new, old),
+            (optax.apply_updates(params, change), new_opt_state),
+            (params, opt_state),
+        )
+        updates = updates + ready
+        sync = ready & (updates % config.target_period == 0)
+        target = jax.tree.map(lambda p, t: jnp.where(sync, p, t), params, target)
+        return Learner(params, target, opt_state, updates, ready), None
+
+    def learn(params, target_params, opt_state, updates, buffer: Buffer, key) -> Learner:
+        drawn = buffer_sample(buffer, key, config.gradient_steps * config.batch_size)
+        batches = jax.tree.map(  # leaves (G, batch_size, ...)
+            lambda x: x.reshape(config.gradient_steps, config.batch_size, *x.shape[1:]), drawn
+        )
+        ready = buffer_size(buffer) >= config.learning_starts
+        learner = Learner(params, target_params, opt_state, updates, ready)
+        learner, _ = jax.lax.scan(gradient_step, learner, batches)
+        return learner
+
+    return learn
+
+
 # ---------------------------------------------------------------------------------- train
 
 
@@ -298,15 +347,13 @@ def make_train(
     apply = network.apply
     eval_keys = jax.random.split(jax.random.key(config.eval_seed), config.eval_episodes)
     iterations = config.eval_every // (config.collect_steps * config.num_envs)
-    loss_and_grad = jax.value_and_grad(lambda p, t, b: td_loss(config, apply, p, t, b))
+    learn_batches = make_learn(config, apply, tx)
 
     def env_step(params, carry: Actor, _) -> tuple[Actor, Transition]:
         """Step every environment once, epsilon-greedy; return the transitions."""
         key, key_random, key_explore, key_env = jax.random.split(carry.key, 4)
-        greedy = jnp.argmax(apply(params, carry.obs), axis=-1)  # (num_envs,)
-        random = jax.random.randint(key_random, greedy.shape, 0, view.num_actions)
-        explore = jax.random.uniform(key_explore, greedy.shape) < epsilon(config, carry.steps)
-        action = jnp.where(explore, random, greedy)
+        q = apply(params, carry.obs)  # (num_envs, num_actions)
+        action = epsilon_greedy(config, q, carry.steps, key_random, key_explore)
         env_keys = jax.random.split(key_env, config.num_envs)
         obs, env_state, reward, terminated, _, info = jax.vmap(view.step)(
             env_keys, carry.env_state, action
@@ -324,33 +371,11 @@ def make_train(
         return state._replace(buffer=buffer_add(state.buffer, flat), env_state=actor.env_state,
                               obs=actor.obs, steps=actor.steps, key=actor.key)
 
-    def gradient_step(carry: Learner, batch: Transition) -> tuple[Learner, None]:
-        """One gradient step, applied only once the buffer holds ``learning_starts``."""
-        params, target, opt_state, updates, ready = carry
-        _, grads = loss_and_grad(params, target, batch)
-        change, new_opt_state = tx.update(grads, opt_state, params)
-        # A select, not a cond: under vmap a cond whose predicate is batched runs both sides.
-        params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(ready, new, old),
-            (optax.apply_updates(params, change), new_opt_state),
-            (params, opt_state),
-        )
-        updates = updates + ready
-        sync = ready & (updates % config.target_period == 0)
-        target = jax.tree.map(lambda p, t: jnp.where(sync, p, t), params, target)
-        return Learner(params, target, opt_state, updates, ready), None
-
     def learn(state: TrainState) -> TrainState:
-        """G gradient steps. Their G batches are drawn at once (the buffer does not change while
-        learning), so the scan carries only the networks and Adam's state, not the buffer."""
+        """G gradient steps (:func:`make_learn`)."""
         key, key_batches = jax.random.split(state.key)
-        drawn = buffer_sample(state.buffer, key_batches, config.gradient_steps * config.batch_size)
-        batches = jax.tree.map(  # leaves (G, batch_size, ...)
-            lambda x: x.reshape(config.gradient_steps, config.batch_size, *x.shape[1:]), drawn
-        )
-        ready = buffer_size(state.buffer) >= config.learning_starts
-        learner = Learner(state.params, state.target_params, state.opt_state, state.updates, ready)
-        learner, _ = jax.lax.scan(gradient_step, learner, batches)
+        learner = learn_batches(state.params, state.target_params, state.opt_state,
+                                state.updates, state.buffer, key_batches)
         return state._replace(params=learner.params, target_params=learner.target_params,
                               opt_state=learner.opt_state, updates=learner.updates, key=key)
 

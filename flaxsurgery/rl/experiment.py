@@ -10,6 +10,10 @@ network with its view, and the spec between them (unit IDs of the views, a layer
 3. train the new network from each transplant and from scratch (arm ``scratch``): all three
    arms in one jitted, vmapped call, arm ``a`` seed ``i`` with the same training key.
 
+Phases train with gymnax (:func:`population_train`) by default; ``trainer=`` swaps in
+:func:`flaxsurgery.rl.host.make_host_train` for gymnasium environments (views are then
+``HostView`` objects, which name units the same way).
+
 It writes ``<out>/<name>/summary.json`` and ``<out>/<name>/curves.png`` and prints a markdown
 table of the arms.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -41,7 +45,8 @@ class Experiment:
 
     Attributes:
       name: the results folder's name.
-      old_view: the environment as the old network sees it.
+      old_view: the environment as the old network sees it (an ``EnvView``, or a ``HostView``
+        with the host trainer).
       new_view: the environment as the new network sees it.
       old_hidden: the old network's hidden widths.
       new_hidden: the new network's hidden widths.
@@ -145,6 +150,15 @@ def verify_first_seed(experiment: Experiment, plan: fs.Plan, old_params, new_par
 # ---------------------------------------------------------------------------------- run
 
 
+def population_train(
+    config: DQNConfig, view: EnvView, network: QNetwork, progress: Callable[[int], None]
+) -> Callable[..., Trained]:
+    """gymnax: every seed of a population in one jitted, vmapped call of
+    :func:`~flaxsurgery.rl.make_train`; ``(keys, *init) -> Trained`` with a leading seed axis.
+    :func:`flaxsurgery.rl.host.make_host_train` is the same for gymnasium environments."""
+    return jax.jit(jax.vmap(make_train(config, view, network, progress)))
+
+
 class Progress:
     """Host-side progress line of one training phase, called once per evaluation."""
 
@@ -159,8 +173,11 @@ class Progress:
         print(f"{self.prefix}, step {int(step):,}/{self.total_steps:,}, {elapsed:.0f}s", flush=True)
 
 
-def run(experiment: Experiment, seeds: int = 20, seed: int = 0) -> dict:
-    """Run all phases of ``experiment`` with ``seeds`` seeds per arm.
+def run(
+    experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train
+) -> dict:
+    """Run all phases of ``experiment`` with ``seeds`` seeds per arm; ``trainer`` builds each
+    phase's population training function (:func:`population_train`'s signature).
 
     Returns:
       ``{arm: returns}``, each returns array (seeds, evaluations) of mean greedy returns at
@@ -172,8 +189,8 @@ def run(experiment: Experiment, seeds: int = 20, seed: int = 0) -> dict:
 
     # Phase 1: the old network, on the old view.
     progress = Progress(name, "old", seeds, config.total_steps)
-    train_old = make_train(config, experiment.old_view, experiment.old_network, progress)
-    old = jax.jit(jax.vmap(train_old))(jax.random.split(key_old, seeds))
+    train_old = trainer(config, experiment.old_view, experiment.old_network, progress)
+    old = train_old(jax.random.split(key_old, seeds))
 
     # Phase 2: transplant every seed, with each plan. Fresh values (and the scratch arm) come
     # from the same per-seed initialisation of the new network.
@@ -198,10 +215,10 @@ def run(experiment: Experiment, seeds: int = 20, seed: int = 0) -> dict:
     # Phase 3: the new network from each start, every arm's seed i on the same key.
     new_arms = list(starts)
     progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
-    train_new = make_train(config, new_view, new_net, progress)
+    train_new = trainer(config, new_view, new_net, progress)
     stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *starts.values())
     keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(new_arms))
-    new = jax.jit(jax.vmap(train_new))(keys, *stacked)
+    new = train_new(keys, *stacked)
 
     returns = np.asarray(new.returns).reshape(len(new_arms), seeds, -1)
     return {"old": np.asarray(old.returns), **dict(zip(new_arms, returns))}
@@ -243,10 +260,18 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> d
     return summary
 
 
-def main(experiment: Experiment, argv: Sequence[str] | None = None) -> dict:
-    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``."""
+def main(
+    experiment: Experiment,
+    argv: Sequence[str] | None = None,
+    trainer: Callable = population_train,
+    default_seeds: int = 20,
+) -> dict:
+    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``; ``trainer``
+    as in :func:`run`."""
     parser = argparse.ArgumentParser(description=f"Transplant experiment {experiment.name}.")
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per arm (at least 2)")
+    parser.add_argument(
+        "--seeds", type=int, default=default_seeds, help="seeds per arm (at least 2)"
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -266,5 +291,5 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> dict:
         ),
     )
     start = time.perf_counter()
-    returns = run(experiment, seeds=args.seeds)
+    returns = run(experiment, seeds=args.seeds, trainer=trainer)
     return report(experiment, returns, time.perf_counter() - start, args.out)

@@ -1,0 +1,173 @@
+"""The host path: gymnasium environments stepped on the host, the DQN's network and updates jitted."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+gym = pytest.importorskip("gymnasium")
+
+import jax
+
+from flaxsurgery.rl import DQNConfig, QNetwork, host
+from flaxsurgery.rl import experiment as exp
+from flaxsurgery.rl.host import HostView
+
+TINY = DQNConfig(
+    total_steps=400, num_envs=2, collect_steps=10, gradient_steps=5, learning_starts=100,
+    eval_every=200, eval_episodes=2,
+)
+
+
+class Corridor(gym.Env):
+    """Walk right from 0 to 3 (terminated); a time limit of 4 truncates walks that dawdle.
+    Observation (position, 10 + position): the second feature tells observations apart."""
+
+    observation_space = gym.spaces.Box(-10.0, 20.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)  # 0: stay, 1: right
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.position += int(action)
+        return self._obs(), 1.0, self.position == 3, False, {}
+
+    def _obs(self):
+        return np.array([self.position, 10 + self.position], np.float32)
+
+
+gym.register(id="Corridor-v0", entry_point=Corridor, max_episode_steps=4)
+CORRIDOR = {"env_obs_ids": ("pos", "pos10"), "env_action_ids": ("stay", "right")}
+
+
+def fixed_act(actions):
+    """An ``act`` that plays ``actions`` (one per step, the same in every environment)."""
+    remaining = iter(actions)
+
+    def act(params, obs, step, keys):
+        return np.full(obs.shape[:2], next(remaining)), keys
+
+    return act
+
+
+def corridor_transitions(actions, obs_ids=None):
+    """Play ``actions`` in one Corridor environment through :func:`host.collect`."""
+    view = HostView("Corridor-v0", obs_ids=obs_ids, **CORRIDOR)
+    config = dataclasses.replace(TINY, num_envs=1, collect_steps=len(actions))
+    env = view.make_vector(1)
+    first, _ = env.reset(seed=[0])
+    agents = host.HostAgents(None, None, None, None, jax.random.split(jax.random.key(0), 1))
+    _, transitions, obs, step = host.collect(
+        config, view, fixed_act(actions), env, agents, view.observe(first)[None], 0
+    )
+    return jax.tree.map(lambda x: x[0], transitions), obs[0, 0], step
+
+
+# ---------------------------------------------------------------------------------- autoreset
+
+
+def test_termination_stores_the_real_final_observation_and_cuts_the_bootstrap():
+    t, obs, step = corridor_transitions([1, 1, 1, 1])
+    np.testing.assert_array_equal(t.next_obs[:, 0], [1, 2, 3, 1])  # 3: the goal, not a reset
+    np.testing.assert_array_equal(t.obs[:, 0], [0, 1, 2, 0])  # then the next episode starts
+    np.testing.assert_array_equal(t.terminated, [False, False, True, False])
+    assert obs[0] == 1 and step == 4
+
+
+def test_truncation_keeps_the_bootstrap_and_the_real_final_observation():
+    t, _, _ = corridor_transitions([0, 1, 0, 1, 1])  # the limit of 4 ends the walk at 2
+    np.testing.assert_array_equal(t.next_obs[:, 0], [0, 1, 1, 2, 1])
+    np.testing.assert_array_equal(t.obs[:, 0], [0, 0, 1, 1, 0])
+    assert not t.terminated.any()  # truncated is not terminated
+
+
+def test_collect_shows_the_view_s_features():
+    t, _, _ = corridor_transitions([1, 1], obs_ids=("pos10",))
+    np.testing.assert_array_equal(t.next_obs, [[11], [12]])
+
+
+def test_real_next_obs_leaves_running_environments_alone():
+    obs = np.array([[5.0], [6.0]])
+    info = {"final_obs": np.array([None, np.array([9.0])], object), "_final_obs": [False, True]}
+    np.testing.assert_array_equal(host.real_next_obs(obs, info), [[5.0], [9.0]])
+    np.testing.assert_array_equal(obs, [[5.0], [6.0]])  # not changed
+
+
+# ---------------------------------------------------------------------------------- views
+
+
+def test_lunar_lander_action_ids():
+    view = HostView("LunarLander-v3", action_ids=("fire_left", "fire_right"))
+    np.testing.assert_array_equal(view.action_index, [1, 3])
+    np.testing.assert_array_equal(HostView("LunarLander-v3").action_index, [0, 1, 2, 3])
+    assert view.obs_ids == ("x", "y", "vx", "vy", "angle", "angular_velocity", "left_leg",
+                            "right_leg")
+
+
+@pytest.mark.parametrize("action_id, env_action", [("fire_left", 1), ("fire_main", 2), ("fire_right", 3)])
+def test_lunar_lander_agent_action_is_the_environment_action(action_id, env_action):
+    pytest.importorskip("Box2D")
+    view = HostView("LunarLander-v3", action_ids=("noop", action_id))
+    mine, theirs = view.make_vector(1), gym.make("LunarLander-v3")
+    mine.reset(seed=[7])
+    theirs.reset(seed=7)
+    for _ in range(5):
+        obs, *_ = mine.step(np.array([view.action_index[1]]))
+        expected, *_ = theirs.step(env_action)
+    np.testing.assert_array_equal(obs[0], expected)
+
+
+def test_view_lists_every_problem_at_once():
+    with pytest.raises(ValueError) as error:
+        HostView("CartPole-v1", obs_ids=("x", "x", "phi"), action_ids=("up",))
+    message = str(error.value)
+    assert "'phi'" in message and "duplicate observation ID 'x'" in message and "'up'" in message
+    with pytest.raises(ValueError, match="(?s)pass env_obs_ids=.*pass env_action_ids="):
+        HostView("Corridor-v0")
+
+
+def test_view_checks_the_environment_s_spaces():
+    view = HostView("Corridor-v0", env_obs_ids=("pos",), env_action_ids=("stay", "right"))
+    with pytest.raises(ValueError, match="names 1 observation features"):
+        view.make()
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def test_host_dqn_learns_cartpole():
+    config = DQNConfig(
+        total_steps=6_000, num_envs=4, collect_steps=25, gradient_steps=50, learning_starts=500,
+        epsilon_steps=3_000, target_period=250, eval_every=2_000, eval_episodes=5,
+    )
+    calls = []
+    view = HostView("CartPole-v1")
+    train = host.make_host_train(config, view, QNetwork((32, 32), 2), progress=calls.append)
+    out = train(jax.random.split(jax.random.key(0), 2))
+    assert out.returns.shape == (2, len(config.eval_steps))
+    assert calls == [2_000, 4_000, 6_000]
+    mean = np.asarray(out.returns.mean(axis=0))
+    assert mean[0] < 50.0 and mean[1:].max() > 100.0, out.returns
+
+
+def test_host_experiment_transplants_and_writes_results(tmp_path):
+    """The experiment runner with the host trainer; the preserving transplant keeps the greedy
+    policy, so it starts with the old agents' last return on the same evaluation episodes."""
+    experiment = exp.Experiment(
+        name="tiny_host",
+        old_view=HostView("CartPole-v1", obs_ids=("theta", "theta_dot")),
+        new_view=HostView("CartPole-v1"),
+        old_hidden=(4,),
+        new_hidden=(4,),
+        config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+    )
+    summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path)],
+                       trainer=host.make_host_train)
+    assert json.loads((tmp_path / "tiny_host" / "summary.json").read_text())["env"] == "CartPole-v1"
+    arms = summary["arms"]
+    assert arms["transplant"]["first_return"] == pytest.approx(arms["old"]["final_return"])
