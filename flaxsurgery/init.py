@@ -44,6 +44,8 @@ FILLS = ("fresh", "zeros", "mean")
 LAYER_INITS = ("identity", "near_identity", "fresh", "zeros")
 ROLES = ("input", "hidden", "output")
 NEAR_IDENTITY_NOISE = 0.01
+# Below the mean of the old Q-values by more than float32 rounding of Q-values up to ~1e4.
+GREEDY_MARGIN = 1e-3
 
 Source = Hashable | Mapping
 
@@ -59,7 +61,7 @@ class Rule:
       outgoing: ``"fresh"``, ``"zeros"`` or ``"mean"``, or ``"split"``: ``ratio`` of
         ``source``'s outgoing weights, the source unit keeping the rest.
       source: for copy and split, the old unit ID to take from, or a mapping new ID -> old ID.
-      offset: added to a copied unit's bias (``copy`` only).
+      offset: added to a new unit's bias (``copy`` and ``mean``).
       ratio: the new unit's share of its source's outgoing weights (``split`` only).
     """
 
@@ -123,18 +125,21 @@ def fresh_in_zero_out() -> Rule:
     return Rule("fresh_in_zero_out", incoming="fresh", outgoing="zeros")
 
 
-def mean(outgoing: str = "zeros") -> Rule:
-    """Incoming weights (and bias) are the mean over the old units. For a new action the Q-value is
-    the mean of the old Q-values, never above their max: preserves the greedy action (ties
-    aside). For inputs and hidden units (with zero outgoing weights) preserves the function.
-    ``outgoing="mean"`` makes a new embedding token the mean of the old tokens.
+def mean(outgoing: str = "zeros", offset: float = 0.0) -> Rule:
+    """Incoming weights (and bias) are the mean over the old units, `offset` added to the bias.
+    For a new action the Q-value is the mean of the old Q-values plus `offset`, never above their
+    max: preserves the greedy action. With ``offset=0`` a tie (one old action, or old Q-values
+    equal up to float rounding) can still go to the new action; a small negative offset rules
+    that out (the "preserving" preset uses ``-GREEDY_MARGIN``). For inputs and hidden units
+    (with zero outgoing weights) preserves the function. ``outgoing="mean"`` makes a new
+    embedding token the mean of the old tokens.
 
     >>> mean().exactness("output")
     'greedy'
     """
     if outgoing not in FILLS:
         raise ValueError(f"mean(outgoing=...) must be one of {FILLS}, got {outgoing!r}")
-    return Rule("mean", incoming="mean", outgoing=outgoing)
+    return Rule("mean", incoming="mean", outgoing=outgoing, offset=float(offset))
 
 
 def copy(source: Source, offset: float = 0.0) -> Rule:
@@ -184,7 +189,8 @@ class Preset:
 
 PRESETS = {
     # Function-preserving: new inputs ignored, new hidden units silent, new actions never greedy.
-    "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(), layer="identity"),
+    "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-GREEDY_MARGIN),
+                         layer="identity"),
     # The original paper's rules: new units fresh, new layers near-identity.
     "seed": Preset(input=fresh(), hidden=fresh(), output=fresh(), layer="near_identity"),
 }

@@ -35,7 +35,7 @@ class AxisPlan:
         ``"zero"``): one kind, or several (a ``Concat`` of spaces with different rules), told
         apart by the per-unit ``kind`` array; empty when the axis has no such entry.
       scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
-      offset: whether a per-unit ``offset`` is added (a copied unit's bias).
+      offset: whether a per-unit ``offset`` is added, after the fills (a new unit's bias).
       prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
         ones appended: the usual widening), the gather is a slice and a pad, which XLA fuses
         better than a general gather.
@@ -654,18 +654,17 @@ def _space_units(old_space: str, new_space: str, role: str, name: str, ctx) -> _
     fill = _no_fill(len(src))
     if not added.any():
         return _Units(src, fill)
+    offset = np.where(added, rule.offset, 0.0).astype(np.float32) if name == "bias" and rule.offset else None
     if rule.incoming != "copy":
         fill[added] = rule.incoming if role == "output" else rule.outgoing
-        return _Units(src, fill)
+        return _Units(src, fill, offset=offset if role == "output" else None)
 
     from_unit = np.array([position.get(rule.source_of(uid), -1) for uid in new_ids], dtype=np.int32)
     if (from_unit[added] < 0).any():  # reported by _space_rules
         return _Units(src, fill)
     if role == "output":
         copied = np.where(added, from_unit, src).astype(np.int32)
-        if rule.name == "copy" and name == "bias" and rule.offset:
-            return _Units(copied, fill, offset=np.where(added, rule.offset, 0.0).astype(np.float32))
-        return _Units(copied, fill)
+        return _Units(copied, fill, offset=offset)
     if rule.outgoing != "split":  # copy: a new unit's outgoing weights start at zero
         fill[added] = "zeros"
         return _Units(src, fill)

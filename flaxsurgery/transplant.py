@@ -128,13 +128,14 @@ def _leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any) -> jax.Array:
     for axis, ax in enumerate(leaf.axes):
         if ax.scaled:
             x = x * _along(arrays[f"scale{axis}"], axis, ndim).astype(x.dtype)
-        if ax.offset:
-            x = x + _along(arrays[f"offset{axis}"], axis, ndim).astype(x.dtype)
     for axis in leaf.fill_order():
         fills = leaf.axes[axis].fills
         for i, kind in enumerate(fills):
             new = arrays[f"src{axis}"] < 0 if len(fills) == 1 else arrays[f"kind{axis}"] == i
             x = jnp.where(_along(new, axis, ndim), _fill(kind, leaf, axis, arrays, old, fresh), x)
+    for axis, ax in enumerate(leaf.axes):
+        if ax.offset:  # after the fills: a mean-filled bias gets its margin too
+            x = x + _along(arrays[f"offset{axis}"], axis, ndim).astype(x.dtype)
     return x.astype(leaf.dtype)
 
 

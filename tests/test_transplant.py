@@ -366,3 +366,18 @@ def test_grid_sizes_need_ids_when_two_spaces_are_unknown():
     layout = {"w": (fs.Grid(("heads", "dim")), None)}
     with pytest.raises(ValueError, match=r"cannot tell the sizes of spaces \['dim', 'heads'\] apart"):
         fs.plan({"w": np.zeros((4, 1), np.float32)}, {"w": np.zeros((4, 1), np.float32)}, layout)
+
+
+def test_mean_keeps_the_greedy_action_under_a_tie():
+    # One old action: the plain mean ties with it, and argmax takes the first unit, the new one.
+    old = {"Dense_0": {"kernel": np.ones((1, 1), np.float32), "bias": np.array([-5.0], np.float32)}}
+    new = {"Dense_0": {"kernel": np.zeros((1, 2), np.float32), "bias": np.zeros(2, np.float32)}}
+    layout = {"Dense_0/kernel": ("obs", "out"), "Dense_0/bias": ("out",)}
+    spaces = {"out": (["noop"], ["fire", "noop"])}
+    tied = fs.transplant(old, fs.plan(old, new, layout, spaces=spaces, rules={"out": fs.mean()}))
+    kept = fs.transplant(old, fs.plan(old, new, layout, spaces=spaces))  # the preset's margin
+    np.testing.assert_allclose(kept["Dense_0"]["bias"], [-5.0 - 1e-3, -5.0])
+    x = jnp.array([[1.0], [-2.0]])
+    q = lambda p: x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    assert jnp.argmax(q(tied), -1).tolist() == [0, 0]
+    assert jnp.argmax(q(kept), -1).tolist() == [1, 1]
