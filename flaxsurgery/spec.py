@@ -164,11 +164,13 @@ class Plan:
         return min(levels, key=EXACTNESS.index, default="function")
 
     def for_state(self) -> Plan:
-        """The same plan with every new entry zero: for optimizer moments such as Adam's."""
+        """The same plan with every new entry zero and no bias offsets: for optimizer moments
+        such as Adam's (a negative second moment would make the update NaN)."""
         def zeroed(leaf: LeafPlan) -> LeafPlan:
             if leaf.init != "gather":
                 return dataclasses.replace(leaf, init="zero")
-            axes = tuple(dataclasses.replace(a, fills=("zero",)) if a.fills else a for a in leaf.axes)
+            axes = tuple(dataclasses.replace(a, fills=("zero",) if a.fills else (), offset=False)
+                         for a in leaf.axes)
             return dataclasses.replace(leaf, axes=axes)
 
         return dataclasses.replace(self, leaves=tuple(zeroed(leaf) for leaf in self.leaves))

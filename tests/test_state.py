@@ -100,3 +100,26 @@ def test_linen_and_nnx_give_the_same_transplant():
     model = nnx.merge(new_graph, nnx_new)
     x = jax.random.normal(jax.random.PRNGKey(2), (32, 4))
     np.testing.assert_allclose(model(x), new_m.apply(linen_new, x), atol=1e-6)
+
+
+def test_new_units_start_with_zero_moments_whatever_their_rule():
+    # Rules that add to a new unit's bias (mean with a margin, copy with an offset) must not
+    # leak into Adam's moments: a negative second moment makes the next update NaN.
+    old_m, new_m = MLP((8, 2)), MLP((8, 3))
+    old, fresh = init(old_m, 0, (4,)), init(new_m, 1, (4,))
+    opt = optax.adam(1e-3)
+    _, old_state = opt.update(ones_like(old), opt.init(old), old)
+    spaces = {"out": (["a", "b"], ["a", "b", "c"])}
+    for rule in (fs.mean(offset=-1.0), fs.copy("a", offset=-1.0)):
+        plan = fs.plan(old, fresh, mlp_layout(2), spaces=spaces, rules={"out": rule})
+        state = fs.transplant_state(old_state, plan, opt.init(fresh))
+        for moment in (state[0].mu, state[0].nu):
+            bias = moment["params"]["Dense_1"]["bias"]
+            np.testing.assert_array_equal(bias[2], 0.0 if rule.name == "mean" else bias[0])
+        new = fs.transplant(old, plan, fresh)
+        updates, _ = opt.update(ones_like(new), state, new)
+        assert all(bool(jnp.isfinite(u).all()) for u in jax.tree_util.tree_leaves(updates))
+
+
+def ones_like(tree):
+    return jax.tree_util.tree_map(jnp.ones_like, tree)
