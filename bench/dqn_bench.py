@@ -88,9 +88,9 @@ def make_train_purejaxrl_design(config: DQNConfig, view: EnvView, network, learn
 
     def train(key):
         key_init, key_reset, key_run = jax.random.split(key, 3)
-        params = network.init(key_init, jnp.zeros((view.obs_size,)))
+        params = network.init(key_init, jnp.zeros(view.obs_shape))
         obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
-        state = (params, params, tx.init(params), buffer_init(config.buffer_size, view.obs_size),
+        state = (params, params, tx.init(params), buffer_init(config.buffer_size, view.obs_shape),
                  env_state, obs, jnp.int32(0), jnp.int32(0), key_run)
         first = evaluate(view, apply, params, eval_keys)
         state, _ = jax.lax.scan(step, state, None, length=config.total_steps // config.num_envs)

@@ -78,6 +78,49 @@ def markdown_table(summary: dict, measure: str = "return", digits: int = 1) -> s
     return "\n".join(lines)
 
 
+RULES = {"transplant": "preserving", "transplant_seed": "seeds'", "scratch": "scratch"}
+
+
+def _decimals(summary: dict) -> int:
+    """Decimals that show three significant digits of the summary's largest mean return."""
+    largest = max(abs(m) for a in summary["arms"].values() for m in a["return_mean"])
+    return max(0, 2 - int(np.floor(np.log10(largest)))) if largest > 0 else 1
+
+
+def rules_table(summaries: list[dict]) -> str:
+    """One markdown table over experiments: the preserving rules, the seeds' rules and scratch.
+
+    Per experiment and arm: first return, AUC with its 95% interval, the paired AUC difference
+    from scratch (where the summary has it), steps to the experiment's threshold, and final
+    return; ``old final`` is the old agent's last return, the level a transplant starts from
+    when it keeps the function.
+    """
+    lines = [
+        ("| experiment (threshold) | old final | rules | first | AUC (95% CI) "
+         "| AUC - scratch, paired (95% CI) | steps to threshold | final |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        f = f"{{:.{_decimals(summary)}f}}".format
+        g = f"{{:+.{_decimals(summary)}f}}".format
+        old_final = f(summary["arms"]["old"]["final_return"])
+        for arm, rules in RULES.items():
+            a = summary["arms"][arm]
+            lo, hi = a["auc_ci95"]
+            paired = summary.get("paired_vs_scratch", {}).get(arm)
+            difference = "" if arm == "scratch" else "n/a"
+            if paired:
+                d = paired["auc"]
+                difference = f"{g(d['mean'])} ({g(d['ci95'][0])}, {g(d['ci95'][1])})"
+            reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
+            lines.append(
+                f"| {summary['experiment']} ({summary['threshold']:g}) | {old_final} | {rules} "
+                f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {difference} "
+                f"| {reached} | {f(a['final_return'])} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
     """Mean curve with its 95% band per arm; the old phase drawn before the transplant (step 0)."""
     import matplotlib

@@ -37,3 +37,25 @@ def test_paired_difference_and_table(tmp_path):
     plot = results.write(summary, tmp_path / "t", xlabel="steps", ylabel="accuracy", title="t")
     assert plot.stat().st_size > 0
     assert json.loads((tmp_path / "t" / "summary.json").read_text()) == summary
+
+
+def test_rules_table_has_one_row_per_experiment_and_rules():
+    steps = np.array([0, 1])
+    low, high = np.array([[0.1, 0.5], [0.3, 0.7]]), np.array([[10.0, 50.0], [30.0, 70.0]])
+    arms = ("old", "transplant", "transplant_seed", "scratch")
+
+    def summary(name, returns, paired):
+        out = {"experiment": name, "threshold": 0.6,
+               "arms": {arm: results.summarise_arm(steps, returns, 0.6) for arm in arms}}
+        if paired:
+            out["paired_vs_scratch"] = {arm: results.paired_difference(returns, returns)
+                                        for arm in ("transplant", "transplant_seed")}
+        return out
+
+    table = results.rules_table([summary("small", low, True), summary("large", high, False)])
+    rows = table.splitlines()[2:]
+    assert len(rows) == 6
+    assert rows[0].startswith("| small (0.6) | 0.600 | preserving | 0.200 | 0.400 (")
+    assert "| +0.000 (+0.000, +0.000) | 1 | 0.600 |" in rows[0]
+    assert rows[3].startswith("| large (0.6) | 60.0 | preserving | 20.0 | 40.0 (")
+    assert "| n/a | 0 | 60.0 |" in rows[3] and "| scratch |" in rows[5]

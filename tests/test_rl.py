@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flaxsurgery as fs
 from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, dqn, envs, make_train
 from flaxsurgery.rl import experiment as exp
 
@@ -70,7 +71,7 @@ def test_view_lists_every_bad_id_at_once():
 
 
 def test_buffer_is_a_ring():
-    buffer = dqn.buffer_init(capacity=4, obs_size=1)
+    buffer = dqn.buffer_init(capacity=4, obs_shape=(1,))
     for start in (0, 3):
         batch = dqn.Transition(
             obs=jnp.arange(start, start + 3, dtype=jnp.float32)[:, None],
@@ -172,3 +173,18 @@ def test_experiment_transplants_every_seed_and_writes_results(tmp_path, capsys):
     # The preserving transplant keeps the greedy policy: the same return on the same episodes.
     assert arms["transplant"]["first_return"] == pytest.approx(arms["old"]["final_return"])
     assert "| transplant |" in capsys.readouterr().out
+
+
+def test_experiment_spaces_replace_the_ids_the_views_give():
+    """Honest IDs permute the swapped actions' output rows; IDs kept by position copy them."""
+    honest = exp.Experiment(
+        name="swap", old_view=EnvView("CartPole-v1"),
+        new_view=EnvView("CartPole-v1", action_ids=("right", "left")),
+        old_hidden=(4,), new_hidden=(4,), config=TINY, threshold=475.0,
+    )
+    kept = dataclasses.replace(honest, spaces={"out": (("left", "right"), ("left", "right"))})
+    params = honest.old_network.init(jax.random.key(0), jnp.zeros(4))
+    kernel = params["params"]["Dense_1"]["kernel"]
+    for experiment, columns in ((honest, [1, 0]), (kept, [0, 1])):
+        new = fs.transplant(params, exp.make_plan(experiment, "preserving"), params)
+        np.testing.assert_array_equal(new["params"]["Dense_1"]["kernel"], kernel[:, columns])

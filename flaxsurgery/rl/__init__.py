@@ -1,5 +1,6 @@
 """Reinforcement learning with flaxsurgery: a gymnax DQN, ID-named environment views, experiments."""
 
+from flaxsurgery.rl.dqn import ConvQNetwork as ConvQNetwork
 from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
 from flaxsurgery.rl.dqn import QNetwork as QNetwork
 from flaxsurgery.rl.dqn import Trained as Trained
@@ -13,6 +14,7 @@ from flaxsurgery.rl.envs import EnvView as EnvView
 __all__ = [
     "ACTION_IDS",
     "OBS_IDS",
+    "ConvQNetwork",
     "DQNConfig",
     "EnvView",
     "QNetwork",

@@ -126,11 +126,34 @@ class QNetwork(nn.Module):
         return nn.Dense(self.num_actions)(x)
 
 
+class ConvQNetwork(nn.Module):
+    """A small CNN from image observations (..., H, W, C) to one Q-value per action.
+
+    ``Conv_0`` (3x3, SAME padding) -> ReLU -> flatten (channels fastest) -> ``Dense_0`` ->
+    ReLU -> ``Dense_1``. Takes a batch of images or a single one.
+
+    Attributes:
+      hidden: ``(conv filters, dense units)``.
+      num_actions: Q-values out.
+    """
+
+    hidden: Sequence[int]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        filters, units = self.hidden
+        x = nn.relu(nn.Conv(filters, (3, 3))(obs))
+        x = x.reshape((*x.shape[:-3], -1))
+        x = nn.relu(nn.Dense(units)(x))
+        return nn.Dense(self.num_actions)(x)
+
+
 class Transition(NamedTuple):
-    obs: jax.Array  # (..., obs_size)
+    obs: jax.Array  # (..., *obs_shape)
     action: jax.Array  # (...,) int32, agent action index
     reward: jax.Array  # (...,)
-    next_obs: jax.Array  # (..., obs_size), the real next observation
+    next_obs: jax.Array  # (..., *obs_shape), the real next observation
     terminated: jax.Array  # (...,) bool; truncation is not termination
 
 
@@ -147,7 +170,7 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     buffer: Buffer
     env_state: Any  # (num_envs, ...)
-    obs: jax.Array  # (num_envs, obs_size)
+    obs: jax.Array  # (num_envs, *obs_shape)
     steps: jax.Array  # () int32, environment steps so far
     updates: jax.Array  # () int32, gradient steps applied so far
     key: jax.Array
@@ -157,7 +180,7 @@ class Actor(NamedTuple):
     """What the environment steps carry."""
 
     env_state: Any  # (num_envs, ...)
-    obs: jax.Array  # (num_envs, obs_size)
+    obs: jax.Array  # (num_envs, *obs_shape)
     steps: jax.Array  # () int32, environment steps so far
     key: jax.Array
 
@@ -184,13 +207,13 @@ class Trained(NamedTuple):
 # ---------------------------------------------------------------------------------- buffer
 
 
-def buffer_init(capacity: int, obs_size: int) -> Buffer:
-    """An empty buffer of ``capacity`` transitions."""
+def buffer_init(capacity: int, obs_shape: tuple[int, ...]) -> Buffer:
+    """An empty buffer of ``capacity`` transitions of observations shaped ``obs_shape``."""
     data = Transition(
-        obs=jnp.zeros((capacity, obs_size)),
+        obs=jnp.zeros((capacity, *obs_shape)),
         action=jnp.zeros((capacity,), jnp.int32),
         reward=jnp.zeros((capacity,)),
-        next_obs=jnp.zeros((capacity, obs_size)),
+        next_obs=jnp.zeros((capacity, *obs_shape)),
         terminated=jnp.zeros((capacity,), bool),
     )
     return Buffer(data, jnp.int32(0))
@@ -332,8 +355,8 @@ def make_train(
 
     Args:
       config: hyperparameters.
-      view: the environment as the agent sees it; ``network`` maps its observation features
-        to one Q-value per action of the view.
+      view: the environment as the agent sees it; ``network`` maps its observations
+        (``view.obs_shape``) to one Q-value per action of the view.
       network: a Linen module; its variables are ``{"params": ...}``.
       progress: optional host function called with the environment step after every
         evaluation (through ``jax.debug.callback``, once per evaluation even under ``vmap``).
@@ -395,7 +418,7 @@ def make_train(
     def train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained:
         key_init, key_reset, key_run = jax.random.split(key, 3)
         if init_params is None:
-            init_params = network.init(key_init, jnp.zeros((view.obs_size,)))
+            init_params = network.init(key_init, jnp.zeros(view.obs_shape))
         target = init_params if init_target is None else init_target
         opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
         obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
@@ -403,7 +426,7 @@ def make_train(
             params=init_params,
             target_params=target,
             opt_state=opt_state,
-            buffer=buffer_init(config.buffer_size, view.obs_size),
+            buffer=buffer_init(config.buffer_size, view.obs_shape),
             env_state=env_state,
             obs=obs,
             steps=jnp.int32(0),

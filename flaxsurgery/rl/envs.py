@@ -1,9 +1,11 @@
 """gymnax environments seen through unit IDs.
 
 An :class:`EnvView` shows the agent a subset of an environment's observation features and
-lets it use a subset of its actions, both named by unit ID. These are the IDs a transplant
-spec uses for the network's input space (``obs``) and output space (``out``), so the
-view an agent was trained on and the spec that moves it to a new view speak one language.
+lets it use a subset of its actions, both named by unit ID. The units of an observation are
+its last axis: the features of a flat observation (CartPole, Acrobot), the channels of an
+image (MinAtar's (10, 10, C) grids). These are the IDs a transplant spec uses for the
+network's input space (``obs``) and output space (``out``), so the view an agent was trained
+on and the spec that moves it to a new view speak one language.
 
 Example:
   >>> import jax
@@ -11,6 +13,8 @@ Example:
   >>> obs, state = view.reset(jax.random.key(0))
   >>> obs.shape, view.num_actions
   ((2,), 2)
+  >>> EnvView("Breakout-MinAtar", obs_ids=("paddle", "ball", "brick")).obs_shape
+  (10, 10, 3)
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The unit IDs of each environment's full observation and action, in gymnax's order.
+# The unit IDs of each environment's full observation (its last axis: features or image
+# channels) and of its actions (MinAtar: the minimal action set), in gymnax's order.
 OBS_IDS: dict[str, tuple[str, ...]] = {
     "CartPole-v1": ("x", "x_dot", "theta", "theta_dot"),
     "Acrobot-v1": ("cos1", "sin1", "cos2", "sin2", "dtheta1", "dtheta2"),
+    "Breakout-MinAtar": ("paddle", "ball", "trail", "brick"),
+    "SpaceInvaders-MinAtar": (
+        "cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet"
+    ),
 }
 ACTION_IDS: dict[str, tuple[str, ...]] = {
     "CartPole-v1": ("left", "right"),
     "Acrobot-v1": ("torque-1", "torque0", "torque+1"),
+    "Breakout-MinAtar": ("noop", "left", "right"),
+    "SpaceInvaders-MinAtar": ("noop", "left", "right", "fire"),
 }
 
 
@@ -60,8 +71,8 @@ class EnvView:
     """A gymnax environment restricted to some observation features and actions, by ID.
 
     Attributes:
-      env_id: a gymnax environment ID with known unit IDs: ``"CartPole-v1"``, ``"Acrobot-v1"``.
-      obs_ids: the observation features the agent sees, in the order it sees them
+      env_id: a gymnax environment ID with known unit IDs (the keys of ``OBS_IDS``).
+      obs_ids: the observation features (image channels) the agent sees, in the order it sees them
         (default: all, in the environment's order).
       action_ids: the actions the agent may use; agent action ``i`` is ``action_ids[i]``
         (default: all, in the environment's order).
@@ -101,7 +112,7 @@ class EnvView:
 
     @property
     def obs_index(self) -> np.ndarray:
-        """int32 (obs_size,): each seen feature's position in the full observation."""
+        """int32 (obs_size,): each seen unit's position on the full observation's last axis."""
         return np.array([OBS_IDS[self.env_id].index(i) for i in self.obs_ids], np.int32)
 
     @property
@@ -111,7 +122,14 @@ class EnvView:
 
     @property
     def obs_size(self) -> int:
+        """The number of observation units (features or channels) the view shows."""
         return len(self.obs_ids)
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """One observation's shape: the environment's, with ``obs_size`` units on the last axis."""
+        full_shape = self.env.observation_space(self.env_params).shape
+        return (*full_shape[:-1], self.obs_size)
 
     @property
     def num_actions(self) -> int:
@@ -123,11 +141,11 @@ class EnvView:
         return int(self.env_params.max_steps_in_episode)
 
     def observe(self, full_obs: jax.Array) -> jax.Array:
-        """(..., full_size) -> (..., obs_size): the features this view shows."""
+        """(..., full_size) -> (..., obs_size): the units this view shows, on the last axis."""
         return full_obs[..., self.obs_index]
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
-        """Start an episode: ``(obs, state)``, obs shaped (obs_size,)."""
+        """Start an episode: ``(obs, state)``, obs shaped ``obs_shape``."""
         obs, state = self.env.reset(key, self.env_params)
         return self.observe(obs), state
 

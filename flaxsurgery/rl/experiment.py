@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +55,10 @@ class Experiment:
       threshold: the mean evaluation return counted as solved.
       layer_map: ``{new layer path: old layer path or None}`` for networks whose layers do not
         pair by name (an inserted layer); see :func:`flaxsurgery.plan`.
+      network: builds a Q-network from ``(hidden widths, number of actions)``: the MLP
+        :class:`~flaxsurgery.rl.QNetwork` or the CNN :class:`~flaxsurgery.rl.ConvQNetwork`.
+      spaces: unit IDs ``{space: (old IDs, new IDs)}`` that replace what the views say; empty
+        for every honest experiment. A failure case uses it to keep IDs whose meaning changed.
     """
 
     name: str
@@ -64,14 +69,16 @@ class Experiment:
     config: DQNConfig
     threshold: float
     layer_map: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    network: Callable[[tuple[int, ...], int], nn.Module] = QNetwork
+    spaces: Mapping[str, tuple[Sequence, Sequence]] = dataclasses.field(default_factory=dict)
 
     @property
-    def old_network(self) -> QNetwork:
-        return QNetwork(self.old_hidden, self.old_view.num_actions)
+    def old_network(self) -> nn.Module:
+        return self.network(self.old_hidden, self.old_view.num_actions)
 
     @property
-    def new_network(self) -> QNetwork:
-        return QNetwork(self.new_hidden, self.new_view.num_actions)
+    def new_network(self) -> nn.Module:
+        return self.network(self.new_hidden, self.new_view.num_actions)
 
 
 # The mean evaluation return that counts as solving each environment.
@@ -85,10 +92,11 @@ ACROBOT_THRESHOLD = -100.0
 def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
     """The transplant plan from the old network to the new one, by unit ID. The layouts are
     traced from the networks' forward passes: input space ``obs``, hidden spaces named after
-    the layer that outputs them, output space ``out``."""
+    the layer that outputs them, output space ``out``. The views give the IDs of ``obs`` and
+    ``out`` unless ``experiment.spaces`` says otherwise."""
 
-    def shapes_and_layout(network: QNetwork, view: EnvView):
-        sample = jnp.zeros((2, view.obs_size))  # a batch of 2 tells the batch axis from units
+    def shapes_and_layout(network: nn.Module, view: EnvView):
+        sample = jnp.zeros((2, *view.obs_shape))  # a batch of 2 tells the batch axis from units
         shapes = jax.eval_shape(network.init, jax.random.key(0), sample)
         return shapes, fs.trace_layout(network.apply, shapes, sample)
 
@@ -102,6 +110,7 @@ def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
         spaces={
             "obs": (experiment.old_view.obs_ids, experiment.new_view.obs_ids),
             "out": (experiment.old_view.action_ids, experiment.new_view.action_ids),
+            **experiment.spaces,
         },
         layer_map=dict(experiment.layer_map),
         preset=preset,
@@ -136,7 +145,8 @@ def transplant_agents(plan: fs.Plan, old: Trained, fresh_params, fresh_opt_state
 def verify_first_seed(experiment: Experiment, plan: fs.Plan, old_params, new_params):
     """Compare seed 0's old and transplanted Q-networks on standard-normal observations."""
     old_0, new_0 = jax.tree.map(lambda leaf: leaf[0], (old_params, new_params))
-    x = np.random.default_rng(0).standard_normal((1000, experiment.old_view.obs_size), np.float32)
+    shape = (1000, *experiment.old_view.obs_shape)
+    x = np.random.default_rng(0).standard_normal(shape, np.float32)
     return fs.verify(
         lambda v: experiment.old_network.apply(old_0, v),
         lambda v: experiment.new_network.apply(new_0, v),
@@ -195,7 +205,7 @@ def run(
     # Phase 2: transplant every seed, with each plan. Fresh values (and the scratch arm) come
     # from the same per-seed initialisation of the new network.
     new_net, new_view = experiment.new_network, experiment.new_view
-    fresh = jax.vmap(lambda k: new_net.init(k, jnp.zeros(new_view.obs_size)))(
+    fresh = jax.vmap(lambda k: new_net.init(k, jnp.zeros(new_view.obs_shape)))(
         jax.random.split(key_init, seeds)
     )
     fresh_opt = jax.vmap(tx.init)(fresh)
@@ -227,8 +237,9 @@ def run(
 # ---------------------------------------------------------------------------------- report
 
 
-def _view_config(view: EnvView, hidden: Sequence[int]) -> dict:
-    return {"obs_ids": list(view.obs_ids), "action_ids": list(view.action_ids), "hidden": list(hidden)}
+def _view_config(view: EnvView, hidden: Sequence[int], network: nn.Module) -> dict:
+    return {"obs_ids": list(view.obs_ids), "action_ids": list(view.action_ids),
+            "network": type(network).__name__, "hidden": list(hidden)}
 
 
 def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> dict:
@@ -244,13 +255,17 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> d
         "wall_s": wall_s,
         "config": {
             "dqn": dataclasses.asdict(config),
-            "old": _view_config(experiment.old_view, experiment.old_hidden),
-            "new": _view_config(experiment.new_view, experiment.new_hidden),
+            "old": _view_config(experiment.old_view, experiment.old_hidden, experiment.old_network),
+            "new": _view_config(experiment.new_view, experiment.new_hidden, experiment.new_network),
             "layer_map": dict(experiment.layer_map),
+            "spaces": {space: [list(old), list(new)] for space, (old, new) in experiment.spaces.items()},
         },
         "arms": {
             arm: results.summarise_arm(config.eval_steps, returns[arm], experiment.threshold)
             for arm in ARMS
+        },
+        "paired_vs_scratch": {
+            arm: results.paired_difference(returns[arm], returns["scratch"]) for arm in PRESETS
         },
     }
     results.write(summary, out / experiment.name, xlabel="environment steps (0 = transplant)",

@@ -1,0 +1,29 @@
+"""Issue 6, part 4: one table of every experiment's arms, from results/*/summary.json.
+
+Rows per experiment: the function-preserving rules (arm ``transplant``), the seeds' rules
+(``transplant_seed``) and ``scratch``. For ``digits_classes`` the return is test accuracy.
+
+    python examples/rules_table.py [--results results]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from flaxsurgery import results
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    args = parser.parse_args(argv)
+    paths = sorted(args.results.glob("*/summary.json"))
+    if not paths:
+        parser.error(f"no */summary.json under {args.results}")
+    table = results.rules_table([json.loads(path.read_text()) for path in paths])
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
