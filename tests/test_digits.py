@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flaxsurgery import digits
+from flaxsurgery.init import GREEDY_MARGIN
 
 pytest.importorskip("sklearn")
 
@@ -49,9 +50,10 @@ def test_population_transplant_moves_convs_and_fills_the_output_layer_by_rule(pr
     assert out["kernel"].shape == (seeds, 512, 6)
     if preset == "seed":  # fresh: the new network's own output layer
         np.testing.assert_array_equal(out["kernel"], fresh["params"]["Dense_0"]["kernel"])
-    else:  # mean: every new class gets the mean of the old classes' weights, per seed
-        for name in ("kernel", "bias"):
-            mean = old_out[name].mean(axis=-1, keepdims=True)
+    else:  # mean: every new class gets the mean of the old classes' weights, per seed, and
+        # the preset's margin below it on the bias
+        for name, margin in (("kernel", 0.0), ("bias", GREEDY_MARGIN)):
+            mean = old_out[name].mean(axis=-1, keepdims=True) - margin
             np.testing.assert_allclose(out[name], np.broadcast_to(mean, out[name].shape), rtol=1e-6)
         # so the six logits tie on every image (softmax starts uniform).
         one = jax.tree.map(lambda a: a[0], new)

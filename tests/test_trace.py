@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import flaxsurgery as fs
+from flaxsurgery.init import GREEDY_MARGIN
 from flaxsurgery.trace import Concat, Flat, trace_layout
 
 KEY, FRESH_KEY = jax.random.key(0), jax.random.key(1)
@@ -317,10 +318,18 @@ def test_dueling_head_layout_and_new_action_keeps_old_q_values():
     layout = trace_layout(Dueling().apply, abstract(Dueling(), x), x)
     assert layout["params/value/kernel"] == ("torso", "value")
     assert layout["params/adv/kernel"] == ("torso", "out")
-    old, new, _ = traced_transplant(Dueling(3), Dueling(4), [x], [x],
-                                    spaces={"out": (["l", "r", "s"], ["l", "r", "s", "jump"])})
+    spaces = {"out": (["l", "r", "s"], ["l", "r", "s", "jump"])}
+    # The plain mean keeps mean(A), so the old actions' Q-values are exact.
+    old, new, _ = traced_transplant(Dueling(3), Dueling(4), [x], [x], spaces=spaces,
+                                    rules={"out": fs.mean()})
     q_old, q_new = Dueling(3).apply(old, x), Dueling(4).apply(new, x)
     np.testing.assert_allclose(q_new[:, :3], q_old, atol=1e-5)
+    # The preset's margin lowers mean(A) by margin / 4: every Q-value shifts alike, and the new
+    # action stays below the best old one.
+    _, kept, _ = traced_transplant(Dueling(3), Dueling(4), [x], [x], spaces=spaces)
+    q_kept = Dueling(4).apply(kept, x)
+    np.testing.assert_allclose(q_kept[:, :3], q_old + GREEDY_MARGIN / 4, atol=1e-5)
+    np.testing.assert_array_equal(q_kept.argmax(-1), q_old.argmax(-1))
 
 
 # ------------------------------------------------------------------------------------ NNX

@@ -135,6 +135,11 @@ class HostView:
         return len(self.obs_ids)
 
     @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """One observation's shape: flat, ``obs_size`` features (as ``EnvView.obs_shape``)."""
+        return (self.obs_size,)
+
+    @property
     def num_actions(self) -> int:
         return len(self.action_ids)
 
@@ -302,12 +307,12 @@ def make_host_train(
         buffer, and the seeds of its environments' first resets."""
         key_init, key_reset, key_run = jax.random.split(key, 3)
         if init_params is None:
-            init_params = network.init(key_init, jnp.zeros((view.obs_size,)))
+            init_params = network.init(key_init, jnp.zeros(view.obs_shape))
         target = init_params if init_target is None else init_target
         opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
         agent = HostAgents(init_params, target, opt_state, jnp.int32(0), key_run)
         seeds = jax.random.randint(key_reset, (config.num_envs,), 0, 2**31 - 1)
-        return agent, buffer_init(config.buffer_size, view.obs_size), seeds
+        return agent, buffer_init(config.buffer_size, view.obs_shape), seeds
 
     start = jax.jit(jax.vmap(start_one))
 
