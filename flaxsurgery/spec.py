@@ -100,8 +100,7 @@ class SpaceInfo:
     in_old: bool = True
 
     def index(self) -> np.ndarray:
-        position = {uid: i for i, uid in enumerate(self.old_ids)}
-        return np.array([position.get(uid, -1) for uid in self.new_ids], dtype=np.int32)
+        return index_by_id(self.new_ids, self.old_ids)
 
     def exactness(self) -> str:
         if not self.in_old:
@@ -387,6 +386,12 @@ def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
     return sizes
 
 
+def index_by_id(ids: Sequence[Hashable], among: Sequence[Hashable]) -> np.ndarray:
+    """int32: each of `ids`' position in `among`, or -1 where `among` lacks it."""
+    position = {uid: i for i, uid in enumerate(among)}
+    return np.array([position.get(uid, -1) for uid in ids], dtype=np.int32)
+
+
 def _ids(spec: IdSpec) -> tuple:
     return tuple(range(spec)) if isinstance(spec, (int, np.integer)) else tuple(spec)
 
@@ -443,12 +448,12 @@ def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rul
     for name, rule in chosen.items():
         if rule.incoming != "copy" or name not in ids:
             continue
-        old_ids, new_ids = ids[name]
-        added = [u for u in new_ids if u not in set(old_ids)]
-        missing = sorted({rule.source_of(u) for u in added if rule.source_of(u) not in set(old_ids)}, key=repr)
+        old_ids, new_ids = set(ids[name][0]), ids[name][1]
+        added = [u for u in new_ids if u not in old_ids]
+        missing = sorted({rule.source_of(u) for u in added if rule.source_of(u) not in old_ids}, key=repr)
         if missing:
             problems.append(f"space {name!r}: {rule.name} names source IDs {missing} that are not old "
-                            f"units of the space (old IDs: {list(old_ids)})")
+                            f"units of the space (old IDs: {list(ids[name][0])})")
     return chosen
 
 
@@ -650,8 +655,7 @@ def _space_units(old_space: str, new_space: str, role: str, name: str, ctx) -> _
     old_ids = ctx.ids[old_space][0]
     new_ids = ctx.ids[new_space][1]
     rule = ctx.rules[new_space]
-    position = {uid: i for i, uid in enumerate(old_ids)}
-    src = np.array([position.get(uid, -1) for uid in new_ids], dtype=np.int32)
+    src = index_by_id(new_ids, old_ids)
     added = src < 0
     fill = _no_fill(len(src))
     if not added.any():
@@ -661,7 +665,7 @@ def _space_units(old_space: str, new_space: str, role: str, name: str, ctx) -> _
         fill[added] = rule.incoming if role == "output" else rule.outgoing
         return _Units(src, fill, offset=offset if role == "output" else None)
 
-    from_unit = np.array([position.get(rule.source_of(uid), -1) for uid in new_ids], dtype=np.int32)
+    from_unit = index_by_id([rule.source_of(uid) for uid in new_ids], old_ids)
     if (from_unit[added] < 0).any():  # reported by _space_rules
         return _Units(src, fill)
     if role == "output":
@@ -690,8 +694,7 @@ def _init_leaf(path, new, new_axes, init, ctx):
         return leaf, {}
     in_ids = ctx.ids[space_of(new_axes[mapped[0]])][1]
     out_ids = ctx.ids[space_of(new_axes[mapped[1]])][1]
-    position = {uid: i for i, uid in enumerate(in_ids)}
-    match = np.array([position.get(uid, -1) for uid in out_ids], dtype=np.int32)
+    match = index_by_id(out_ids, in_ids)
     return dataclasses.replace(leaf, kernel_axes=tuple(mapped)), {"match": match}
 
 
