@@ -16,6 +16,7 @@ from bench import dqn_bench, transplant_bench
 SUITES = {
     "transplant": transplant_bench.bench_transplant,
     "plan_build": transplant_bench.bench_plan_build,
+    "plan_vocabulary": transplant_bench.bench_plan_vocabulary,
     "population": transplant_bench.bench_population,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,

@@ -27,6 +27,17 @@ def seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def host_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of a host-only `fn()` (nothing to block on)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def record(name: str, metric: str, value: float, baseline: float, unit: str, **params) -> dict:
     """One results.json row: `ratio = value / baseline`, both measured in the same run."""
     return {"name": name, "metric": metric, "value": value, "baseline": baseline,

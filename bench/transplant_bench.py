@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
-from bench.common import record, seconds
+from bench.common import host_seconds, record, seconds
 from flaxsurgery.paths import flatten
 
 # ----------------------------------------------------------------------------- the big tree
@@ -161,6 +161,21 @@ def bench_plan_build(quick: bool) -> list[dict]:
         rows.append(record("plan_build", "time", t_plan, t_flatten, "s", leaves=n_leaves,
                            baseline_is="flattening both trees with key paths"))
     return rows
+
+
+def bench_plan_vocabulary(quick: bool) -> list[dict]:
+    """A vocabulary of named tokens grown by one: plan building must be linear in the IDs
+    (target: 1e6 named IDs in under 2 s), against building the ID lookup dicts alone."""
+    n = 200_000 if quick else 1_000_000
+    old_ids = [f"tok{i}" for i in range(n)]
+    new_ids = old_ids[1:] + [old_ids[0], "<new>"]
+    old = {"embed": {"embedding": jax.ShapeDtypeStruct((n, 8), jnp.float32)}}
+    new = {"embed": {"embedding": jax.ShapeDtypeStruct((n + 1, 8), jnp.float32)}}
+    layout = {"embed/embedding": ("vocab", "d")}
+    t_plan = host_seconds(lambda: fs.plan(old, new, layout, spaces={"vocab": (old_ids, new_ids)}), 3)
+    t_dicts = host_seconds(lambda: ({u: i for i, u in enumerate(old_ids)}, {u: i for i, u in enumerate(new_ids)}), 3)
+    return [record("plan_vocabulary", "time", t_plan, t_dicts, "s", ids=n, target_s=2.0,
+                   baseline_is="building a dict over each ID list")]
 
 
 def bench_population(quick: bool) -> list[dict]:

@@ -6,18 +6,22 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 """
 
 from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
-from flaxsurgery.layout import Concat, Flat, Grid, chain_layout
-from flaxsurgery.spec import Plan, plan
+from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, chain_layout
+from flaxsurgery.spec import Plan, Spec, plan
+from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
-from flaxsurgery.transplant import transplant, transplant_state
+from flaxsurgery.transplant import transplant
 from flaxsurgery.verify import VerifyReport, map_units, verify
 
 __all__ = (
+    "MIXING",
+    "WINDOW",
     "Concat",
     "Flat",
     "Grid",
     "Plan",
     "Rule",
+    "Spec",
     "VerifyReport",
     "chain_layout",
     "copy",

@@ -209,6 +209,7 @@ def make_plan(preset: str, old_classes: Sequence[int] = OLD_CLASSES,
     Conv_0            hidden    16   16    16     0       0  fresh_in_zero_out  function
     ...
     out               output     4    6     0     6       4  mean               none
+      out: 4 old units removed: their contribution is lost
     overall: preserves none
     """
     sample = jnp.zeros((2, 8, 8, 1))

@@ -4,7 +4,8 @@ A unit has *incoming* weights (where its space is a leaf's output axis: a kernel
 bias, its norm scale) and *outgoing* weights (where its space is an input axis: a kernel's row,
 an embedding's row). A :class:`Rule` says how each side of a new unit starts.
 
-What each rule preserves, for the role its space plays in the network:
+What each rule promises, for the role its space plays in the network (a plan checks the promise
+on its trees and reports what holds: see ``Plan.report()``):
 
 =====================  ==========================================  ==========================
 rule                   inputs / hidden units                       outputs (actions)
@@ -14,19 +15,27 @@ rule                   inputs / hidden units                       outputs (acti
                                                                    wins the argmax when every
                                                                    old Q is negative
 ``fresh_in_zero_out``  function exactly                            neither
-``mean()``             function exactly (outgoing weights are 0)   greedy action (a mean never
-                                                                   exceeds the max; ties aside)
-``copy(k, offset)``    function exactly (outgoing weights are 0)   greedy action when
-                                                                   ``offset < 0``, else neither
+``mean(offset)``       function exactly (outgoing weights are 0)   greedy action when
+                                                                   ``offset`` is below
+                                                                   ``-GREEDY_MARGIN``; the
+                                                                   sampled policy too when it
+                                                                   is below ``-POLICY_MARGIN``
+``copy(k, offset)``    function exactly (outgoing weights are 0)   as ``mean``
 ``split(k, ratio)``    function exactly (Net2Net: the new unit     neither
                        computes unit k's value; k's outgoing
                        weights are shared ``1-ratio : ratio``)
 =====================  ==========================================  ==========================
 
-``zeros`` means the neutral value: 1 for norm scales and variances (leaves named ``scale`` and
-``var``), 0 elsewhere, so a new BatchNorm feature passes its input through unchanged. Exactness
-for ``split`` holds for element-wise activations and BatchNorm, not LayerNorm (whose statistics
-span the features).
+An output promise holds only where the offset lands on the output layer's bias (a leaf named
+``bias``, ``b`` or ``beta``) and no other one-axis leaf (a norm's scale) carries the actions;
+otherwise the plan reports "none". No promise holds for a space the forward pass mixes (a
+LayerNorm's statistics, a softmax inside the model): see ``flaxsurgery.layout.MIXING``.
+
+``zeros`` means the neutral value: 0 for weights and for one-axis leaves named ``bias``/``mean``
+(...), 1 for ``scale``, ``var``, ``std`` (...), so a new BatchNorm feature passes its input
+through unchanged; a one-axis leaf of another name must be told (``plan(neutral=...)``).
+Exactness for ``split`` holds for element-wise activations and BatchNorm, not LayerNorm (whose
+statistics span the features).
 
 New layers (no source in the old network) start from a layer init: ``"identity"`` (kernel 1
 where the input unit's ID equals the output unit's ID, a conv kernel's centre tap only; bias 0;
@@ -40,12 +49,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable, Mapping
 
+import jax.numpy as jnp
+
 FILLS = ("fresh", "zeros", "mean")
 LAYER_INITS = ("identity", "near_identity", "fresh", "zeros")
-ROLES = ("input", "hidden", "output")
 NEAR_IDENTITY_NOISE = 0.01
 # Below the mean of the old Q-values by more than float32 rounding of Q-values up to ~1e4.
 GREEDY_MARGIN = 1e-3
+# New actions' logits this far below the mean of the old ones: a new action's probability is at
+# most exp(-20) ~ 2e-9 of the most likely old action's, so the sampled policy is kept (KL < 1e-8
+# per new action).
+POLICY_MARGIN = 20.0
 
 Source = Hashable | Mapping
 
@@ -83,10 +97,12 @@ class Rule:
         return self.source
 
     def exactness(self, role: str) -> str:
-        """``"function"``, ``"greedy"`` or ``"none"``: what this rule keeps for a space of `role`."""
+        """What this rule promises for a space of `role`: ``"function"``, ``"policy"`` (the
+        sampled policy of logits), ``"greedy"`` or ``"none"``. A plan checks the promise on its
+        trees (where the offset lands, the dtype's rounding) and reports what holds."""
         if role == "output":
-            if self.incoming == "mean" or (self.incoming == "copy" and self.offset < 0):
-                return "greedy"
+            if self.incoming in ("mean", "copy") and self.offset < 0:
+                return "policy" if -self.offset >= POLICY_MARGIN else "greedy"
             return "none"
         if self.outgoing in ("zeros", "split"):
             return "function"
@@ -134,8 +150,8 @@ def mean(outgoing: str = "zeros", offset: float = 0.0) -> Rule:
     (with zero outgoing weights) preserves the function. ``outgoing="mean"`` makes a new
     embedding token the mean of the old tokens.
 
-    >>> mean().exactness("output")
-    'greedy'
+    >>> mean().exactness("output"), mean(offset=-1e-3).exactness("output")
+    ('none', 'greedy')
     """
     if outgoing not in FILLS:
         raise ValueError(f"mean(outgoing=...) must be one of {FILLS}, got {outgoing!r}")
@@ -174,6 +190,14 @@ def split(source: Source, ratio: float = 0.4) -> Rule:
     return Rule("split", incoming="copy", outgoing="split", source=source, ratio=float(ratio))
 
 
+def greedy_margin(dtypes) -> float:
+    """How far below the old values a new action's value must start for a tie in `dtypes` never to
+    go to it: :data:`GREEDY_MARGIN` for float32, scaled by the coarsest dtype's rounding."""
+    eps = max((float(jnp.finfo(d).eps) for d in dtypes if jnp.issubdtype(d, jnp.floating)),
+              default=float(jnp.finfo(jnp.float32).eps))
+    return GREEDY_MARGIN * eps / float(jnp.finfo(jnp.float32).eps)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """Default rules by a space's role, and the init of new layers."""
@@ -191,6 +215,10 @@ PRESETS = {
     # Function-preserving: new inputs ignored, new hidden units silent, new actions never greedy.
     "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-GREEDY_MARGIN),
                          layer="identity"),
+    # As preserving, for stochastic policies: new actions' logits far below the old ones, so the
+    # sampled policy (not only the greedy action) is kept.
+    "policy": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-POLICY_MARGIN),
+                     layer="identity"),
     # The original paper's rules: new units fresh, new layers near-identity.
     "seed": Preset(input=fresh(), hidden=fresh(), output=fresh(), layer="near_identity"),
 }

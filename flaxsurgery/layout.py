@@ -1,10 +1,17 @@
 """Layouts: which space each axis of each parameter leaf belongs to.
 
 A layout maps a leaf path (``"params/Dense_0/kernel"``) to one entry per axis of that leaf: a
-space name, ``None`` for an axis that carries no units (a conv kernel's spatial axes), or a
-:class:`Flat` for a dense axis fed by a flattened conv output. The last mapped axis of a leaf is
-its *output* axis (a unit's incoming weights: kernel columns, biases, norm scales); the other
-mapped axes are *input* axes (a unit's outgoing weights: kernel rows, embedding rows).
+space name; ``None`` for an axis that carries no units and keeps its size; :data:`WINDOW` for a
+conv kernel's spatial axis (no units, and the only kind of axis a plan may grow or shrink, around
+its centre); or a :class:`Flat` for a dense axis fed by a flattened conv output. The last axis
+that carries units is the leaf's *output* axis (a unit's incoming weights: kernel columns, biases,
+norm scales); the other unit axes are *input* axes (a unit's outgoing weights: kernel rows,
+embedding rows).
+
+One key of a layout is not a leaf path: :data:`MIXING` lists the spaces whose units the forward
+pass combines other than through a parameter (a LayerNorm's statistics, a softmax, an
+activation-by-activation product). Adding or removing units of such a space changes what every
+other unit computes, so no plan claims to preserve the function there.
 """
 
 from __future__ import annotations
@@ -48,8 +55,45 @@ class Grid:
     parts: tuple
 
 
-AxisSpec = str | Flat | Concat | Grid | None
-Layout = Mapping[str, tuple]
+class _Window:
+    """The entry of a conv kernel's spatial axis (use the :data:`WINDOW` instance)."""
+
+    def __repr__(self) -> str:
+        return "WINDOW"
+
+    def __reduce__(self):
+        return "WINDOW"
+
+
+class _Mixing:
+    """The layout key that lists mixing spaces (use the :data:`MIXING` instance)."""
+
+    def __repr__(self) -> str:
+        return "MIXING"
+
+    def __reduce__(self):
+        return "MIXING"
+
+
+WINDOW = _Window()
+MIXING = _Mixing()
+
+AxisSpec = str | Flat | Concat | Grid | _Window | None
+
+
+def carries_units(axis: AxisSpec) -> bool:
+    """Whether an axis entry names a space (not None, not a window)."""
+    return axis is not None and axis is not WINDOW
+
+
+def mixing_spaces(layout: Mapping) -> frozenset:
+    """The spaces a layout's :data:`MIXING` key lists (empty if it has none)."""
+    return frozenset(layout.get(MIXING, ()))
+
+
+def leaf_entries(layout: Mapping) -> dict:
+    """A layout without its :data:`MIXING` key: ``{leaf path: axes}``."""
+    return {path: axes for path, axes in layout.items() if path is not MIXING}
 
 
 def as_grid(axis: AxisSpec) -> AxisSpec:
@@ -62,7 +106,7 @@ def spaces_in(axis: AxisSpec) -> tuple:
     axis = as_grid(axis)
     if isinstance(axis, (Concat, Grid)):
         return tuple(s for part in axis.parts for s in spaces_in(part))
-    return () if axis is None or isinstance(axis, int) else (axis,)
+    return (axis,) if isinstance(axis, str) else ()
 
 
 def space_of(axis: AxisSpec) -> str | None:
@@ -72,7 +116,7 @@ def space_of(axis: AxisSpec) -> str | None:
 
 def output_axis(axes: Sequence[AxisSpec]) -> int | None:
     """Index of a leaf's output axis: its last mapped axis (None if no axis is mapped)."""
-    mapped = [i for i, a in enumerate(axes) if a is not None]
+    mapped = [i for i, a in enumerate(axes) if carries_units(a)]
     return mapped[-1] if mapped else None
 
 
@@ -82,21 +126,31 @@ def chain_layout(
     *,
     prefix: str = "params",
     spatial_dims: int | Mapping[str, int] = 0,
-) -> dict[str, tuple]:
-    """The layout of a chain of Dense/Conv layers (an MLP or a plain CNN).
+    layer_norms: Mapping[str, str] | None = None,
+    batch_norms: Mapping[str, str] | None = None,
+    stats_prefix: str = "batch_stats",
+) -> dict:
+    """The layout of a chain of Dense/Conv layers (an MLP or a plain CNN), with its norm layers.
 
     Args:
       spaces: ``len(layers) + 1`` entries; entry ``i`` is layer ``i``'s input and layer
         ``i-1``'s output. A :class:`Flat` entry is a flattened conv output: the conv before it
         outputs the plain space, the dense after it reads the flat axis.
-      layers: layer names in order (``"Dense_0"``, ``"Conv_0"``, ...).
+      layers: Dense/Conv layer names in order (``"Dense_0"``, ``"Conv_0"``, ...).
       prefix: path of the layers' parent (``"params"`` for Linen variables, ``""`` for a bare
         params dict or NNX state).
       spatial_dims: a conv layer's number of spatial axes (an int for every layer, or a
         mapping layer -> int; 0 or missing means Dense).
+      layer_norms: ``{LayerNorm layer: the space it normalises}``: its ``scale`` and ``bias``;
+        the space is listed under :data:`MIXING` (the norm's statistics span its units).
+      batch_norms: ``{BatchNorm layer: space}``: its ``scale`` and ``bias``, and its ``mean``
+        and ``var`` under `stats_prefix`.
+      stats_prefix: the collection that holds BatchNorm statistics.
 
     Returns:
-      ``{leaf path: axes}`` for every kernel and bias.
+      ``{leaf path: axes}`` for every kernel, bias and norm leaf named. A norm layer the chain
+      has but these arguments do not name is not in the layout: if its size changes, the plan
+      rejects it.
 
     >>> chain_layout(["obs", "Dense_0", "out"], ["Dense_0", "Dense_1"])
     {'params/Dense_0/kernel': ('obs', 'Dense_0'), 'params/Dense_0/bias': ('Dense_0',), \
@@ -107,11 +161,22 @@ def chain_layout(
             f"chain_layout needs len(layers) + 1 spaces, got {len(spaces)} spaces for "
             f"{len(layers)} layers"
         )
-    layout = {}
+
+    def under(root: str, layer: str, leaf: str) -> str:
+        return "/".join(part for part in (root, layer, leaf) if part)
+
+    layout: dict = {}
     for i, layer in enumerate(layers):
         rank = spatial_dims.get(layer, 0) if isinstance(spatial_dims, Mapping) else spatial_dims
-        base = f"{prefix}/{layer}" if prefix else layer
         out = space_of(spaces[i + 1])
-        layout[f"{base}/kernel"] = (None,) * rank + (spaces[i], out)
-        layout[f"{base}/bias"] = (out,)
+        layout[under(prefix, layer, "kernel")] = (WINDOW,) * rank + (spaces[i], out)
+        layout[under(prefix, layer, "bias")] = (out,)
+    for norm, space in {**(layer_norms or {}), **(batch_norms or {})}.items():
+        layout[under(prefix, norm, "scale")] = (space,)
+        layout[under(prefix, norm, "bias")] = (space,)
+    for norm, space in (batch_norms or {}).items():
+        layout[under(stats_prefix, norm, "mean")] = (space,)
+        layout[under(stats_prefix, norm, "var")] = (space,)
+    if layer_norms:
+        layout[MIXING] = tuple(dict.fromkeys(layer_norms.values()))
     return layout

@@ -4,11 +4,17 @@ Everything here is NumPy on the host. A :class:`Plan` holds, for every leaf of t
 source leaf in the old tree and one int32 index array per axis (``-1`` marks a unit the old
 network lacks), plus the static description of how new entries are filled. Applying it
 (:func:`flaxsurgery.transplant`) is pure ``jax.numpy``.
+
+What a plan claims to preserve (:meth:`Plan.report`) is derived here, from what the plan does
+on the given trees: the rule of each space, where its offsets land, which leaves carry it, and
+whether the forward pass mixes its units (the layout's :data:`~flaxsurgery.layout.MIXING`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -16,12 +22,32 @@ import jax
 import numpy as np
 
 from flaxsurgery import init as rules_lib
-from flaxsurgery.layout import Concat, Grid, as_grid, output_axis, space_of, spaces_in
+from flaxsurgery.layout import (
+    MIXING,
+    WINDOW,
+    Concat,
+    Flat,
+    Grid,
+    as_grid,
+    carries_units,
+    leaf_entries,
+    mixing_spaces,
+    output_axis,
+    space_of,
+    spaces_in,
+)
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 
 IdSpec = int | Sequence[Hashable]
-NEUTRAL_ONE = ("scale", "var")  # norm leaves whose neutral value is 1
-EXACTNESS = ("none", "greedy", "function")  # weakest first
+EXACTNESS = ("none", "greedy", "policy", "function")  # weakest first
+# The value a new unit takes under a "zeros" fill on a one-axis leaf, by the leaf's name: a shift
+# is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
+NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.0,
+                   "embedding": 0.0, "w": 0.0, "weight": 0.0,
+                   "scale": 1.0, "gamma": 1.0, "var": 1.0, "variance": 1.0, "std": 1.0}
+# One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
+BIAS_NAMES = ("bias", "b", "beta")
+MAX_SHOWN = 8  # IDs shown in an error message before "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,16 +55,18 @@ class AxisPlan:
     """How one axis of a new leaf is filled (static; the index arrays live in `Plan.arrays`).
 
     Attributes:
-      role: ``"input"``, ``"output"`` or ``"spatial"`` (an unmapped axis).
+      role: ``"input"``, ``"output"`` or ``"spatial"`` (a window or a unit-less axis).
       gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
-      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"``, ``"mean"``,
-        ``"zero"``): one kind, or several (a ``Concat`` of spaces with different rules), told
-        apart by the per-unit ``kind`` array; empty when the axis has no such entry.
+      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"`` (the neutral
+        value), ``"mean"``, ``"zero"`` (a literal 0)): one kind, or several (a ``Concat`` of
+        spaces with different rules), told apart by the per-unit ``kind`` array.
       scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
       offset: whether a per-unit ``offset`` is added, after the fills (a new unit's bias).
       prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
         ones appended: the usual widening), the gather is a slice and a pad, which XLA fuses
         better than a general gather.
+      copied: whether some new units gather another unit's values (``copy``, ``split``); the
+        ``own`` array then says which units are new, for optimizer state.
     """
 
     role: str
@@ -47,6 +75,7 @@ class AxisPlan:
     scaled: bool = False
     offset: bool = False
     prefix: int | None = None
+    copied: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +89,8 @@ class LeafPlan:
         ``"fresh"``, ``"zeros"``, ``"zero"``).
       shape, dtype: the new leaf's.
       axes: one :class:`AxisPlan` per axis (for ``"gather"``).
-      neutral: the value ``zeros`` means here (1 for norm scale and variance).
+      neutral: the value ``zeros`` means here (None where the leaf's name does not say it and
+        no rule needs it).
       kernel_axes: for an identity kernel, its (input, output) axes.
     """
 
@@ -70,7 +100,7 @@ class LeafPlan:
     shape: tuple
     dtype: Any
     axes: tuple = ()
-    neutral: float = 0.0
+    neutral: float | None = 0.0
     kernel_axes: tuple | None = None
 
     @property
@@ -90,7 +120,12 @@ class LeafPlan:
 
 @dataclasses.dataclass(frozen=True)
 class SpaceInfo:
-    """A space's IDs, role and rule, for reports and :meth:`Plan.index`."""
+    """A space's IDs, role and rule, and what the plan preserves of it.
+
+    Attributes:
+      preserves: ``"function"``, ``"greedy"`` or ``"none"``, derived from what the plan does.
+      why: when `preserves` is weaker than the rule promises, the reason.
+    """
 
     name: str
     old_ids: tuple
@@ -98,19 +133,20 @@ class SpaceInfo:
     role: str
     rule: rules_lib.Rule
     in_old: bool = True
+    preserves: str = "function"
+    why: str = ""
 
     def index(self) -> np.ndarray:
-        return index_by_id(self.new_ids, self.old_ids)
+        return self._index
+
+    @functools.cached_property
+    def _index(self) -> np.ndarray:  # computed once: a vocabulary can hold a million IDs
+        index = index_by_id(self.new_ids, self.old_ids)
+        index.flags.writeable = False
+        return index
 
     def exactness(self) -> str:
-        if not self.in_old:
-            return "function"  # a new layer's space: its init decides, see Plan.layer_inits
-        index = self.index()
-        added = int((index < 0).sum())
-        removed = len(self.old_ids) - (len(self.new_ids) - added)
-        if removed:
-            return "none"  # a removed unit's contribution is lost
-        return self.rule.exactness(self.role) if added else "function"
+        return self.preserves
 
 
 @jax.tree_util.register_pytree_node_class
@@ -119,7 +155,8 @@ class Plan:
     """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
 
     Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
-    closed over or passed into ``jax.jit``: its arrays are its only pytree leaves.
+    closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
+    read-only, so a plan cannot be changed after it is built.
     """
 
     leaves: tuple
@@ -159,41 +196,93 @@ class Plan:
     def exactness(self) -> str:
         """The weakest guarantee over every space and new layer: ``"function"`` (outputs on the
         old units unchanged, identity layers assumed after ReLU), ``"greedy"`` or ``"none"``."""
-        levels = [s.exactness() for s in self.spaces] + [e for _, _, e in self.layer_inits]
+        levels = [s.preserves for s in self.spaces] + [e for _, _, e in self.layer_inits]
         return min(levels, key=EXACTNESS.index, default="function")
 
     def for_state(self) -> Plan:
-        """The same plan with every new entry zero and no bias offsets: for optimizer moments
-        such as Adam's (a negative second moment would make the update NaN)."""
-        def zeroed(leaf: LeafPlan) -> LeafPlan:
+        """The same plan for optimizer statistics (Adam's moments, a momentum trace): every new
+        unit takes the optimizer's own initial value (the fresh state's), whatever its rule, with
+        no copies, scales or offsets (a copied unit's moments would be another unit's; a negative
+        second moment would make the update NaN)."""
+        leaves, arrays = [], []
+        for leaf, arr in zip(self.leaves, self.arrays):
             if leaf.init != "gather":
-                return dataclasses.replace(leaf, init="zero")
-            axes = tuple(dataclasses.replace(a, fills=("zero",) if a.fills else (), offset=False)
-                         for a in leaf.axes)
-            return dataclasses.replace(leaf, axes=axes)
-
-        return dataclasses.replace(self, leaves=tuple(zeroed(leaf) for leaf in self.leaves))
+                leaves.append(dataclasses.replace(leaf, init="fresh"))
+                arrays.append({})
+                continue
+            axes, new_arr = [], {}
+            for axis, ax in enumerate(leaf.axes):
+                own = arr.get(f"own{axis}", arr.get(f"src{axis}"))
+                if not ax.gather:
+                    axes.append(ax)
+                    continue
+                new = bool((own < 0).any())
+                axes.append(AxisPlan(ax.role, gather=True, fills=("fresh",) if new else (),
+                                     prefix=_prefix_length(own)))
+                new_arr[f"src{axis}"] = own
+            leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
+            arrays.append(new_arr)
+        return dataclasses.replace(self, leaves=tuple(leaves), arrays=tuple(arrays))
 
     def report(self) -> str:
         """A human-readable account: per space its units and rule, per new layer its init, and
-        what each preserves."""
+        what each preserves (with the reason where it is less than the rule promises)."""
         lines = ["space             role     old  new  kept added removed  rule               preserves"]
         for s in self.spaces:
             if not s.in_old:
                 lines.append(f"{s.name:<17} {s.role:<7}    - {len(s.new_ids):>4}  (a new layer's space)")
                 continue
-            index = s.index()
-            kept = int((index >= 0).sum())
+            kept = int((s.index() >= 0).sum())
             lines.append(
                 f"{s.name:<17} {s.role:<7} {len(s.old_ids):>4} {len(s.new_ids):>4} {kept:>5} "
                 f"{len(s.new_ids) - kept:>5} {len(s.old_ids) - kept:>7}  {s.rule.name:<18} "
-                f"{s.exactness()}"
+                f"{s.preserves}"
             )
+            if s.why:
+                lines.append(f"  {s.name}: {s.why}")
         for layer, init, exact in self.layer_inits:
+            if init == "dropped":
+                lines.append(f"dropped old layer {layer}: preserves {exact}")
+                continue
             note = " (after an idempotent activation such as ReLU)" if init == "identity" else ""
             lines.append(f"new layer {layer}: {init}, preserves {exact}{note}")
         lines.append(f"overall: preserves {self.exactness()}")
         return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Spec:
+    """What to transplant, as a value: :func:`plan`'s arguments without the trees. Pass it where
+    a plan goes (``fs.transplant(old, spec, fresh)``); it builds the plan on first use, once per
+    tree structure and shapes, so it also works inside ``jax.jit``.
+
+    >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
+    >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")
+    array([ 0, -1], dtype=int32)
+    """
+
+    layout: Mapping
+    new_layout: Mapping | None = None
+    spaces: Mapping | None = None
+    layer_map: Mapping | None = None
+    rules: Mapping | None = None
+    preset: str = "preserving"
+    leaf_rules: Mapping | None = None
+    drop: Sequence[str] = ()
+    neutral: Mapping | None = None
+    _plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def plan_for(self, old_tree: Any, new_tree: Any) -> Plan:
+        """The plan for these trees (built once per structure, shapes and dtypes)."""
+        key = tuple((jax.tree_util.tree_structure(t),
+                     tuple((np.shape(x), str(x.dtype)) for x in jax.tree_util.tree_leaves(t)))
+                    for t in (old_tree, new_tree))
+        if key not in self._plans:
+            self._plans[key] = plan(
+                old_tree, new_tree, self.layout, new_layout=self.new_layout, spaces=self.spaces,
+                layer_map=self.layer_map, rules=self.rules, preset=self.preset,
+                leaf_rules=self.leaf_rules, drop=self.drop, neutral=self.neutral)
+        return self._plans[key]
 
 
 def plan(
@@ -208,6 +297,7 @@ def plan(
     preset: str = "preserving",
     leaf_rules: Mapping[str, str] | None = None,
     drop: Sequence[str] = (),
+    neutral: Mapping[str, float] | None = None,
 ) -> Plan:
     """Computes, on the host, how every leaf of `new_tree` is made from `old_tree`.
 
@@ -215,17 +305,23 @@ def plan(
       old_tree: the trained parameters (or any tree of arrays / ``jax.ShapeDtypeStruct``).
       new_tree: the new network's parameters or their shapes (``jax.eval_shape(model.init, ...)``).
       layout: the old tree's layout (see :mod:`flaxsurgery.layout`); leaves it omits have no
-        mapped axis.
+        unit axis, and must keep their shape.
       new_layout: the new tree's layout (default: `layout`).
-      spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``. Spaces not
-        named keep their IDs by position.
+      spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``; a 1-D array
+        means its values. Spaces not named keep their IDs by position.
       layer_map: ``{new layer path: old layer path or None}``; by default a new layer takes from
-        the old layer of the same path, if any.
+        the old layer of the same path, if any, as long as that layer plays the same part (a
+        layer whose output was the network's output and is now hidden, or the reverse, means the
+        layers were renamed, and is an error until `layer_map` says how they pair).
       rules: ``{space: Rule}`` for the new units of a space; the preset covers the others by
         the space's role (input, hidden or output).
-      preset: ``"preserving"`` (function-preserving rules) or ``"seed"`` (the original paper's).
+      preset: ``"preserving"`` (function-preserving rules), ``"policy"`` (the same, with new
+        actions' logits far below the old ones: the sampled policy is kept) or ``"seed"`` (the
+        original paper's).
       leaf_rules: ``{new leaf path: layer init}`` to initialise a leaf whole, ignoring its source.
       drop: old leaf or layer paths that may be left out of the new tree.
+      neutral: ``{leaf name or path: value}``: what ``zeros`` means for a one-axis leaf whose
+        name does not say (``bias``/``mean`` are 0, ``scale``/``var``/``std`` are 1).
 
     Returns:
       A :class:`Plan`.
@@ -240,45 +336,55 @@ def plan(
     >>> p.index("obs")
     array([-1,  0,  1, -1], dtype=int32)
     """
-    if preset not in rules_lib.PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(rules_lib.PRESETS)}")
     problems: list[str] = []
+    args = _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules,
+                              preset, leaf_rules, drop, neutral, problems)
+    if problems:
+        _raise(problems)
     old_leaves, old_treedef = flatten(old_tree)
     new_leaves, new_treedef = flatten(new_tree)
-    old_axes = _resolve_layout(old_leaves, layout, "old", problems)
-    new_axes = _resolve_layout(new_leaves, layout if new_layout is None else new_layout, "new", problems)
-    given_ids = {name: pair for name, pair in (spaces or {}).items() if isinstance(pair, (tuple, list)) and len(pair) == 2}
-    old_sizes = _space_sizes(old_leaves, old_axes, {k: _ids(v[0]) for k, v in given_ids.items()}, "old", problems)
-    new_sizes = _space_sizes(new_leaves, new_axes, {k: _ids(v[1]) for k, v in given_ids.items()}, "new", problems)
-    ids = _space_ids(dict(spaces or {}), old_sizes, new_sizes, problems)
-    roles = {**_roles(old_axes), **_roles(new_axes)}
-    chosen = _space_rules(dict(rules or {}), roles, rules_lib.PRESETS[preset], ids, problems)
-    sources = _leaf_sources(old_leaves, new_leaves, dict(layer_map or {}), dict(leaf_rules or {}),
-                            drop, problems)
+    old_axes = _resolve_layout(old_leaves, args.layout, "old", problems)
+    new_axes = _resolve_layout(new_leaves, args.new_layout, "new", problems)
+    mixing = mixing_spaces(args.layout) | mixing_spaces(args.new_layout)
+    given = _given_ids(args.spaces, problems)
+    old_sizes = _space_sizes(old_leaves, old_axes, {k: v[0] for k, v in given.items()}, "old", problems)
+    new_sizes = _space_sizes(new_leaves, new_axes, {k: v[1] for k, v in given.items()}, "new", problems)
+    ids = _space_ids(given, set(args.spaces), old_sizes, new_sizes, problems)
+    old_roles, new_roles = _roles(old_axes), _roles(new_axes)
+    roles = {**old_roles, **new_roles}
+    preset_rules = rules_lib.PRESETS[preset]
+    chosen = _space_rules(args.rules, roles, preset_rules, ids, problems)
+    sources = _leaf_sources(old_leaves, new_leaves, args.layer_map, args.leaf_rules, args.drop, problems)
+    _check_pairing(sources, args.layer_map, old_axes, new_axes, old_roles, new_roles, problems)
 
-    ctx = _Context(ids, chosen, problems)
-    leaf_plans, arrays, layer_inits = [], [], {}
+    ctx = _Context(ids, chosen, problems, args.neutral)
+    leaf_plans, arrays, new_layer_leaves = [], [], []
     for path, new in new_leaves.items():
         source = sources[path]
         entries = new_axes[path] + (old_axes[source] if source else ())
         if any(name not in ids for entry in entries for name in spaces_in(entry)):
             continue  # a space without a known size: reported above, the plan is not built
         if source is None:
-            init = (leaf_rules or {}).get(path, rules_lib.PRESETS[preset].layer)
+            init = args.leaf_rules.get(path, preset_rules.layer)
             leaf, arr = _init_leaf(path, new, new_axes[path], init, ctx)
-            layer_inits.setdefault(layer_of(path), set()).add((init, _init_exactness(leaf, arr, ctx)))
+            new_layer_leaves.append((leaf, arr, new_axes[path]))
         else:
             leaf, arr = _gather_leaf(path, new, new_axes[path], source, old_leaves[source],
                                      old_axes[source], ctx)
         leaf_plans.append(leaf)
-        arrays.append(arr)
+        arrays.append(_read_only(arr))
 
-    if problems:
-        raise ValueError("the transplant spec does not fit the parameters:\n  - " + "\n  - ".join(problems))
+    layer_inits: dict = {layer: {("dropped", "none")} for layer in _dropped_layers(old_leaves, sources, args.drop)}
+    for leaf, arr, axes in new_layer_leaves:
+        out = output_axis(axes)
+        writes_old = out is not None and any(s in ctx.self_paired for s in spaces_in(axes[out]))
+        layer_inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, _init_exactness(leaf, arr, writes_old)))
     infos = tuple(
-        SpaceInfo(name, ids[name][0], ids[name][1], roles[name], chosen[name], name in old_sizes)
+        _space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
         for name in sorted(ids, key=str)
     )
+    if problems:
+        _raise(problems)
     return Plan(
         leaves=tuple(leaf_plans),
         arrays=tuple(arrays),
@@ -290,24 +396,191 @@ def plan(
     )
 
 
+def _raise(problems: list[str]) -> None:
+    raise ValueError("the transplant spec does not fit the parameters:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def show(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr`` for error messages: never raises, and long sequences are cut after `limit`."""
+    if isinstance(value, (list, tuple)) and len(value) > limit:
+        return "[" + ", ".join(show(v) for v in value[:limit]) + f", ... ({len(value)} in all)]"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a user's ID may have any __repr__
+        return f"<{type(value).__name__} whose repr fails>"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@dataclasses.dataclass
+class _Arguments:
+    layout: Mapping
+    new_layout: Mapping
+    spaces: dict
+    layer_map: dict
+    rules: dict
+    leaf_rules: dict
+    drop: tuple
+    neutral: dict
+
+
+def _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules, preset,
+                       leaf_rules, drop, neutral, problems) -> _Arguments:
+    """The keyword arguments as the types plan works with; a problem for each that is not."""
+
+    def mapping(value, name, example):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            problems.append(f"{name} must be a mapping such as {example}, got {type(value).__name__} "
+                            f"{show(value)}")
+            return {}
+        return dict(value)
+
+    for name, tree in (("old_tree", old_tree), ("new_tree", new_tree)):
+        if not jax.tree_util.tree_flatten_with_path(tree)[0] or any(
+                not p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]):
+            problems.append(f"{name} must be a tree of named arrays (a dict such as "
+                            f"{{'Dense_0': {{'kernel': ...}}}} or an NNX State), got "
+                            f"{type(tree).__name__}: leaves need paths for the layout to name them")
+    if isinstance(preset, str) and preset in rules_lib.PRESETS:
+        pass
+    else:
+        problems.append(f"unknown preset {show(preset)}; choose one of {sorted(rules_lib.PRESETS)}")
+    if isinstance(drop, str):
+        drop = (drop,)
+    if not isinstance(drop, (list, tuple, set, frozenset)) or not all(isinstance(d, str) for d in drop):
+        problems.append(f"drop must be a list of old leaf or layer paths, got {show(drop)}")
+        drop = ()
+    layer_map = mapping(layer_map, "layer_map", "{'Dense_2': 'Dense_1', 'Dense_1': None}")
+    for new_layer, old_layer in layer_map.items():
+        if not isinstance(new_layer, str) or not (old_layer is None or isinstance(old_layer, str)):
+            problems.append(f"layer_map entry {show(new_layer)}: {show(old_layer)} must map a new "
+                            f"layer path to an old layer path or None")
+    neutral = mapping(neutral, "neutral", "{'gamma': 1.0}")
+    for key, value in neutral.items():
+        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+            problems.append(f"neutral[{show(key)}] must be a number, got {show(value)}")
+    return _Arguments(
+        layout=mapping(layout, "layout", "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
+        new_layout=mapping(layout if new_layout is None else new_layout, "new_layout",
+                           "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
+        spaces=mapping(spaces, "spaces", "{'obs': (['x', 'y'], ['x', 'y', 'z'])}"),
+        layer_map=layer_map,
+        rules=mapping(rules, "rules", "{'out': fs.mean()}"),
+        leaf_rules=mapping(leaf_rules, "leaf_rules", "{'params/Dense_1/kernel': 'fresh'}"),
+        drop=tuple(drop),
+        neutral=neutral,
+    )
+
+
+def _unit_ids(spec: Any, space: str, which: str, problems: list) -> tuple | None:
+    """A space's unit IDs from an int count or a sequence (an array: its values); None on error."""
+    where = f"{space}: {which} IDs"
+    if isinstance(spec, bool) or spec is None:
+        problems.append(f"{where}: expected an int count or a list of unit IDs, got {show(spec)}")
+        return None
+    if hasattr(spec, "shape") and hasattr(spec, "dtype"):  # NumPy / JAX arrays, scalars
+        try:
+            array = np.asarray(spec)
+        except Exception:  # noqa: BLE001 - an abstract array (ShapeDtypeStruct, tracer)
+            problems.append(f"{where}: IDs must be concrete values, got {show(spec)}")
+            return None
+        if array.ndim == 0 and np.issubdtype(array.dtype, np.integer):
+            spec = int(array)
+        elif array.ndim == 1:
+            return _hashable_ids(tuple(array.tolist()), space, which, problems)
+        else:
+            problems.append(f"{where}: an array of IDs must be 1-D, got shape {array.shape} "
+                            f"dtype {array.dtype}")
+            return None
+    if isinstance(spec, (int, np.integer)):
+        if spec < 0:
+            problems.append(f"{where}: a negative unit count {spec}")
+            return None
+        return tuple(range(int(spec)))
+    if isinstance(spec, (float, np.floating, str, bytes, Mapping, set, frozenset)):
+        hint = {str: " (list('abc') if each character is an ID)", bytes: "",
+                set: " (a set has no order: use a list)", frozenset: " (use a list)"}
+        problems.append(f"{where}: expected an int count or a list of unit IDs, got "
+                        f"{type(spec).__name__} {show(spec)}{hint.get(type(spec), '')}")
+        return None
+    try:
+        unit_ids = tuple(spec)
+    except TypeError:
+        problems.append(f"{where}: expected an int count or a list of unit IDs, got "
+                        f"{type(spec).__name__} {show(spec)}")
+        return None
+    unit_ids = tuple(np.asarray(u).item() if getattr(u, "shape", None) == () else u for u in unit_ids)
+    return _hashable_ids(unit_ids, space, which, problems)
+
+
+def _hashable_ids(unit_ids: tuple, space: str, which: str, problems: list) -> tuple | None:
+    try:
+        counts = collections.Counter(unit_ids)
+    except TypeError:
+        bad = [(i, u) for i, u in enumerate(unit_ids) if not isinstance(u, Hashable) or _unhashable(u)]
+        shown = ", ".join(f"{show(u)} at position {i}" for i, u in bad[:MAX_SHOWN])
+        problems.append(f"{space}: {which} IDs must be hashable (str, int, tuple, ...); got "
+                        f"{type(bad[0][1]).__name__} IDs: {shown}")
+        return None
+    dupes = [u for u, n in counts.items() if n > 1]
+    if dupes:
+        problems.append(f"{space}: duplicate {which} IDs {show(dupes)}")
+        return None
+    return unit_ids
+
+
+def _unhashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return True
+    return False
+
+
 # ----------------------------------------------------------------------------- validation
 
 
 def _resolve_layout(leaves, layout, which, problems) -> dict[str, tuple]:
-    """Every leaf's axes (all None where the layout omits it); checks axis counts."""
-    for path in layout:
+    """Every leaf's axes (all None where the layout omits it); checks entries and axis counts."""
+    entries = leaf_entries(layout)
+    mixing = layout.get(MIXING, ())
+    if isinstance(mixing, str) or not isinstance(mixing, (list, tuple, set, frozenset)):
+        problems.append(f"{which} layout's MIXING must list space names, got {show(mixing)}")
+    for path in entries:
         if path not in leaves:
-            problems.append(f"{which} layout names leaf {path!r}, which the {which} tree lacks")
+            problems.append(f"{which} layout names leaf {show(path)}, which the {which} tree lacks")
     resolved = {}
     for path, leaf in leaves.items():
         ndim = len(np.shape(leaf))
-        axes = tuple(layout.get(path, (None,) * ndim))
-        if len(axes) != ndim:
+        axes = entries.get(path, (None,) * ndim)
+        if not isinstance(axes, (tuple, list)) or len(axes) != ndim:
             problems.append(f"{which} leaf {path!r} has {ndim} axes {tuple(np.shape(leaf))}, "
-                            f"but its layout gives {len(axes)}: {axes}")
+                            f"but its layout gives {len(axes) if isinstance(axes, (tuple, list)) else 0}: "
+                            f"{show(axes)}")
             axes = (None,) * ndim
-        resolved[path] = axes
+        bad = [a for a in axes if not _valid_entry(a)]
+        if bad:
+            problems.append(f"{which} leaf {path!r}: layout entries must be a space name, None, "
+                            f"WINDOW, Flat, Concat or Grid; got {show(bad)}")
+            axes = (None,) * ndim
+        resolved[path] = tuple(axes)
     return resolved
+
+
+def _valid_entry(entry) -> bool:
+    if entry is None or entry is WINDOW or isinstance(entry, str):
+        return True
+    if isinstance(entry, Flat):
+        return isinstance(entry.space, str) and isinstance(entry.positions, int)
+    if isinstance(entry, (Concat, Grid)):
+        return all(isinstance(p, int) or _valid_entry(p) for p in entry.parts)
+    return False
 
 
 def _entry_size(entry, sizes) -> int | None:
@@ -345,7 +618,7 @@ def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
     for path, axes in axes_of.items():
         shape = np.shape(leaves[path])
         for axis, spec in enumerate(axes):
-            if spec is None:
+            if not carries_units(spec):
                 continue
             where = f"{path!r} axis {axis}"
             if not isinstance(spec, str):
@@ -357,7 +630,7 @@ def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
                 sizes.setdefault(spec, shape[axis])
                 seen_at.setdefault(spec, where)
     for name, unit_ids in given.items():
-        if name not in sizes and any(name in spaces_in(spec) for _, spec, _ in composite):
+        if unit_ids is not None and name not in sizes and any(name in spaces_in(spec) for _, spec, _ in composite):
             sizes[name] = len(unit_ids)
     while composite:
         unsolved = []
@@ -389,38 +662,46 @@ def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
 def index_by_id(ids: Sequence[Hashable], among: Sequence[Hashable]) -> np.ndarray:
     """int32: each of `ids`' position in `among`, or -1 where `among` lacks it."""
     position = {uid: i for i, uid in enumerate(among)}
-    return np.array([position.get(uid, -1) for uid in ids], dtype=np.int32)
+    return np.fromiter((position.get(uid, -1) for uid in ids), dtype=np.int32, count=len(ids))
 
 
-def _ids(spec: IdSpec) -> tuple:
-    return tuple(range(spec)) if isinstance(spec, (int, np.integer)) else tuple(spec)
+def _given_ids(spaces: dict, problems: list) -> dict[str, tuple]:
+    """``{space: (old IDs or None, new IDs or None)}`` for the spaces the user named."""
+    given = {}
+    for name, pair in spaces.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            problems.append(f"space {show(name)}: expected (old_ids, new_ids), got {show(pair)}")
+            continue
+        given[name] = (_unit_ids(pair[0], f"space {show(name)}", "old", problems),
+                       _unit_ids(pair[1], f"space {show(name)}", "new", problems))
+    return given
 
 
-def _space_ids(given, old_sizes, new_sizes, problems) -> dict[str, tuple[tuple, tuple]]:
+def _space_ids(given, named, old_sizes, new_sizes, problems) -> dict[str, tuple[tuple, tuple]]:
     """Old and new unit IDs of every space: as given, else by position."""
     ids = {}
     for name in sorted(set(old_sizes) | set(new_sizes), key=str):
         ids[name] = (tuple(range(old_sizes.get(name, 0))), tuple(range(new_sizes.get(name, 0))))
+    for name in named:
+        if name not in ids:
+            problems.append(f"spaces names unknown space {show(name)}; the layouts' spaces are "
+                            f"{sorted(ids, key=str)}")
     for name, pair in given.items():
         if name not in ids:
-            problems.append(f"spaces names unknown space {name!r}; the layouts' spaces are "
-                            f"{sorted(ids, key=str)}")
-            continue
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            problems.append(f"space {name!r}: expected (old_ids, new_ids), got {pair!r}")
             continue
         both = []
-        for which, spec, sizes in (("old", pair[0], old_sizes), ("new", pair[1], new_sizes)):
-            unit_ids = _ids(spec)
-            dupes = sorted({u for u in unit_ids if unit_ids.count(u) > 1}, key=repr)
-            if dupes:
-                problems.append(f"space {name!r}: duplicate {which} IDs {dupes}")
-            if name in sizes and len(unit_ids) != sizes[name]:
-                problems.append(f"space {name!r}: {len(unit_ids)} {which} IDs {list(unit_ids)} but "
-                                f"the {which} parameters have {sizes[name]} units")
-            both.append(unit_ids if name in sizes else ())
+        for which, unit_ids, sizes in (("old", pair[0], old_sizes), ("new", pair[1], new_sizes)):
+            if unit_ids is not None and name in sizes and len(unit_ids) != sizes[name]:
+                problems.append(f"space {name!r}: {len(unit_ids)} {which} IDs {show(list(unit_ids))} "
+                                f"but the {which} parameters have {sizes[name]} units")
+            both.append(unit_ids if unit_ids is not None and name in sizes else ids[name][len(both)])
         ids[name] = tuple(both)
     return ids
+
+
+def roles_of(layout: Mapping) -> dict[str, str]:
+    """Each space's role in a layout: input, hidden or output."""
+    return _roles(leaf_entries(layout))
 
 
 def _roles(axes_of) -> dict[str, str]:
@@ -438,22 +719,28 @@ def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rul
     """The rule of every space: given, else the preset's for its role; sources checked."""
     for name, rule in given.items():
         if name not in roles:
-            problems.append(f"rules names unknown space {name!r}")
+            problems.append(f"rules names unknown space {show(name)}")
         elif not isinstance(rule, rules_lib.Rule):
-            problems.append(f"rules[{name!r}] must be a flaxsurgery Rule (fs.zeros(), fs.mean(), ...), got {rule!r}")
+            problems.append(f"rules[{name!r}] must be a flaxsurgery Rule (fs.zeros(), fs.mean(), ...), got {show(rule)}")
     chosen = {}
     for name, role in roles.items():
         rule = given.get(name)
         chosen[name] = rule if isinstance(rule, rules_lib.Rule) else preset.rule_for(role)
     for name, rule in chosen.items():
-        if rule.incoming != "copy" or name not in ids:
+        if name not in ids:
             continue
-        old_ids, new_ids = set(ids[name][0]), ids[name][1]
-        added = [u for u in new_ids if u not in old_ids]
-        missing = sorted({rule.source_of(u) for u in added if rule.source_of(u) not in old_ids}, key=repr)
+        old_ids, new_ids = ids[name]
+        old_set = set(old_ids)
+        added = [u for u in new_ids if u not in old_set]
+        if added and not old_ids and "mean" in (rule.incoming, rule.outgoing):
+            problems.append(f"space {name!r}: rule {rule.name} takes the mean over the old units, but "
+                            f"the old network has none; choose another rule for it in rules=")
+        if rule.incoming != "copy":
+            continue
+        missing = sorted({show(rule.source_of(u)) for u in added if rule.source_of(u) not in old_set})
         if missing:
-            problems.append(f"space {name!r}: {rule.name} names source IDs {missing} that are not old "
-                            f"units of the space (old IDs: {list(ids[name][0])})")
+            problems.append(f"space {name!r}: {rule.name} names source IDs [{', '.join(missing)}] that "
+                            f"are not old units of the space (old IDs: {show(list(old_ids))})")
     return chosen
 
 
@@ -463,14 +750,14 @@ def _leaf_sources(old_leaves, new_leaves, layer_map, leaf_rules, drop, problems)
     new_layers = {layer_of(p) for p in new_leaves}
     for new_layer, old_layer in layer_map.items():
         if new_layer not in new_layers:
-            problems.append(f"layer_map names new layer {new_layer!r}, which the new tree lacks")
+            problems.append(f"layer_map names new layer {show(new_layer)}, which the new tree lacks")
         if old_layer is not None and old_layer not in old_layers:
-            problems.append(f"layer_map maps {new_layer!r} to old layer {old_layer!r}, which the old tree lacks")
+            problems.append(f"layer_map maps {show(new_layer)} to old layer {show(old_layer)}, which the old tree lacks")
     for path in leaf_rules:
         if path not in new_leaves:
-            problems.append(f"leaf_rules names leaf {path!r}, which the new tree lacks")
+            problems.append(f"leaf_rules names leaf {show(path)}, which the new tree lacks")
         elif leaf_rules[path] not in rules_lib.LAYER_INITS:
-            problems.append(f"leaf_rules[{path!r}] = {leaf_rules[path]!r}; choose one of {rules_lib.LAYER_INITS}")
+            problems.append(f"leaf_rules[{path!r}] = {show(leaf_rules[path])}; choose one of {rules_lib.LAYER_INITS}")
 
     sources, used = {}, set()
     for path in new_leaves:
@@ -490,9 +777,113 @@ def _leaf_sources(old_leaves, new_leaves, layer_map, leaf_rules, drop, problems)
             problems.append(f"drop names {d!r}, which matches no old leaf")
     lost = [p for p in old_leaves if p not in used and not dropped_explicitly(p)]
     if lost:
-        problems.append(f"old leaves {lost} would be dropped: no new leaf takes from them; map their "
-                        f"layer in layer_map, or list them (or their layer) in drop=")
+        problems.append(f"old leaves {show(lost)} would be dropped: no new leaf takes from them; map "
+                        f"their layer in layer_map, or list them (or their layer) in drop=")
     return sources
+
+
+def _dropped_layers(old_leaves, sources, drop) -> list[str]:
+    """Old layers none of whose leaves a new leaf takes from (they were listed in `drop`)."""
+    used = {layer_of(s) for s in sources.values() if s is not None}
+    return sorted({layer_of(p) for p in old_leaves if layer_of(p) not in used
+                   and any(p == d or p.startswith(d.rstrip("/") + "/") for d in drop)})
+
+
+def _check_pairing(sources, layer_map, old_axes, new_axes, old_roles, new_roles, problems) -> None:
+    """A layer paired by its name alone must play the same part in both networks.
+
+    Linen names layers by position, so inserting a layer renames the ones after it: the old
+    output layer ``Dense_1`` and the new hidden ``Dense_1`` share a name, not a job.
+    """
+    suspicious = {}
+    for path, source in sources.items():
+        if source is None or layer_of(path) in layer_map:
+            continue
+        for axis, (old_spec, new_spec) in enumerate(zip(old_axes[source], new_axes[path])):
+            old_names, new_names = spaces_in(old_spec), spaces_in(new_spec)
+            old_parts = {old_roles.get(s) for s in old_names} & {"input", "output"}
+            new_parts = {new_roles.get(s) for s in new_names} & {"input", "output"}
+            if old_parts != new_parts:
+                suspicious.setdefault(layer_of(path), (axis, old_spec, new_spec, old_parts, new_parts))
+    for layer, (axis, old_spec, new_spec, old_parts, new_parts) in sorted(suspicious.items()):
+        def part(parts, spec):
+            return f"the network's {'/'.join(sorted(parts))} space {spec!r}" if parts else f"hidden space {spec!r}"
+        hint = _layer_map_hint(old_axes, new_axes, old_roles, new_roles)
+        problems.append(
+            f"new layer {layer!r} takes its weights from the old layer of the same name, but axis {axis} "
+            f"is {part(old_parts, old_spec)} in the old network and {part(new_parts, new_spec)} in the "
+            f"new one: the layers were probably renamed by an inserted or removed layer; say how they "
+            f"pair with layer_map{hint}")
+
+
+def _layer_map_hint(old_axes, new_axes, old_roles, new_roles) -> str:
+    """A likely layer map: the layers that produce the network's output, paired."""
+    def producer(axes_of, roles):
+        for path, axes in axes_of.items():
+            out = output_axis(axes)
+            if out is not None and len([a for a in axes if carries_units(a)]) > 1 and \
+                    any(roles.get(s) == "output" for s in spaces_in(axes[out])):
+                return layer_of(path)
+        return None
+
+    old_out, new_out = producer(old_axes, old_roles), producer(new_axes, new_roles)
+    if old_out and new_out and old_out != new_out:
+        renamed = f", {old_out!r}: None" if any(layer_of(p) == old_out for p in new_axes) else ""
+        return (f" (for example {{{new_out!r}: {old_out!r}{renamed}}}), or confirm the pairing by "
+                f"name with {{layer: layer}}")
+    return " (confirm a pairing by name with {layer: layer})"
+
+
+# ----------------------------------------------------------------------------- what is preserved
+
+
+def _space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
+    """A space's info with what the plan preserves of it, derived from what the plan does."""
+    old_ids, new_ids = both_ids
+    info = SpaceInfo(name, old_ids, new_ids, role, rule, in_old)
+    if not in_old:
+        return info  # a new layer's space: its init decides, see Plan.layer_inits
+    index = info.index()
+    added = int((index < 0).sum())
+    removed = len(old_ids) - (len(new_ids) - added)
+    preserves, why = "function", ""
+    if removed:
+        preserves, why = "none", f"{removed} old units removed: their contribution is lost"
+    elif added and mixing:
+        preserves, why = "none", ("the forward pass mixes this space's units (a norm's statistics, "
+                                  "a softmax): new units change what the old ones compute")
+    elif added:
+        preserves, why = _rule_preserves(name, role, rule, ctx)
+    return dataclasses.replace(info, preserves=preserves, why=why)
+
+
+def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
+    """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
+    nominal = rule.exactness(role)
+    if role != "output" or nominal not in ("greedy", "policy"):
+        return nominal, ""
+    facts = ctx.facts.get(name, _SpaceFacts())
+    if facts.other_leaves:
+        return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
+                        f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
+    needed = rules_lib.greedy_margin(facts.dtypes)
+    if -rule.offset < needed:
+        return "none", (f"offset {rule.offset:g} is not below -{needed:g}, the margin that rounding of "
+                        f"{'/'.join(sorted(str(d) for d in facts.dtypes))} values needs, so a tie "
+                        f"can go to a new action")
+    if len(facts.offset_leaves) != 1:
+        where = sorted(facts.offset_leaves) or f"no bias (no leaf named {'/'.join(BIAS_NAMES)} carries the space)"
+        return "none", f"the rule's offset lands on {where}, so a tie can go to a new action"
+    return nominal, ""
+
+
+@dataclasses.dataclass
+class _SpaceFacts:
+    """What the plan does to a space's new output units, for deriving what it preserves."""
+
+    offset_leaves: set = dataclasses.field(default_factory=set)
+    other_leaves: set = dataclasses.field(default_factory=set)
+    dtypes: set = dataclasses.field(default_factory=set)
 
 
 # ----------------------------------------------------------------------------- leaf plans
@@ -503,33 +894,62 @@ class _Context:
     ids: dict
     rules: dict
     problems: list
+    neutral: dict
+    facts: dict = dataclasses.field(default_factory=dict)
+    indices: dict = dataclasses.field(default_factory=dict)
+    self_paired: set = dataclasses.field(default_factory=set)  # spaces an old leaf carries to the same space
+
+    def index(self, old_space: str, new_space: str) -> np.ndarray:
+        """Each new unit's position among the old units (cached: spaces recur across leaves)."""
+        key = (old_space, new_space)
+        if key not in self.indices:
+            self.indices[key] = index_by_id(self.ids[new_space][1], self.ids[old_space][0])
+        return self.indices[key].copy()
+
+    def fact(self, space: str) -> _SpaceFacts:
+        return self.facts.setdefault(space, _SpaceFacts())
 
 
-def _neutral(path: str) -> float:
-    return 1.0 if leaf_name(path) in NEUTRAL_ONE else 0.0
+def _neutral(path: str, axes: tuple, given: dict) -> float | None:
+    """What ``zeros`` means for a leaf: 0 for weights (two unit axes or more), else by its name."""
+    if path in given:
+        return float(given[path])
+    if leaf_name(path) in given:
+        return float(given[leaf_name(path)])
+    if sum(carries_units(a) for a in axes) > 1:
+        return 0.0
+    return NEUTRAL_BY_NAME.get(leaf_name(path))
 
 
 def _shape_dtype(x) -> tuple[tuple, Any]:
     return tuple(np.shape(x)), np.dtype(x.dtype)
 
 
+def _read_only(arrays: dict) -> dict:
+    for value in arrays.values():
+        value.flags.writeable = False
+    return arrays
+
+
 @dataclasses.dataclass
 class _Units:
     """Per-unit arrays of one axis (host side): where each new unit comes from and how it starts."""
 
-    src: np.ndarray  # int32 index into the old axis, -1 for a new unit
+    src: np.ndarray  # int32 index into the old axis, -1 for a unit that is filled
     fill: np.ndarray  # object: the fill kind of each new unit, None where src >= 0
     scale: np.ndarray | None = None  # float32 multiplier (Net2Net split)
-    offset: np.ndarray | None = None  # float32 addend (a copied unit's bias)
+    offset: np.ndarray | None = None  # float32 addend (a new unit's bias)
+    own: np.ndarray | None = None  # int32 index of the unit itself, -1 if new (when src copies)
 
 
 def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     """The plan of a new leaf that takes its values from an old leaf."""
     new_shape, dtype = _shape_dtype(new)
     old_shape, old_dtype = _shape_dtype(old)
-    leaf = LeafPlan(path, source, "gather", new_shape, dtype, neutral=_neutral(path))
+    leaf = LeafPlan(path, source, "gather", new_shape, dtype, neutral=_neutral(path, new_axes, ctx.neutral))
     if old_dtype != dtype:
-        ctx.problems.append(f"leaf {path!r}: dtype {dtype} but its source {source!r} is {old_dtype}")
+        ctx.problems.append(f"leaf {path!r}: dtype {dtype} but its source {source!r} is {old_dtype}; "
+                            f"cast one tree first (the plan does not cast)")
     if len(old_shape) != len(new_shape):
         ctx.problems.append(f"leaf {path!r} has {len(new_shape)} axes but its source {source!r} has {len(old_shape)}")
         return leaf, {}
@@ -537,11 +957,12 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     axes, arrays = [], {}
     for axis, (old_spec, new_spec) in enumerate(zip(old_axes, new_axes)):
         where = f"leaf {path!r} axis {axis} (source {source!r})"
-        if new_spec is None and old_spec is None:
-            units, role = _spatial_units(old_shape[axis], new_shape[axis]), "spatial"
+        if not carries_units(new_spec) and not carries_units(old_spec):
+            units, role = _unitless_units(old_spec, new_spec, old_shape[axis], new_shape[axis], ctx, where), "spatial"
         else:
             role = "output" if axis == out else "input"
-            units = _entry_units(old_spec, new_spec, role, leaf_name(path), ctx, where)
+            units = _entry_units(old_spec, new_spec, role, path, ctx, where)
+            ctx.self_paired.update(set(spaces_in(old_spec)) & set(spaces_in(new_spec)))
         if units is None:
             continue
         if "mean" in set(units.fill) and not isinstance(new_spec, str):
@@ -551,14 +972,34 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
         arrays.update({f"{k}{axis}": v for k, v in arr.items()})
     if len(axes) != len(new_shape):
         return leaf, {}
+    if leaf.neutral is None and any("zeros" in ax.fills for ax in axes):
+        ctx.problems.append(
+            f"leaf {path!r}: new units take the neutral value, but the name {leaf_name(path)!r} does "
+            f"not say whether that is 0 (a shift: bias, mean) or 1 (a scale: scale, var, std); "
+            f"say it with neutral={{{leaf_name(path)!r}: 0.0 or 1.0}}")
+    _note_output_facts(path, new_axes, leaf, axes, ctx)
     return dataclasses.replace(leaf, axes=tuple(axes)), arrays
+
+
+def _note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
+    """Records, per space, which leaves its new output units land on and how."""
+    out = output_axis(new_axes)
+    if out is None or not isinstance(new_axes[out], str):
+        return
+    facts = ctx.fact(new_axes[out])
+    facts.dtypes.add(leaf.dtype)
+    unit_axes = sum(carries_units(a) for a in new_axes)
+    if axes[out].offset:
+        facts.offset_leaves.add(path)
+    elif unit_axes == 1 and leaf_name(path) not in BIAS_NAMES:
+        facts.other_leaves.add(path)
 
 
 def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]:
     """The static AxisPlan and the arrays of one axis; an unchanged axis needs neither."""
-    fills = tuple(dict.fromkeys(f for f in units.fill if f is not None))
-    if not fills and units.scale is None and units.offset is None and len(units.src) == old_size \
-            and np.array_equal(units.src, np.arange(old_size)):
+    fills = tuple(dict.fromkeys(f for f in units.fill[units.src < 0] if f is not None))
+    if not fills and units.scale is None and units.offset is None and units.own is None \
+            and len(units.src) == old_size and np.array_equal(units.src, np.arange(old_size)):
         return AxisPlan(role, gather=False), {}
     arrays = {"src": units.src}
     if len(fills) > 1:
@@ -567,8 +1008,11 @@ def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]
         arrays["scale"] = units.scale
     if units.offset is not None:
         arrays["offset"] = units.offset
+    if units.own is not None:
+        arrays["own"] = units.own
     ax = AxisPlan(role, gather=True, fills=fills, scaled=units.scale is not None,
-                  offset=units.offset is not None, prefix=_prefix_length(units.src))
+                  offset=units.offset is not None, prefix=_prefix_length(units.src),
+                  copied=units.own is not None)
     return ax, arrays
 
 
@@ -582,21 +1026,31 @@ def _no_fill(n: int) -> np.ndarray:
     return np.full(n, None, dtype=object)
 
 
-def _spatial_units(old_size: int, new_size: int) -> _Units:
-    """An axis without units: kept, or a kernel grown (zero-padded) / shrunk around its centre."""
-    shift = (new_size - 1) // 2 - (old_size - 1) // 2  # the tap SAME padding centres on
-    src = np.arange(new_size) - shift
-    src = np.where((src >= 0) & (src < old_size), src, -1).astype(np.int32)
-    fill = _no_fill(new_size)
-    fill[src < 0] = "zeros"
-    return _Units(src, fill)
+def _unitless_units(old_spec, new_spec, old_size, new_size, ctx, where) -> _Units | None:
+    """An axis without units: kept as it is; only a window may grow or shrink (around its centre)."""
+    if old_size == new_size:
+        return _Units(np.arange(new_size, dtype=np.int32), _no_fill(new_size))
+    if old_spec is WINDOW and new_spec is WINDOW:
+        shift = (new_size - 1) // 2 - (old_size - 1) // 2  # the tap SAME padding centres on
+        src = np.arange(new_size) - shift
+        src = np.where((src >= 0) & (src < old_size), src, -1).astype(np.int32)
+        fill = _no_fill(new_size)
+        fill[src < 0] = "zero"
+        return _Units(src, fill)
+    said = {None: "None (no units, or the leaf is not in the layout)", WINDOW: "WINDOW"}
+    ctx.problems.append(
+        f"{where}: size changes from {old_size} to {new_size}, but the layout says "
+        f"{said[old_spec]} in the old network and {said[new_spec]} in the new one: only a "
+        f"conv window (WINDOW in both) may be padded or cropped; name the space this axis carries "
+        f"(trace_layout finds it; chain_layout(layer_norms=..., batch_norms=...) covers norm layers)")
+    return None
 
 
-def _entry_units(old_spec, new_spec, role, name, ctx, where) -> _Units | None:
+def _entry_units(old_spec, new_spec, role, path, ctx, where) -> _Units | None:
     """The units of an axis entry, recursively through Grid and Concat; None on a mismatch."""
     old_spec, new_spec = as_grid(old_spec), as_grid(new_spec)
     if isinstance(new_spec, str) and isinstance(old_spec, str):
-        return _space_units(old_spec, new_spec, role, name, ctx)
+        return _space_units(old_spec, new_spec, role, path, ctx)
     if isinstance(new_spec, int) and new_spec == old_spec:
         return _Units(np.arange(new_spec, dtype=np.int32), _no_fill(new_spec))
     if type(old_spec) is not type(new_spec) or not isinstance(new_spec, (Concat, Grid)) \
@@ -604,7 +1058,7 @@ def _entry_units(old_spec, new_spec, role, name, ctx, where) -> _Units | None:
         ctx.problems.append(f"{where}: old axis is {old_spec!r} but new axis is {new_spec!r}; only "
                             f"the units of a space can change, not the axis's structure")
         return None
-    parts = [_entry_units(o, n, role, name, ctx, where) for o, n in zip(old_spec.parts, new_spec.parts)]
+    parts = [_entry_units(o, n, role, path, ctx, where) for o, n in zip(old_spec.parts, new_spec.parts)]
     if any(p is None for p in parts):
         return None
     old_sizes = [_entry_size(o, {k: len(v[0]) for k, v in ctx.ids.items()}) for o in old_spec.parts]
@@ -615,21 +1069,35 @@ def _entry_units(old_spec, new_spec, role, name, ctx, where) -> _Units | None:
 def _concat_units(parts: list, old_sizes: list) -> _Units:
     """Segments end to end: each segment's old indices shifted by the old segments before it."""
     starts = np.cumsum([0] + old_sizes[:-1])
-    src = np.concatenate([np.where(p.src >= 0, p.src + start, -1) for p, start in zip(parts, starts)])
-    return _Units(src.astype(np.int32), np.concatenate([p.fill for p in parts]),
-                  _joined([p.scale for p in parts], [len(p.src) for p in parts], 1.0, np.concatenate),
-                  _joined([p.offset for p in parts], [len(p.src) for p in parts], 0.0, np.concatenate))
+
+    def shifted(arrays):
+        if all(a is None for a in arrays):
+            return None
+        return np.concatenate([np.where(a >= 0, a + start, -1) if a is not None else
+                               np.where(p.src >= 0, p.src + start, -1)
+                               for a, p, start in zip(arrays, parts, starts)]).astype(np.int32)
+
+    sizes = [len(p.src) for p in parts]
+    return _Units(shifted([p.src for p in parts]), np.concatenate([p.fill for p in parts]),
+                  _joined([p.scale for p in parts], sizes, 1.0, np.concatenate),
+                  _joined([p.offset for p in parts], sizes, 0.0, np.concatenate),
+                  shifted([p.own for p in parts]))
 
 
 def _grid_units(parts: list, old_sizes: list) -> _Units:
     """Row-major product, last part fastest: a unit is new if any of its parts' units is."""
-    src = np.zeros(1, np.int64)
+
+    def product(indices):
+        index = np.zeros(1, np.int64)
+        for part_index, old_size in zip(indices, old_sizes):
+            index = np.where((index[:, None] >= 0) & (part_index[None, :] >= 0),
+                             index[:, None] * old_size + part_index[None, :], -1).reshape(-1)
+        return index.astype(np.int32)
+
     fill = _no_fill(1)
-    for part, old_size in zip(parts, old_sizes):
-        src = np.where((src[:, None] >= 0) & (part.src[None, :] >= 0),
-                       src[:, None] * old_size + part.src[None, :], -1).reshape(-1)
+    for part in parts:
         # The fastest new part decides the fill (as the last new input axis does for a leaf).
-        fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)
+        fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)  # noqa: E711
     sizes = [len(p.src) for p in parts]
 
     def outer(values, neutral, combine):
@@ -640,8 +1108,9 @@ def _grid_units(parts: list, old_sizes: list) -> _Units:
             grid = combine(grid[:, None], (np.full(n, neutral, np.float32) if v is None else v)[None, :]).reshape(-1)
         return grid
 
-    return _Units(src.astype(np.int32), fill, outer([p.scale for p in parts], 1.0, np.multiply),
-                  outer([p.offset for p in parts], 0.0, np.add))
+    own = None if all(p.own is None for p in parts) else product([p.src if p.own is None else p.own for p in parts])
+    return _Units(product([p.src for p in parts]), fill, outer([p.scale for p in parts], 1.0, np.multiply),
+                  outer([p.offset for p in parts], 0.0, np.add), own)
 
 
 def _joined(values, sizes, neutral, join):
@@ -650,42 +1119,48 @@ def _joined(values, sizes, neutral, join):
     return join([np.full(n, neutral, np.float32) if v is None else v for v, n in zip(values, sizes)])
 
 
-def _space_units(old_space: str, new_space: str, role: str, name: str, ctx) -> _Units:
+def _space_units(old_space: str, new_space: str, role: str, path: str, ctx) -> _Units:
     """Index, fill, scale and offset of a space's units, by unit ID and the space's rule."""
     old_ids = ctx.ids[old_space][0]
     new_ids = ctx.ids[new_space][1]
     rule = ctx.rules[new_space]
-    src = index_by_id(new_ids, old_ids)
+    src = ctx.index(old_space, new_space)
     added = src < 0
     fill = _no_fill(len(src))
     if not added.any():
         return _Units(src, fill)
-    offset = np.where(added, rule.offset, 0.0).astype(np.float32) if name == "bias" and rule.offset else None
+    takes_offset = role == "output" and rule.offset and leaf_name(path) in BIAS_NAMES
+    offset = np.where(added, rule.offset, 0.0).astype(np.float32) if takes_offset else None
     if rule.incoming != "copy":
         fill[added] = rule.incoming if role == "output" else rule.outgoing
-        return _Units(src, fill, offset=offset if role == "output" else None)
+        return _Units(src, fill, offset=offset)
 
     from_unit = index_by_id([rule.source_of(uid) for uid in new_ids], old_ids)
     if (from_unit[added] < 0).any():  # reported by _space_rules
         return _Units(src, fill)
+    copied = np.where(added, from_unit, src).astype(np.int32)
     if role == "output":
-        copied = np.where(added, from_unit, src).astype(np.int32)
-        return _Units(copied, fill, offset=offset)
+        return _Units(copied, fill, offset=offset, own=src)
     if rule.outgoing != "split":  # copy: a new unit's outgoing weights start at zero
         fill[added] = "zeros"
         return _Units(src, fill)
     # Net2Net split: the source unit keeps 1 - ratio * (its number of splits) of its outgoing weights.
     splits = np.bincount(from_unit[added], minlength=len(old_ids))
     scale = np.where(added, rule.ratio, 1.0 - rule.ratio * splits[np.maximum(src, 0)]).astype(np.float32)
-    return _Units(np.where(added, from_unit, src).astype(np.int32), fill, scale=scale)
+    return _Units(copied, fill, scale=scale, own=src)
 
 
 def _init_leaf(path, new, new_axes, init, ctx):
     """The plan of a leaf with no source: a new layer's kernel, bias or norm parameters."""
     shape, dtype = _shape_dtype(new)
-    leaf = LeafPlan(path, None, init, shape, dtype, neutral=_neutral(path))
-    mapped = [i for i, spec in enumerate(new_axes) if spec is not None]
-    if init not in ("identity", "near_identity") or len(mapped) == 1:
+    leaf = LeafPlan(path, None, init, shape, dtype, neutral=_neutral(path, new_axes, ctx.neutral))
+    mapped = [i for i, spec in enumerate(new_axes) if carries_units(spec)]
+    if init in ("identity", "near_identity", "zeros") and len(shape) <= 1 and leaf.neutral is None:
+        ctx.problems.append(
+            f"new leaf {path!r} has no source and {init} gives it the neutral value, but the name "
+            f"{leaf_name(path)!r} does not say whether that is 0 (a shift) or 1 (a scale); say it "
+            f"with neutral={{{leaf_name(path)!r}: ...}} or give it a leaf_rules entry such as 'fresh'")
+    if init not in ("identity", "near_identity") or len(mapped) <= 1 and len(shape) <= 1:
         return leaf, {}
     if len(mapped) != 2 or any(not isinstance(new_axes[i], str) for i in mapped):
         ctx.problems.append(
@@ -698,8 +1173,12 @@ def _init_leaf(path, new, new_axes, init, ctx):
     return dataclasses.replace(leaf, kernel_axes=tuple(mapped)), {"match": match}
 
 
-def _init_exactness(leaf: LeafPlan, arrays: dict, ctx) -> str:
+def _init_exactness(leaf: LeafPlan, arrays: dict, writes_old: bool) -> str:
+    """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
+    a space of its own: one that writes an old network's space (a residual stream) adds to it."""
     if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
+        return "none"
+    if leaf.kernel_axes and writes_old:
         return "none"
     if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
         return "none"

@@ -32,12 +32,12 @@ import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jcore
 
-from flaxsurgery.layout import Concat, Flat, Grid
+from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.
@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover
     _source_info = None
 
 
-AxisEntry = str | Flat | Concat | Grid | None
+AxisEntry = str | Flat | Concat | Grid | type(WINDOW) | None
 
 # ----------------------------------------------------------------------------------------------
 # The union-find over axes.
@@ -73,6 +73,11 @@ class _AxisGraph:
         self.structure: dict[int, _Structure] = {}
         self.part_of: dict[int, tuple[int, str, int]] = {}  # node -> (parent node, kind, index)
         self.window: set[int] = set()  # nodes that are conv kernel window axes (never units)
+        self.blank: set[int] = set()  # other nodes that never carry units (depthwise in-channel)
+        self.units: set[int] = set()  # nodes known to carry units though no parameter axis is in
+        # their class (a depthwise conv's input channels and channel multiplier)
+        self.mixing: set[int] = set()  # nodes whose units are combined (reductions, act x act)
+        self.param_axes: set[int] = set()  # the nodes of the parameters' own axes
         self.constraints: list[_Constraint] = []
 
     def fresh(self, size: int) -> int:
@@ -222,7 +227,14 @@ def _fresh_outputs(g, eqn, ins, where):
 
 def _reduce(g, eqn, ins, where):
     axes = set(eqn.params["axes"])
+    g.mixing.update(ins[0][i] for i in axes)  # a sum, max or mean over units mixes them
     return [[n for i, n in enumerate(ins[0]) if i not in axes]]
+
+
+def _cumulative(g, eqn, ins, where):
+    """cumsum and friends: element-wise in shape, but each entry mixes those before it."""
+    g.mixing.add(ins[0][eqn.params["axis"]])
+    return _elementwise(g, eqn, ins, where)
 
 
 def _squeeze(g, eqn, ins, where):
@@ -315,6 +327,8 @@ def _reshape(g, eqn, ins, where):
 def _dot_general(g, eqn, ins, where):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = ins
+    if not _is_parameter(g, lhs) and not _is_parameter(g, rhs):  # activation x activation
+        g.mixing.update(lhs[a] for a in lc)
     for a, b in zip(lc, rc):
         g.union(lhs[a], rhs[b], where)
     for a, b in zip(lb, rb):
@@ -322,6 +336,11 @@ def _dot_general(g, eqn, ins, where):
     lhs_free = [n for i, n in enumerate(lhs) if i not in lc and i not in lb]
     rhs_free = [n for i, n in enumerate(rhs) if i not in rc and i not in rb]
     return [[lhs[a] for a in lb] + lhs_free + rhs_free]
+
+
+def _is_parameter(g, axes) -> bool:
+    """Whether a value is a parameter itself (its axes are a parameter's own axis nodes)."""
+    return bool(axes) and all(n in g.param_axes for n in axes)
 
 
 def _conv(g, eqn, ins, where):
@@ -341,16 +360,18 @@ def _conv(g, eqn, ins, where):
     if groups == 1:
         g.union(lhs_c, rhs_i, where)
     elif per_group_in == 1:  # depthwise: output channel o reads input channel o // multiplier
-        g.window.add(rhs_i)
+        g.blank.add(rhs_i)
         if total_out == groups:
             g.union(lhs_c, rhs_o, where)
-        else:
-            group, _ = g.split_grid(rhs_o, [groups, total_out // groups], where)
+        else:  # output channel = input channel * multiplier + m: both parts carry units
+            group, multiplier = g.split_grid(rhs_o, [groups, total_out // groups], where)
             g.union(lhs_c, group, where)
+            g.units.update((group, multiplier))
     else:  # grouped: channel = group * per_group + unit, groups are positions
         in_group, in_unit = g.split_grid(lhs_c, [groups, per_group_in], where)
-        out_group, _ = g.split_grid(rhs_o, [groups, total_out // groups], where)
+        out_group, out_unit = g.split_grid(rhs_o, [groups, total_out // groups], where)
         g.union(in_group, out_group, where)
+        g.units.add(out_unit)
         g.union(in_unit, rhs_i, where)
     return [out]
 
@@ -482,11 +503,12 @@ def _gather(g, eqn, ins, where):
     return [out]
 
 
-_ELEMENTWISE = frozenset(["abs", "acos", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp", "conj", "convert_element_type", "copy", "copy_p", "cos", "cosh", "cumlogsumexp", "cummax", "cummin", "cumprod", "cumsum", "digamma", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge", "gt", "igamma", "imag", "integer_pow", "is_finite", "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "population_count", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor"])
+_ELEMENTWISE = frozenset(["abs", "acos", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp", "conj", "convert_element_type", "copy", "copy_p", "cos", "cosh", "digamma", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge", "gt", "igamma", "imag", "integer_pow", "is_finite", "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "population_count", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor"])
 
 _RULES: dict[str, Callable] = {
     **{name: _elementwise for name in _ELEMENTWISE},
     **{name: _reduce for name in ["reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor", "argmax", "argmin"]},
+    **{name: _cumulative for name in ["cumlogsumexp", "cummax", "cummin", "cumprod", "cumsum"]},
     **{name: _window_reduce for name in (
         "reduce_window_sum", "reduce_window_max", "reduce_window_min")},
     **{name: _fresh_outputs for name in ["iota", "random_bits", "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in", "threefry2x32", "rng_bit_generator", "rng_uniform"]},
@@ -637,10 +659,12 @@ class _Axis:
     axis: int
 
 
-def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> set[int]:
-    """Roots of the classes that carry units, propagated through concat and grid structure."""
+def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> tuple[set[int], set[int]]:
+    """Roots of the classes that carry units, propagated through concat and grid structure, and
+    the roots of flattened axes none of whose parts is known to carry units (ambiguous)."""
     carrying = {g.find(a.node) for a in param_axes if g.find(a.node) not in
-                {g.find(w) for w in g.window}}
+                {g.find(w) for w in g.window | g.blank}} | {g.find(n) for n in g.units}
+    ambiguous = set()
     changed = True
     while changed:
         changed = False
@@ -652,13 +676,17 @@ def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> set[int]:
                 new.add(root)
             if root in carrying and st.kind == "concat":
                 new.update(parts)
-            if root in carrying and st.kind == "grid" and not any(p in carrying for p in parts):
-                wide = [p for p in parts if g.size[p] > 1] or parts
-                new.add(wide[-1])  # unit-less flattened axis: channels fastest, as Flax does
+            wide = [p for p in parts if g.size[p] > 1]
+            if root in carrying and st.kind == "grid" and len(wide) > 1 and \
+                    not any(p in carrying for p in parts):
+                ambiguous.add(root)  # which of the flattened axes are units? never guess
+            elif root in carrying and st.kind == "grid" and len(wide) == 1:
+                new.add(wide[0])
             if not new <= carrying:
                 carrying |= new
                 changed = True
-    return carrying
+    return carrying, ambiguous - {r for r in ambiguous if any(
+        g.find(p) in carrying for p in g.structure[r].parts)}
 
 
 def _last_unit_axes(axes: list[_Axis], g, carrying) -> dict[str, int]:
@@ -732,7 +760,7 @@ class _Namer:
 def _entry(g, root, carrying, namer) -> AxisEntry:
     root = g.find(root)
     if root not in carrying:
-        return None
+        return WINDOW if root in {g.find(w) for w in g.window} else None
     st = g.structure.get(root)
     if st is None:
         return namer.name(root)
@@ -842,14 +870,43 @@ def trace_layout(
     {'params/layers_0/bias': ('layers_0',), 'params/layers_0/kernel': ('obs', 'layers_0'), \
 'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out')}
     """
+    return traced_model(fn, *args, input_names=input_names).layout
+
+
+class TracedModel(NamedTuple):
+    """What tracing a forward pass finds: the layout, the parameter leaves in the order the
+    forward pass first reads them, and the names given to the inputs."""
+
+    layout: dict
+    order: tuple
+    input_names: tuple
+
+
+def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) -> TracedModel:
+    """:func:`trace_layout`, with the forward order of the leaves and the input names."""
     apply, variables, inputs, names = _bind(fn, args, input_names)
     leaves = _leaves_named("", variables)
     leaves = [(path.lstrip("/"), leaf) for path, leaf in leaves]
-    closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(variables, *inputs)
+    try:
+        closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(variables, *inputs)
+    except TypeError as error:
+        raise ValueError(
+            f"trace_layout: the forward pass could not be traced ({error}). If the model returns "
+            f"something that is not arrays (a distribution, a custom object), trace a function "
+            f"that selects the array whose last axis carries units, e.g. the logits of a "
+            f"categorical or the loc of a Gaussian (fs.surgery(..., output=lambda out: "
+            f"out.logits)); a distribution built inside the model must be built after that "
+            f"selection") from error
+    bad = [type(x).__name__ for x in jax.tree_util.tree_leaves(out_shape)
+           if not isinstance(x, jax.ShapeDtypeStruct)]
+    if bad:
+        raise ValueError(f"trace_layout: the forward pass returns {bad}, not arrays; select the "
+                         f"array that carries units (output=lambda out: out.logits)")
 
     g = _AxisGraph()
     params = [_Axis(n, path, i) for path, leaf in leaves
               for i, n in enumerate(g.fresh_axes(leaf.shape))]
+    g.param_axes.update(a.node for a in params)
     by_leaf = {path: [a.node for a in params if a.owner == path] for path, _ in leaves}
     input_axes = []
     in_nodes = [by_leaf[path] for path, _ in leaves]
@@ -867,8 +924,12 @@ def trace_layout(
         for (name, _), nodes in zip(_leaves_named("out", out_shape), outs, strict=True)
         for i, n in enumerate(nodes)
     ]
-    return _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
-                    isinstance(variables, dict) and "params" in variables)
+    layout = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
+                      isinstance(variables, dict) and "params" in variables)
+    paths = [path for path, _ in leaves]
+    first = [paths[i] for i in walker.use_order]
+    order = tuple(dict.fromkeys(first + paths))
+    return TracedModel(layout, order, tuple(names))
 
 
 def _bind(fn, args, input_names):
@@ -898,8 +959,17 @@ def _bind(fn, args, input_names):
 
 
 def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collections):
-    carrying = _unit_classes(g, params)
+    carrying, ambiguous = _unit_classes(g, params)
     problems = []
+    for a in params:
+        root = g.find(a.node)
+        if root in ambiguous:
+            sizes = tuple(g.size[g.find(p)] for p in g.structure[root].parts)
+            problems.append(
+                f"axis {a.axis} of {a.owner!r} reads a flattening of axes {sizes}, none of which is "
+                f"known to carry units, so the tracer cannot tell which do (channels? pixels?); "
+                f"write this leaf's layout by hand, e.g. Flat('obs', positions) when the last axis "
+                f"holds the units")
     windows = {g.find(w) for w in g.window}
     for c in g.constraints:
         if any(g.find(n) in carrying for n in c.nodes):
@@ -928,4 +998,8 @@ def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collecti
     for path, _ in leaves:
         layout[path] = tuple(_entry(g, a.node, carrying, namer)
                              for a in params if a.owner == path)
+    mixing = sorted({space for n in g.mixing if g.find(n) in carrying
+                     for space in spaces_in(_entry(g, n, carrying, namer))}, key=str)
+    if mixing:
+        layout[MIXING] = tuple(mixing)
     return layout

@@ -15,10 +15,10 @@ import numpy as np
 
 from flaxsurgery.init import NEAR_IDENTITY_NOISE
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import LeafPlan, Plan
+from flaxsurgery.spec import LeafPlan, Plan, Spec
 
 
-def transplant(old_tree: Any, plan: Plan, fresh_tree: Any | None = None) -> Any:
+def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) -> Any:
     """Moves what `old_tree` learned into the new architecture, as `plan` says.
 
     Pure: the caller's trees are not changed. Under ``jax.jit`` it compiles once per plan and
@@ -26,7 +26,8 @@ def transplant(old_tree: Any, plan: Plan, fresh_tree: Any | None = None) -> Any:
 
     Args:
       old_tree: the old parameters (or any tree shaped like them: a target network, an EMA copy).
-      plan: from :func:`flaxsurgery.plan`.
+      plan: from :func:`flaxsurgery.plan`, or a :class:`~flaxsurgery.spec.Spec` (planned on
+        first use).
       fresh_tree: the new network's own initialisation, where rules ``fresh`` and
         ``near_identity`` take their values; may be None when no rule needs it.
 
@@ -47,6 +48,10 @@ def transplant(old_tree: Any, plan: Plan, fresh_tree: Any | None = None) -> Any:
     Array([[2., 0., 1., 1.],
            [5., 3., 4., 4.]], dtype=float32)
     """
+    if isinstance(plan, Spec):
+        if fresh_tree is None:
+            raise ValueError("transplant with a Spec needs fresh_tree: the new tree it plans for")
+        plan = plan.plan_for(old_tree, fresh_tree)
     old_leaves, _ = flatten(old_tree)
     _check_leaves(old_leaves, {p: (s, d) for p, s, d in plan.old_shapes}, "old_tree")
     treedef = plan.new_treedef
@@ -60,57 +65,34 @@ def transplant(old_tree: Any, plan: Plan, fresh_tree: Any | None = None) -> Any:
             raise ValueError(f"the plan takes fresh values for {needing}: pass the new network's "
                              f"initialised parameters as fresh_tree")
     new_leaves = [
-        _leaf(leaf, arrays, old_leaves.get(leaf.source), fresh_leaves.get(leaf.path))
+        apply_leaf(leaf, arrays, old_leaves.get(leaf.source), fresh_leaves.get(leaf.path))
         for leaf, arrays in zip(plan.leaves, plan.arrays)
     ]
     return jax.tree_util.tree_unflatten(treedef, new_leaves)
 
 
-def transplant_state(old_state: Any, plan: Plan, fresh_state: Any, *, reset_count: bool = False) -> Any:
-    """Transplants optimizer state (optax) with the parameters' plan.
-
-    Every subtree shaped like the old parameters (Adam's ``mu`` and ``nu``, a momentum trace) is
-    transplanted with every new entry zero, so a new unit starts with no momentum. Other leaves
-    (``count``) are kept from `old_state`, or taken from `fresh_state` with ``reset_count=True``
-    (resetting Adam's bias correction).
-
-    Args:
-      old_state: the optimizer state of the old parameters.
-      plan: the parameters' plan.
-      fresh_state: ``optimizer.init(new_params)``: gives the new state's structure.
-      reset_count: take the non-parameter leaves from `fresh_state`.
-
-    Returns:
-      The optimizer state for the new parameters.
-    """
-    zero_plan = plan.for_state()
-
-    def like(treedef):
-        return lambda node: jax.tree_util.tree_structure(node) == treedef
-
-    old_parts, _ = jax.tree_util.tree_flatten(old_state, is_leaf=like(plan.old_treedef))
-    fresh_parts, outer = jax.tree_util.tree_flatten(fresh_state, is_leaf=like(plan.new_treedef))
-    if len(old_parts) != len(fresh_parts):
-        raise ValueError(f"old_state has {len(old_parts)} parts (parameter-shaped subtrees and other "
-                         f"leaves) but fresh_state has {len(fresh_parts)}: are they the same optimizer's?")
-    is_params = like(plan.old_treedef)
-    new_parts = [
-        transplant(old, zero_plan) if is_params(old) else (fresh if reset_count else old)
-        for old, fresh in zip(old_parts, fresh_parts)
-    ]
-    return jax.tree_util.tree_unflatten(outer, new_parts)
-
-
 def _check_leaves(leaves: dict, expected: dict, name: str) -> None:
+    """Every leaf the plan expects, with its shape and dtype, holding values; nothing else."""
     problems = [f"{name} lacks leaf {p!r}" for p in expected if p not in leaves]
     problems += [f"{name} has leaf {p!r}, which the plan does not know" for p in leaves if p not in expected]
     for path, leaf in leaves.items():
-        if path in expected:
-            shape, _ = expected[path]
-            if tuple(np.shape(leaf)) != shape:
-                problems.append(f"{name} leaf {path!r} has shape {tuple(np.shape(leaf))}, the plan expects {shape}")
+        if path not in expected:
+            continue
+        shape, dtype = expected[path]
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            problems.append(f"{name} leaf {path!r} is abstract (a ShapeDtypeStruct): a plan can be "
+                            f"built from shapes, but transplant needs values")
+        elif tuple(np.shape(leaf)) != shape:
+            problems.append(f"{name} leaf {path!r} has shape {tuple(np.shape(leaf))}, the plan expects {shape}")
+        elif _dtype(leaf) != dtype:
+            problems.append(f"{name} leaf {path!r} has dtype {_dtype(leaf)}, the plan expects {dtype}; "
+                            f"cast it first (transplant does not cast)")
     if problems:
         raise ValueError(f"{name} does not match the plan:\n  - " + "\n  - ".join(problems))
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
 
 
 def _along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
@@ -120,9 +102,19 @@ def _along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
     return jnp.reshape(vector, shape)
 
 
-def _leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any) -> jax.Array:
+def apply_leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any, dtype: Any = None) -> jax.Array:
+    """One leaf of a plan: `old` (its source's values) made into the new leaf.
+
+    Args:
+      leaf, arrays: one of ``zip(plan.leaves, plan.arrays)``.
+      old: the source leaf's values (None for a leaf with no source).
+      fresh: the new leaf's fresh values, where the leaf's rules take any (else None).
+      dtype: the result's dtype (default: the leaf's), e.g. an optimizer moment kept in float32
+        for bfloat16 parameters.
+    """
+    dtype = leaf.dtype if dtype is None else dtype
     if leaf.init != "gather":
-        return _init_leaf(leaf, arrays, fresh)
+        return _init_leaf(leaf, arrays, fresh).astype(dtype)
     ndim = len(leaf.shape)
     x = _gather(jnp.asarray(old), leaf, arrays)
     for axis, ax in enumerate(leaf.axes):
@@ -136,7 +128,7 @@ def _leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any) -> jax.Array:
     for axis, ax in enumerate(leaf.axes):
         if ax.offset:  # after the fills: a mean-filled bias gets its margin too
             x = x + _along(arrays[f"offset{axis}"], axis, ndim).astype(x.dtype)
-    return x.astype(leaf.dtype)
+    return x.astype(dtype)
 
 
 def _gather(x: jax.Array, leaf: LeafPlan, arrays: dict, skip: int | None = None) -> jax.Array:
@@ -159,12 +151,17 @@ def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: A
     """Values of fill `kind` for new entries along `axis`, broadcastable to the leaf."""
     if kind == "fresh":
         return fresh
-    if kind == "zeros":
+    if kind == "zeros":  # the neutral value: 1 for a scale, 0 elsewhere
         return jnp.asarray(leaf.neutral, leaf.dtype)
     if kind == "zero":
         return jnp.asarray(0, leaf.dtype)
-    # mean: over the old units of this axis, the other axes gathered as usual.
-    return jnp.mean(_gather(jnp.asarray(old), leaf, arrays, skip=axis), axis=axis, keepdims=True)
+    # mean: over the old units of this axis, the other axes gathered and scaled as usual (a split
+    # unit's halves must average to what the unit contributed).
+    x = _gather(jnp.asarray(old), leaf, arrays, skip=axis)
+    for other, ax in enumerate(leaf.axes):
+        if ax.scaled and other != axis:
+            x = x * _along(arrays[f"scale{other}"], other, x.ndim).astype(x.dtype)
+    return jnp.mean(x, axis=axis, keepdims=True)
 
 
 def _init_leaf(leaf: LeafPlan, arrays: dict, fresh: Any) -> jax.Array:

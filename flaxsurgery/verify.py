@@ -19,11 +19,15 @@ class VerifyReport(NamedTuple):
         networks have.
       greedy_agreement: fraction of samples whose argmax output has the same unit ID in both.
       samples: number of samples compared.
+      policy_kl: the largest ``KL(old || new)`` over the samples between the softmax
+        distributions of the outputs read as logits (the new one over the old units' IDs): what
+        a stochastic policy's sampling changes.
     """
 
     max_abs_diff: float
     greedy_agreement: float
     samples: int
+    policy_kl: float = 0.0
 
 
 def map_units(x: jnp.ndarray, plan: Plan, space: str, fill: float = 0.0) -> jnp.ndarray:
@@ -46,8 +50,8 @@ def verify(
     x_old: jnp.ndarray,
     plan: Plan,
     *,
-    inputs: str = "obs",
-    outputs: str = "out",
+    inputs: str | None = None,
+    outputs: str | None = None,
     x_new: jnp.ndarray | None = None,
 ) -> VerifyReport:
     """Compares the old and new networks on the same samples.
@@ -57,15 +61,18 @@ def verify(
       new_fn: ``x -> outputs`` of the new network.
       x_old: samples for the old network, units of space `inputs` on the last axis.
       plan: the transplant plan between them.
-      inputs: the input space; new input units get 0 unless `x_new` is given.
-      outputs: the output space, compared on the units both networks have.
+      inputs: the input space; new input units get 0 unless `x_new` is given. Default: the
+        plan's one input space.
+      outputs: the output space, compared on the units both networks have. Default: the plan's
+        one output space.
       x_new: samples for the new network (default: `x_old` mapped by :func:`map_units`).
 
     Returns:
       A :class:`VerifyReport`.
     """
     if x_new is None:
-        x_new = map_units(x_old, plan, inputs)
+        x_new = map_units(x_old, plan, inputs or _only_space(plan, "input", "inputs"))
+    outputs = outputs or _only_space(plan, "output", "outputs")
     y_old = np.asarray(old_fn(x_old))
     y_new = np.asarray(new_fn(x_new))
     info = plan.space(outputs)
@@ -79,4 +86,35 @@ def verify(
         max_abs_diff=float(diff.max()) if diff.size else 0.0,
         greedy_agreement=float(np.mean(agree)),
         samples=int(np.prod(y_old.shape[:-1])),
+        policy_kl=_policy_kl(y_old, y_new, index),
     )
+
+
+def _only_space(plan: Plan, role: str, argument: str) -> str:
+    """The plan's one space of `role` (``obs``/``out`` first, if several)."""
+    names = [s.name for s in plan.spaces if s.role == role]
+    preferred = {"input": "obs", "output": "out"}[role]
+    if len(names) == 1:
+        return names[0]
+    if preferred in names:
+        return preferred
+    raise ValueError(f"verify: the plan has {len(names)} {role} spaces {names}; name one with "
+                     f"{argument}=")
+
+
+def _policy_kl(y_old: np.ndarray, y_new: np.ndarray, index: np.ndarray) -> float:
+    """max over samples of KL(softmax(old) || softmax(new) at the old units), in float64."""
+    if not (index >= 0).any():
+        return 0.0
+    log_old = _log_softmax(y_old.astype(np.float64))
+    log_new = _log_softmax(y_new.astype(np.float64))
+    at_old = np.full(log_old.shape, -np.inf)
+    at_old[..., index[index >= 0]] = log_new[..., index >= 0]
+    p_old = np.exp(log_old)
+    terms = np.where(p_old > 0, p_old * (log_old - at_old), 0.0)
+    return float(np.max(terms.sum(-1)))
+
+
+def _log_softmax(y: np.ndarray) -> np.ndarray:
+    shifted = y - y.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))

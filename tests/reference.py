@@ -10,18 +10,18 @@ def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neut
 
     Args:
       old, fresh: the old leaf and the new network's fresh leaf (NumPy).
-      old_axes, new_axes: the leaf's layout entries (space names or None; no Flat).
+      old_axes, new_axes: the leaf's layout entries (space names, None or WINDOW; no Flat).
       old_ids, new_ids: {space: list of IDs}.
       rules: {space: (incoming, outgoing)} fill names: "fresh", "zeros" or "mean".
       neutral: the value "zeros" means for this leaf.
     """
     out = np.empty(fresh.shape, fresh.dtype)
-    mapped = [a for a, s in enumerate(new_axes) if s is not None]
+    mapped = [a for a, s in enumerate(new_axes) if isinstance(s, str)]
     out_axis = mapped[-1] if mapped else None
     for idx in np.ndindex(*fresh.shape):
         source, spatial_pad, new_in, new_out = [], False, None, None
         for axis, space in enumerate(new_axes):
-            if space is None:
+            if not isinstance(space, str):
                 shift = (fresh.shape[axis] - 1) // 2 - (old.shape[axis] - 1) // 2
                 o = idx[axis] - shift
                 spatial_pad |= not 0 <= o < old.shape[axis]

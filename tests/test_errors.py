@@ -64,7 +64,9 @@ def test_old_leaf_dropped_silently():
     layout = {k: v for k, v in LAYOUT.items() if k.startswith("Dense_0")}
     with pytest.raises(ValueError, match=re.escape("old leaves ['Dense_1/bias', 'Dense_1/kernel'] would be dropped")):
         fs.plan(mlp(), new, LAYOUT, new_layout=layout)
-    fs.plan(mlp(), new, LAYOUT, new_layout=layout, drop=["Dense_1"])  # explicit: fine
+    with pytest.raises(ValueError, match="new layer 'Dense_0' takes its weights from the old layer of the same name"):
+        fs.plan(mlp(), new, LAYOUT, new_layout=layout, drop=["Dense_1"])  # Dense_0's output is now the output
+    fs.plan(mlp(), new, LAYOUT, new_layout=layout, drop=["Dense_1"], layer_map={"Dense_0": "Dense_0"})  # explicit: fine
 
 
 def test_layer_map_names_missing_layers():

@@ -42,7 +42,7 @@ def test_cnn_layout_flattens_the_conv_channels_into_the_dense_layer():
     network = ConvQNetwork((4, 8), OLD_VIEW.num_actions)
     sample = jnp.zeros((2, *OLD_VIEW.obs_shape))
     layout = fs.trace_layout(network.apply, network.init(jax.random.key(0), sample), sample)
-    assert layout["params/Conv_0/kernel"] == (None, None, "obs", "Conv_0")
+    assert layout["params/Conv_0/kernel"] == (fs.WINDOW, fs.WINDOW, "obs", "Conv_0")
     assert layout["params/Dense_0/kernel"] == (fs.Flat("Conv_0", 100), "Dense_0")
 
 

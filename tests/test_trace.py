@@ -11,6 +11,7 @@ from flax import nnx
 
 import flaxsurgery as fs
 from flaxsurgery.init import GREEDY_MARGIN
+from flaxsurgery.layout import MIXING, WINDOW
 from flaxsurgery.trace import Concat, Flat, trace_layout
 
 KEY, FRESH_KEY = jax.random.key(0), jax.random.key(1)
@@ -143,7 +144,7 @@ def test_cnn_flatten_layout_uses_flat_with_channels_fastest():
     x = sample(2, 5, 5, 3)
     layout = trace_layout(CNN().apply, abstract(CNN(), x), x)
     assert layout == {
-        "params/Conv_0/kernel": (None, None, "obs", "Conv_0"),
+        "params/Conv_0/kernel": (WINDOW, WINDOW, "obs", "Conv_0"),
         "params/Conv_0/bias": ("Conv_0",),
         "params/Dense_0/kernel": (Flat("Conv_0", 25), "Dense_0"),
         "params/Dense_0/bias": ("Dense_0",),
@@ -182,9 +183,9 @@ def test_depthwise_and_grouped_convs():
     x = sample(2, 4, 4, 3)
     layout = trace_layout(Grouped().apply, abstract(Grouped(), x), x)
     # Grouped channels are group * per_group + unit: the groups are positions, as in a flatten.
-    assert layout["params/Conv_0/kernel"] == (None, None, "x", Flat("Conv_0.1", 2))
-    assert layout["params/Conv_1/kernel"] == (None, None, None, Flat("Conv_0.1", 2))
-    assert layout["params/Conv_2/kernel"] == (None, None, "Conv_0.1", Flat("out.1", 2))
+    assert layout["params/Conv_0/kernel"] == (WINDOW, WINDOW, "x", Flat("Conv_0.1", 2))
+    assert layout["params/Conv_1/kernel"] == (WINDOW, WINDOW, None, Flat("Conv_0.1", 2))
+    assert layout["params/Conv_2/kernel"] == (WINDOW, WINDOW, "Conv_0.1", Flat("out.1", 2))
 
 
 # ------------------------------------------------------------------------------------ residual
@@ -266,6 +267,7 @@ def test_attention_heads_are_a_space():
         "params/mha/out/bias": ("mha/out",),
         "params/head/kernel": ("mha/out", "out"),
         "params/head/bias": ("out",),
+        MIXING: (qk,),  # queries and keys meet in a product: their features mix
     }
 
 
@@ -406,7 +408,7 @@ def test_unit_mixing_fails_instead_of_a_wrong_layout(mix):
             return nn.Dense(2)(h)
 
     x = sample(4, 3)
-    with pytest.raises(ValueError, match="carries units"):
+    with pytest.raises(ValueError, match="carries units|none of which is known to carry units"):
         trace_layout(Mixer().apply, abstract(Mixer(), x), x)
 
 

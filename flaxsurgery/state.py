@@ -1,0 +1,314 @@
+"""Everything shaped like the parameters inside a training state, moved with the parameters' plan.
+
+A training state (a flax ``TrainState``, an optax state, a dict of target networks) holds the
+parameters' shape in many places. :func:`transplant_state` finds them by path, not by tree
+structure: a leaf whose path ends with a parameter's path (``opt_state/0/mu/Dense_0/kernel``)
+belongs to that parameter, and the field that holds it (``mu``) says how it moves. So wrappers
+that change the structure (``optax.masked``, ``multi_transform``, ``inject_hyperparams``,
+``MultiSteps``, ``lookahead``) and a plan built on Linen variables (``params/Dense_0/kernel``)
+used with an optimizer over ``variables["params"]`` all work alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxsurgery.paths import flatten
+from flaxsurgery.spec import Plan, show
+from flaxsurgery.transplant import apply_leaf
+
+Kind = Literal["params", "statistic"]
+
+# Fields that hold a copy of the parameters: moved like the parameters (rules, layer inits).
+PARAMETER_FIELDS = ("", "params", "target_params", "ema_params", "target", "online",
+                    "z",  # schedule-free's z
+                    "fast", "slow")  # optax.LookaheadParams
+# Fields that hold an optimizer statistic: kept units keep theirs, new units start where the
+# optimizer starts them (the fresh state's value: 0 for Adam's moments, Adagrad's initial sum).
+STATISTIC_FIELDS = ("mu", "nu", "trace", "ema", "nu_max", "sum_of_squares", "acc_grads",
+                    "grad_acc", "momentum", "exp_avg", "exp_avg_sq")
+FACTORED_FIELDS = ("v_row", "v_col", "v")  # Adafactor's factored second moment
+RESETS = ("bias_correction", "schedule", "all")
+
+
+class _Owner(NamedTuple):
+    """Which parameter a state leaf belongs to, and in which field."""
+
+    new_path: str  # the new parameter's path
+    field: str  # the field holding the parameter-shaped tree ("mu"; "" at the root)
+    prefix: tuple  # the state path's components before the parameter's own
+    old_suffix: tuple | None  # the source parameter's path components, as the state writes them
+
+
+def transplant_state(
+    old_state: Any,
+    plan: Plan,
+    fresh_state: Any,
+    *,
+    reset: Collection[str] = (),
+    kinds: Mapping[str, Kind] | None = None,
+) -> Any:
+    """Moves a training or optimizer state to the new parameters with the parameters' plan.
+
+    Each leaf of `fresh_state` (the new network's state: ``optimizer.init(new_params)``, or a
+    fresh ``TrainState``) whose path ends with a parameter's path is made from the old state's
+    leaf of the same field and parameter:
+
+    - parameter copies (``params``, ``target_params``, ``ema_params``, schedule-free ``z``,
+      lookahead ``fast``/``slow``) move like the parameters, with the plan's rules and layer
+      inits (fresh values from `fresh_state`);
+    - optimizer statistics (``mu``, ``nu``, ``trace``, ``ema``, ``nu_max``,
+      ``sum_of_squares``, ``acc_grads``, ...) keep the kept units' values; new units (whatever
+      their rule: a copied unit's moments would be another unit's) start from `fresh_state`;
+    - Adafactor's factored ``v_row``/``v_col``/``v`` are expanded to the full second-moment
+      estimate, moved as a statistic, and factored again along the new leaf's axes.
+
+    Every other leaf (a step counter, hyperparameters) is kept from `old_state`, except the
+    counters named in `reset`, taken from `fresh_state`.
+
+    Args:
+      old_state: the old network's state.
+      plan: the parameters' plan (from :func:`flaxsurgery.plan`).
+      fresh_state: the same kind of state for the new parameters; gives the result's structure.
+      reset: counters to restart, any of ``"bias_correction"`` (the ``count`` of a state that
+        holds moments: Adam's bias correction starts again, which makes the first updates large),
+        ``"schedule"`` (any other ``count``: learning-rate and hyperparameter schedules start
+        again), ``"all"`` (every leaf that is not parameter-shaped, from `fresh_state`).
+      kinds: ``{field: "params" | "statistic"}`` for parameter-shaped fields this function does
+        not know.
+
+    Returns:
+      The new state, structured as `fresh_state`.
+
+    Raises:
+      ValueError: naming every leaf that cannot be moved: a parameter-shaped leaf in an unknown
+        field, a leaf the old state lacks, shapes that do not fit.
+    """
+    unknown = sorted(set(reset) - set(RESETS))
+    if unknown or isinstance(reset, str):
+        raise ValueError(f"reset takes a collection of {RESETS}, got {show(reset)}")
+    kinds = dict(kinds or {})
+    old_leaves, _ = flatten(old_state)
+    fresh_leaves, treedef = flatten(fresh_state)
+    new_index = _suffix_index([leaf.path for leaf in plan.leaves])
+    old_index = _suffix_index([path for path, _, _ in plan.old_shapes])
+    by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(plan.leaves, plan.arrays)}
+    stats = plan.for_state()
+    stat_by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(stats.leaves, stats.arrays)}
+    old_shapes = {path: (shape, dtype) for path, shape, dtype in plan.old_shapes}
+
+    problems: list[str] = []
+    owners = {path: _owner(path, new_index, by_path) for path in fresh_leaves}
+    holders = {"/".join(o.prefix[:-1]) for o in owners.values()
+               if o is not None and _kind(o, fresh_leaves, owners, kinds) != "params"}
+    used: set[str] = set()
+    result: dict[str, Any] = {}
+    factored: dict[tuple, dict] = {}
+    for path, fresh in fresh_leaves.items():
+        owner = owners[path]
+        if owner is None:
+            result[path] = _other_leaf(path, fresh, old_leaves, reset, holders, used, problems)
+            continue
+        kind = _kind(owner, fresh_leaves, owners, kinds)
+        if kind == "factored":
+            factored.setdefault((owner.prefix[:-1], owner.new_path, owner.old_suffix), {})[owner.field] = path
+            continue
+        if kind is None:
+            problems.append(
+                f"state leaf {path!r} is shaped like parameter {owner.new_path!r} and held in field "
+                f"{owner.field!r}, which flaxsurgery does not know; say how it moves with "
+                f"kinds={{{owner.field!r}: 'params'}} (a copy of the parameters) or 'statistic' (an "
+                f"optimizer statistic: new units start from the optimizer's own init)")
+            continue
+        leaf, arrays = (by_path if kind == "params" else stat_by_path)[owner.new_path]
+        old = _old_leaf(path, owner, leaf, old_leaves, old_shapes, used, problems)
+        if tuple(np.shape(fresh)) != leaf.shape:
+            problems.append(f"state leaf {path!r} has shape {tuple(np.shape(fresh))}, but parameter "
+                            f"{owner.new_path!r} has {leaf.shape}")
+            continue
+        if leaf.source is None or old is not None:
+            result[path] = apply_leaf(leaf, arrays, old, fresh, dtype=_dtype(fresh))
+    for (prefix, new_path, old_suffix), paths in factored.items():
+        result.update(_factored(prefix, new_path, old_suffix, paths, fresh_leaves, old_leaves,
+                                stat_by_path, old_shapes, used, problems))
+
+    for path in old_leaves:
+        if path not in used and _owner(path, old_index, None) is None:
+            problems.append(f"old_state leaf {path!r} has no counterpart in fresh_state: are they "
+                            f"states of the same optimizer?")
+    if problems:
+        raise ValueError("the state does not fit the plan:\n  - " + "\n  - ".join(problems))
+    return jax.tree_util.tree_unflatten(treedef, [result[path] for path in fresh_leaves])
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def _parts(path: str) -> tuple:
+    return tuple(path.split("/")) if path else ()
+
+
+def _suffix_index(paths: list[str]) -> dict[tuple, str]:
+    """Path components -> parameter path, also without Linen's leading ``params`` collection (an
+    optimizer over ``variables["params"]`` writes ``mu/Dense_0/kernel``)."""
+    index = {}
+    for path in paths:
+        parts = _parts(path)
+        if len(parts) > 1 and parts[0] == "params":
+            index.setdefault(parts[1:], path)
+    for path in paths:
+        index[_parts(path)] = path  # a full path wins over a stripped one
+    return index
+
+
+def _owner(path: str, index: dict, by_path: dict | None) -> _Owner | None:
+    """The parameter whose path the state path ends with (the longest such), or None."""
+    parts = _parts(path)
+    for k in range(len(parts), 0, -1):
+        param = index.get(parts[-k:])
+        if param is None:
+            continue
+        prefix = parts[:-k]
+        old_suffix = None
+        if by_path is not None:
+            source = by_path[param][0].source
+            stripped = len(_parts(param)) != k  # matched without the leading "params"
+            old_suffix = None if source is None else _parts(source)[1 if stripped else 0:]
+        return _Owner(param, prefix[-1] if prefix else "", prefix, old_suffix)
+    return None
+
+
+def _kind(owner: _Owner, fresh_leaves: dict, owners: dict, kinds: dict) -> str | None:
+    field = owner.field
+    if field in kinds:
+        return kinds[field]
+    if field in PARAMETER_FIELDS:
+        return "params"
+    if field in ("v_row", "v_col") or field == "v" and _has_sibling(owner, "v_row", owners):
+        return "factored"
+    if field in STATISTIC_FIELDS or field == "v":
+        return "statistic"
+    return None
+
+
+def _has_sibling(owner: _Owner, field: str, owners: dict) -> bool:
+    parent = owner.prefix[:-1]
+    return any(o is not None and o.prefix == parent + (field,) for o in owners.values())
+
+
+def _dtype(leaf: Any) -> Any:
+    return leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+
+
+def _old_leaf(path, owner, leaf, old_leaves, old_shapes, used, problems):
+    """The old state's leaf of the same field for the source parameter (None if it has none)."""
+    if leaf.source is None:
+        return None
+    old_path = "/".join(owner.prefix + owner.old_suffix)
+    if old_path not in old_leaves:
+        problems.append(f"state leaf {path!r}: old_state lacks {old_path!r}, the same field of its "
+                        f"source parameter {leaf.source!r}")
+        return None
+    used.add(old_path)
+    old = old_leaves[old_path]
+    expected = old_shapes[leaf.source][0]
+    if tuple(np.shape(old)) != expected:
+        problems.append(f"old_state leaf {old_path!r} has shape {tuple(np.shape(old))}, but its "
+                        f"parameter {leaf.source!r} has {expected}")
+        return None
+    return old
+
+
+def _other_leaf(path, fresh, old_leaves, reset, holders, used, problems):
+    """A leaf that is not parameter-shaped: kept from the old state, or reset from the fresh one."""
+    parent, _, name = path.rpartition("/")
+    if path in old_leaves:
+        used.add(path)
+    if "all" in reset or name == "count" and (
+            "bias_correction" in reset and parent in holders or "schedule" in reset and parent not in holders):
+        return fresh
+    if path not in old_leaves:
+        problems.append(f"fresh_state leaf {path!r} is not parameter-shaped and old_state lacks it: "
+                        f"are they states of the same optimizer?")
+        return fresh
+    old = old_leaves[path]
+    if np.shape(old) != np.shape(fresh):
+        problems.append(f"state leaf {path!r} has shape {np.shape(old)} in old_state but "
+                        f"{np.shape(fresh)} in fresh_state")
+    return old
+
+
+# ----------------------------------------------------------------------------- Adafactor
+
+
+def factored_dims(shape: tuple) -> tuple[int, int]:
+    """Adafactor's (d1, d0) for a factored leaf: its second-largest and largest axes. ``v_row``
+    is the leaf's shape without d0, ``v_col`` without d1."""
+    order = np.argsort(shape)
+    return int(order[-2]), int(order[-1])
+
+
+def _full_estimate(shape, row, col, v):
+    """The second-moment estimate Adafactor uses, from its factored (or full) statistics."""
+    if tuple(np.shape(v)) == tuple(shape):
+        return jnp.asarray(v)
+    d1, d0 = factored_dims(shape)
+    row = jnp.asarray(row)
+    return (jnp.expand_dims(row / jnp.mean(row, axis=-1, keepdims=True), d0)
+            * jnp.expand_dims(jnp.asarray(col), d1))
+
+
+def _factored(prefix, new_path, old_suffix, paths, fresh_leaves, old_leaves, stat_by_path,
+              old_shapes, used, problems) -> dict:
+    """Adafactor's ``v_row``/``v_col``/``v`` of one parameter, moved through the full estimate."""
+    if set(paths) != {"v_row", "v_col", "v"}:
+        problems.append(f"Adafactor state of {new_path!r} under {'/'.join(prefix)!r} has fields "
+                        f"{sorted(paths)}, expected v_row, v_col and v")
+        return {}
+    leaf, arrays = stat_by_path[new_path]
+    fresh = {field: fresh_leaves[p] for field, p in paths.items()}
+    if leaf.source is None:
+        return {p: fresh[field] for field, p in paths.items()}
+    old_paths = {field: "/".join(prefix + (field,) + old_suffix) for field in paths}
+    if any(p not in old_leaves for p in old_paths.values()):
+        problems.append(f"old_state lacks Adafactor's statistics {sorted(old_paths.values())} of "
+                        f"{leaf.source!r}")
+        return {}
+    used.update(old_paths.values())
+    old = {field: old_leaves[p] for field, p in old_paths.items()}
+    old_shape = old_shapes[leaf.source][0]
+    if not _factoring_fits(old_shape, old):
+        problems.append(f"old_state's Adafactor statistics {sorted(old_paths.values())} do not "
+                        f"factor {leaf.source!r} of shape {old_shape} as Adafactor does")
+        return {}
+    if not _factoring_fits(leaf.shape, fresh):
+        problems.append(f"fresh_state's Adafactor statistics of {new_path!r} do not factor its "
+                        f"shape {leaf.shape} as Adafactor does")
+        return {}
+    if old_shape == leaf.shape and not any(ax.gather for ax in leaf.axes):
+        return {p: old[field] for field, p in paths.items()}  # unchanged: exactly as it was
+    dtype = _dtype(fresh["v_row"])
+    full = _full_estimate(old_shape, old["v_row"], old["v_col"], old["v"])
+    full = apply_leaf(leaf, arrays, full, jnp.zeros(leaf.shape, dtype), dtype=dtype)
+    if tuple(np.shape(fresh["v"])) == leaf.shape:
+        new = {"v": full.astype(_dtype(fresh["v"])), "v_row": fresh["v_row"], "v_col": fresh["v_col"]}
+    else:
+        d1, d0 = factored_dims(leaf.shape)
+        new = {"v": fresh["v"], "v_row": jnp.mean(full, axis=d0), "v_col": jnp.mean(full, axis=d1)}
+    return {p: new[field] for field, p in paths.items()}
+
+
+def _factoring_fits(shape: tuple, stats: dict) -> bool:
+    if tuple(np.shape(stats["v"])) == tuple(shape):
+        return True
+    if len(shape) < 2:
+        return False
+    d1, d0 = factored_dims(shape)
+    return (tuple(np.shape(stats["v_row"])) == tuple(np.delete(shape, d0))
+            and tuple(np.shape(stats["v_col"])) == tuple(np.delete(shape, d1)))
+
