@@ -5,6 +5,7 @@ and keep what it learned: unit IDs pair old and new units, a host-side plan turn
 into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able gathers.
 """
 
+from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
 from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, chain_layout
 from flaxsurgery.spec import Plan, Spec, plan
@@ -22,6 +23,7 @@ __all__ = (
     "Plan",
     "Rule",
     "Spec",
+    "Surgery",
     "VerifyReport",
     "chain_layout",
     "copy",
@@ -31,8 +33,10 @@ __all__ = (
     "mean",
     "plan",
     "split",
+    "surgery",
     "trace_layout",
     "transplant",
+    "transplant_normalizer",
     "transplant_state",
     "verify",
     "zeros",

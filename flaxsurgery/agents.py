@@ -1,0 +1,280 @@
+"""Surgery on whole agents: one call from the old model and its trained state to the new one.
+
+:func:`surgery` traces both forward passes, pairs layers by their place in the forward pass when
+inserted or removed layers shift Linen's auto-names, builds the plan, and moves everything shaped
+like the parameters: a flax ``TrainState`` (parameters, target and EMA parameters, optimizer
+state, step), a Linen variables dict, and observation-normalisation statistics.
+"""
+
+from __future__ import annotations
+
+import copy as pycopy
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
+from flaxsurgery.paths import flatten, layer_of, leaf_name
+from flaxsurgery.spec import NEUTRAL_BY_NAME, Plan, index_by_id, roles_of
+from flaxsurgery.spec import plan as make_plan
+from flaxsurgery.state import transplant_state
+from flaxsurgery.trace import traced_model
+from flaxsurgery.verify import VerifyReport, verify
+
+# Running statistics of an observation normaliser: the value a new feature starts from.
+NORMALIZER_NEUTRAL = {**NEUTRAL_BY_NAME, "summed_variance": None}  # None: the count (variance 1)
+
+
+class Surgery(NamedTuple):
+    """What :func:`surgery` returns.
+
+    Attributes:
+      state: the new agent's state, structured as the fresh state passed in.
+      plan: the plan (``plan.report()`` says what is preserved).
+      normalizer: the moved observation-normalisation statistics (None if none were given).
+      old_fn, new_fn: ``inputs -> selected output`` of the old and new agent, for checks.
+      input_space: the name of the (first) input's space.
+    """
+
+    state: Any
+    plan: Plan
+    normalizer: Any
+    old_fn: Callable
+    new_fn: Callable
+    input_space: str
+
+    def verify(self, *samples: Any, outputs: str | None = None) -> VerifyReport:
+        """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`."""
+        return verify(self.old_fn, self.new_fn, samples[0], self.plan, inputs=self.input_space,
+                      outputs=outputs)
+
+
+def surgery(
+    old_model: Any,
+    old_state: Any,
+    new_model: Any,
+    new_state: Any,
+    samples: Any,
+    *,
+    new_samples: Any = None,
+    spaces: Mapping | None = None,
+    layer_map: Mapping | None = None,
+    rules: Mapping | None = None,
+    preset: str = "preserving",
+    leaf_rules: Mapping | None = None,
+    drop: Sequence[str] = (),
+    neutral: Mapping | None = None,
+    output: Callable | None = None,
+    input_names: Sequence[str] | None = None,
+    reset: Collection[str] = (),
+    kinds: Mapping | None = None,
+    normalizer: Any = None,
+) -> Surgery:
+    """Moves a trained agent into a new architecture, in one call.
+
+    Args:
+      old_model, new_model: a Linen module, or an ``apply(variables, *inputs)`` function.
+      old_state: the trained state: a flax ``TrainState`` (and subclasses with target or EMA
+        parameters, ``batch_stats``), a Linen variables dict, or a params dict.
+      new_state: the new agent's fresh state of the same kind (``TrainState.create`` with the
+        new model's init; a variables dict from ``new_model.init``): gives the result's
+        structure, the new units' fresh values and the optimizer's initial statistics.
+      samples: a sample input of the old model (a batch of more than one), or a tuple of them.
+      new_samples: the new model's; by default the old samples with their input space's units
+        mapped by `spaces` (new features 0).
+      spaces: ``{space: (old_ids, new_ids)}`` for the spaces whose units change; spaces are
+        named after the inputs (``obs``), the output (``out``) and the layers (``Dense_0``).
+      layer_map: ``{new layer: old layer or None}``; by default layers pair by their place in
+        the forward pass (an inserted or removed layer needs none).
+      rules, preset, leaf_rules, drop, neutral: as :func:`flaxsurgery.plan`.
+      output: selects the array that carries units from the model's output (the logits of a
+        categorical, the loc of a Gaussian, one element of a tuple).
+      input_names: names for the input spaces (default: the model's argument names).
+      reset, kinds: as :func:`flaxsurgery.transplant_state` (which counters restart; how unknown
+        parameter-shaped fields move).
+      normalizer: observation-normalisation statistics to move along the first input's space
+        (see :func:`transplant_normalizer`).
+
+    Returns:
+      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, and ``.verify(samples)``.
+
+    Raises:
+      ValueError: every problem at once, as :func:`flaxsurgery.plan` does; for a layer pairing
+        the forward order cannot settle, the candidates.
+    """
+    samples = samples if isinstance(samples, tuple) else (samples,)
+    old_vars, new_vars = variables_of(old_state), variables_of(new_state)
+    old_apply, new_apply = _apply_of(old_model, output), _apply_of(new_model, output)
+    old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
+    names = old_traced.input_names
+    if new_samples is None:
+        new_samples = tuple(_map_sample(x, spaces.get(name) if spaces else None)
+                            for x, name in zip(samples, names))
+    new_samples = new_samples if isinstance(new_samples, tuple) else (new_samples,)
+    new_traced = traced_model(new_apply, new_vars, *new_samples, input_names=names)
+    if layer_map is None:
+        layer_map, removed = aligned_layers(old_traced, new_traced)
+        drop = tuple(drop) + tuple(removed)
+    plan = make_plan(old_vars, new_vars, old_traced.layout, new_layout=new_traced.layout,
+                     spaces=spaces, layer_map=layer_map, rules=rules, preset=preset,
+                     leaf_rules=leaf_rules, drop=drop, neutral=neutral)
+    state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
+    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0])
+    new_vars_out = variables_of(state)
+    return Surgery(
+        state=state, plan=plan, normalizer=moved,
+        old_fn=lambda *x: old_apply(old_vars, *x), new_fn=lambda *x: new_apply(new_vars_out, *x),
+        input_space=names[0],
+    )
+
+
+def variables_of(state: Any) -> Any:
+    """The variables a model's apply takes, from a training state (``TrainState.params``, plus
+    ``batch_stats`` where the state has them) or the variables themselves."""
+    if not hasattr(state, "params") or isinstance(state, Mapping):
+        return state
+    params = state.params
+    variables = dict(params) if isinstance(params, Mapping) and "params" in params else {"params": params}
+    if getattr(state, "batch_stats", None) is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _apply_of(model: Any, output: Callable | None) -> Callable:
+    apply = model.apply if hasattr(model, "apply") and hasattr(model, "init") else model
+    if not callable(apply):
+        raise ValueError(f"a model must be a Linen module or an apply(variables, *inputs) function, "
+                         f"got {type(model).__name__}")
+    if output is None:
+        return apply
+    return lambda variables, *inputs: output(apply(variables, *inputs))
+
+
+def _map_sample(x: Any, ids: tuple | None) -> Any:
+    """A sample with its last axis's units mapped from old IDs to new ones (0 for new units)."""
+    if ids is None:
+        return x
+    old_ids, new_ids = (tuple(range(i)) if isinstance(i, (int, np.integer)) else tuple(np.asarray(i).tolist())
+                        if hasattr(i, "shape") else tuple(i) for i in ids)
+    index = index_by_id(new_ids, old_ids)
+    taken = jnp.take(jnp.asarray(x), np.maximum(index, 0), axis=-1)
+    return jnp.where(index >= 0, taken, jnp.zeros((), taken.dtype))
+
+
+# ----------------------------------------------------------------------------- layer pairing
+
+
+def _layers(traced) -> list[str]:
+    """Layers in the order the forward pass first reads them."""
+    return list(dict.fromkeys(layer_of(p) for p in traced.order if p in traced.layout))
+
+
+def _signature(traced, layer: str, roles: dict) -> tuple:
+    """What a layer is, apart from its name and sizes: its leaves, their ranks, and which axes
+    carry the network's inputs or outputs."""
+    entries = leaf_entries(traced.layout)
+    leaves = sorted(p for p in entries if layer_of(p) == layer)
+    return tuple((leaf_name(p), tuple(
+        "-" if not carries_units(a) else "/".join(sorted({roles.get(s, "?") for s in spaces_in(a)}))
+        for a in entries[p])) for p in leaves)
+
+
+def aligned_layers(old, new) -> tuple[dict, list]:
+    """The layer map that pairs old and new layers by their place in the forward pass.
+
+    Layers pair from the front while they match (same leaves, ranks and roles), then from the
+    back; the new layers left in between are new, the old ones left in between are removed. When
+    both sides leave layers in between, the pairing is ambiguous and raises with the candidates.
+
+    Returns:
+      (layer map, old layers removed).
+    """
+    old_roles, new_roles = roles_of(old.layout), roles_of(new.layout)
+    old_layers, new_layers = _layers(old), _layers(new)
+    old_sig = [_signature(old, layer, old_roles) for layer in old_layers]
+    new_sig = [_signature(new, layer, new_roles) for layer in new_layers]
+    front = 0
+    while front < min(len(old_sig), len(new_sig)) and old_sig[front] == new_sig[front]:
+        front += 1
+    back = 0
+    while back < min(len(old_sig), len(new_sig)) - front and old_sig[-1 - back] == new_sig[-1 - back]:
+        back += 1
+    old_mid = old_layers[front:len(old_layers) - back]
+    new_mid = new_layers[front:len(new_layers) - back]
+    if old_mid and new_mid:
+        raise ValueError(
+            f"cannot pair layers by their place in the forward pass: old layers {old_mid} and new "
+            f"layers {new_mid} sit between the matching ones; say which new layer takes from which "
+            f"with layer_map (e.g. {{{new_mid[0]!r}: {old_mid[0]!r}}}, or None for a new layer)")
+    pairs = list(zip(new_layers[:front], old_layers[:front]))
+    pairs += list(zip(new_layers[len(new_layers) - back:], old_layers[len(old_layers) - back:]))
+    layer_map = {new: old for new, old in pairs}
+    layer_map.update({layer: None for layer in new_mid})
+    return layer_map, list(old_mid)
+
+
+# ----------------------------------------------------------------------------- normalisers
+
+
+def transplant_normalizer(stats: Any, plan: Plan, space: str) -> Any:
+    """Moves observation-normalisation statistics along `space` with the plan.
+
+    Every array whose last axis has the space's old size is rearranged by unit ID; a new feature
+    starts neutral: ``mean`` 0, ``var``/``std`` 1, Brax's ``summed_variance`` the count (variance
+    1). Scalars (the shared ``count``, ``std_eps``) are kept, and so are dtypes (SB3 keeps
+    float64). The count is shared, so a new feature's running statistics move as slowly as the
+    old ones': it starts as if ``count`` samples with mean 0 and variance 1 had been seen.
+
+    Accepts a pytree (a dict, Brax's ``RunningStatisticsState``) or an object with array
+    attributes (SB3's ``RunningMeanStd``, returned as a copy).
+
+    Raises:
+      ValueError: for an array of another shape, or one whose name does not tell its neutral
+        value.
+    """
+    info = plan.space(space)
+    index = info.index()
+    n_old = len(info.old_ids)
+    if not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(stats)):  # a pytree
+        leaves, treedef = flatten(stats)
+        count = _count(leaves)
+        moved = {p: _move(p, x, index, n_old, count, space) for p, x in leaves.items()}
+        return jax.tree_util.tree_unflatten(treedef, [moved[p] for p in leaves])
+    if hasattr(stats, "__dict__"):  # an object such as SB3's RunningMeanStd
+        out = pycopy.copy(stats)
+        fields = {k: v for k, v in vars(stats).items()}
+        count = _count(fields)
+        for name, value in fields.items():
+            setattr(out, name, _move(name, value, index, n_old, count, space))
+        return out
+    raise ValueError(f"normalizer statistics must be a pytree or an object with array attributes, "
+                     f"got {type(stats).__name__}")
+
+
+def _count(leaves: Mapping) -> Any:
+    counts = [v for p, v in leaves.items() if leaf_name(p) in ("count", "n")]
+    return counts[0] if counts else None
+
+
+def _move(path: str, value: Any, index: np.ndarray, n_old: int, count: Any, space: str) -> Any:
+    if np.ndim(value) == 0:
+        return value
+    if np.shape(value)[-1] != n_old:
+        raise ValueError(f"normalizer leaf {path!r} has shape {np.shape(value)}, but space {space!r} "
+                         f"has {n_old} old units on the last axis")
+    name = leaf_name(path)
+    if name not in NORMALIZER_NEUTRAL:
+        raise ValueError(f"normalizer leaf {path!r}: its name does not tell a new feature's neutral "
+                         f"value (known: {sorted(NORMALIZER_NEUTRAL)})")
+    fill = NORMALIZER_NEUTRAL[name]
+    if fill is None:
+        if count is None:
+            raise ValueError(f"normalizer leaf {path!r} needs the statistics' count")
+        fill = count
+    xp = np if isinstance(value, np.ndarray) else jnp
+    taken = xp.take(xp.asarray(value), np.maximum(index, 0), axis=-1)
+    return xp.where(index >= 0, taken, xp.asarray(fill, dtype=taken.dtype)).astype(taken.dtype)
+
