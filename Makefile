@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench bench-quick lint clean
+.PHONY: test test-fast demo bench bench-quick lint clean
+CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
+	tests/test_never_wrong.py tests/test_agents.py flaxsurgery/spec.py flaxsurgery/init.py \
+	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace.py
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,6 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+
+# The core alone, with a few property-test examples each: a quick check while editing.
+test-fast: $(STAMP)
+	FLAXSURGERY_FAST=1 JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q $(CORE_TESTS)
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python examples/demo.py
@@ -29,5 +36,7 @@ bench-quick: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flaxsurgery tests examples bench
 
+# Build outputs only: tracked files (results/, bench/results.json) are left alone.
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -145,8 +145,8 @@ def variables_of(state: Any) -> Any:
 
 def _apply_of(model: Any, output: Callable | None) -> Callable:
     apply = model.apply if hasattr(model, "apply") and hasattr(model, "init") else model
-    if not callable(apply):
-        raise ValueError(f"a model must be a Linen module or an apply(variables, *inputs) function, "
+    if not callable(apply):  # one error type for every bad input, as plan's problems
+        raise ValueError(f"a model must be a Linen module or an apply(variables, *inputs) function, "  # noqa: TRY004
                          f"got {type(model).__name__}")
     if output is None:
         return apply

@@ -442,14 +442,12 @@ def _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map
         return dict(value)
 
     for name, tree in (("old_tree", old_tree), ("new_tree", new_tree)):
-        if not jax.tree_util.tree_flatten_with_path(tree)[0] or any(
-                not p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]):
+        with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+        if not with_path or any(not path for path, _ in with_path):
             problems.append(f"{name} must be a tree of named arrays (a dict such as "
                             f"{{'Dense_0': {{'kernel': ...}}}} or an NNX State), got "
                             f"{type(tree).__name__}: leaves need paths for the layout to name them")
-    if isinstance(preset, str) and preset in rules_lib.PRESETS:
-        pass
-    else:
+    if not (isinstance(preset, str) and preset in rules_lib.PRESETS):
         problems.append(f"unknown preset {show(preset)}; choose one of {sorted(rules_lib.PRESETS)}")
     if isinstance(drop, str):
         drop = (drop,)
@@ -1097,7 +1095,7 @@ def _grid_units(parts: list, old_sizes: list) -> _Units:
     fill = _no_fill(1)
     for part in parts:
         # The fastest new part decides the fill (as the last new input axis does for a leaf).
-        fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)  # noqa: E711
+        fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)
     sizes = [len(p.src) for p in parts]
 
     def outer(values, neutral, combine):

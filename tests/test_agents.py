@@ -40,7 +40,7 @@ def dqn_state(model, n_obs, key, steps=0):
     params = model.init(jax.random.key(key), jnp.zeros((2, n_obs)))["params"]
     state = DQNState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-3), target_params=params)
     for i in range(steps):
-        grads = jax.tree_util.tree_map(lambda p: jnp.cos(p + i), state.params)
+        grads = jax.tree_util.tree_map(lambda p, i=i: jnp.cos(p + i), state.params)
         state = state.apply_gradients(grads=grads)
     return state.replace(target_params=jax.tree_util.tree_map(lambda p: 0.5 * p, state.params))
 
@@ -57,8 +57,8 @@ def test_surgery_moves_a_whole_dqn_train_state_and_pairs_an_inserted_layer():
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     new = result.state
     assert int(new.step) == 3 and int(new.opt_state[0].count) == 3
-    target_fn = lambda v: new_m.apply({"params": new.target_params}, v)  # noqa: E731
-    old_target = lambda v: old_m.apply({"params": old.target_params}, v)  # noqa: E731
+    target_fn = lambda v: new_m.apply({"params": new.target_params}, v)
+    old_target = lambda v: old_m.apply({"params": old.target_params}, v)
     assert fs.verify(old_target, target_fn, x, result.plan).max_abs_diff <= 1e-5
     np.testing.assert_array_equal(new.opt_state[0].mu["Dense_2"]["kernel"][:, 1], 0.0)  # new action
     new.apply_gradients(grads=jax.tree_util.tree_map(jnp.ones_like, new.params))  # training goes on

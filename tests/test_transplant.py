@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import flaxsurgery as fs
 from tests.reference import reference_leaf
+from tests.support import examples
 
 FILLS = {  # (incoming, outgoing) of each rule, for the reference
     "fresh": ("fresh", "fresh"),
@@ -82,7 +83,7 @@ def mlp_case(draw):
     return widths, changes, rules
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(case=mlp_case(), seed=st.integers(0, 2**16))
 def test_mlp_matches_numpy_reference(case, seed):
     widths, changes, rules = case
@@ -107,7 +108,7 @@ def test_mlp_matches_numpy_reference(case, seed):
         np.testing.assert_allclose(got["params"][layer][name], want, rtol=1e-6, atol=1e-6, err_msg=path)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(in_change=id_change(3, "c"), out_change=id_change(4, "f"), kernel=st.sampled_from([(3, 3), (3, 5), (5, 3)]),
        rule=st.sampled_from(sorted(RULES)), seed=st.integers(0, 2**16))
 def test_conv_matches_numpy_reference(in_change, out_change, kernel, rule, seed):
@@ -123,7 +124,7 @@ def test_conv_matches_numpy_reference(in_change, out_change, kernel, rule, seed)
     np.testing.assert_allclose(fs.transplant(old, plan, fresh)["k"], want, rtol=1e-6, atol=1e-6)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(case=mlp_case(), seed=st.integers(0, 2**16))
 def test_permute_then_inverse_is_identity(case, seed):
     widths, _, _ = case
