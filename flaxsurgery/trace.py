@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core as jcore
 
-from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, spaces_in
+from flaxsurgery.layout import MIXING, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.
@@ -45,8 +45,6 @@ try:  # Only for error messages; private, so its absence must not break tracing.
 except ImportError:  # pragma: no cover
     _source_info = None
 
-
-AxisEntry = str | Flat | Concat | Grid | type(WINDOW) | None
 
 # ----------------------------------------------------------------------------------------------
 # The union-find over axes.
@@ -757,7 +755,7 @@ class _Namer:
         return name
 
 
-def _entry(g, root, carrying, namer) -> AxisEntry:
+def _entry(g, root, carrying, namer) -> AxisSpec:
     root = g.find(root)
     if root not in carrying:
         return WINDOW if root in {g.find(w) for w in g.window} else None
