@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import flaxsurgery as fs
-from flaxsurgery.rl import EnvView
-from flaxsurgery.rl import ppo
+from flaxsurgery.rl import EnvView, ppo
 from flaxsurgery.rl import ppo_experiment as pex
 from flaxsurgery.rl.ppo import ACTIONS, VALUE, ActorCritic, PPOConfig, make_train
 
@@ -122,6 +121,11 @@ def test_rollout_takes_the_value_of_the_real_final_observation_at_truncation():
 # ---------------------------------------------------------------------------------- surgery
 
 
+def head(network, params, output: int):
+    """``x -> network output`` number ``output``: 0 the actor's logits, 1 the critic's value."""
+    return lambda x: network.apply(params, x)[output]
+
+
 def test_policy_kl_counts_only_the_old_actions():
     old = jnp.log(jnp.array([[0.25, 0.75]]))
     same = jnp.log(jnp.array([[0.25, 0.75, 1e-12]]))
@@ -148,13 +152,13 @@ def test_acrobot_added_action_keeps_greedy_action_and_with_margin_20_the_policy(
     )(old.params, jax.random.split(jax.random.key(6), SEEDS))
 
     for seed in range(SEEDS):
-        old_p, new_p = jax.tree.map(lambda leaf: leaf[seed], (old.params, params))
+        old_p, new_p = jax.tree.map(lambda leaf, i=seed: leaf[i], (old.params, params))
         x = samples[seed]
-        check = fs.verify(lambda v: experiment.old_network.apply(old_p, v)[0],
-                          lambda v: new_net.apply(new_p, v)[0], x, plan, outputs=ACTIONS)
+        check = fs.verify(head(experiment.old_network, old_p, 0), head(new_net, new_p, 0), x,
+                          plan, outputs=ACTIONS)
         assert check.greedy_agreement == 1.0 and check.max_abs_diff == 0.0
-        value = fs.verify(lambda v: experiment.old_network.apply(old_p, v)[1],
-                          lambda v: new_net.apply(new_p, v)[1], x, plan, outputs=VALUE)
+        value = fs.verify(head(experiment.old_network, old_p, 1), head(new_net, new_p, 1), x,
+                          plan, outputs=VALUE)
         assert value.max_abs_diff == 0.0  # the critic is moved whole
         kl = ppo.policy_kl(experiment.old_network.apply(old_p, x)[0], new_net.apply(new_p, x)[0],
                            plan.index(ACTIONS))
@@ -176,8 +180,8 @@ def test_cartpole_added_observations_keep_actor_and_critic():
     new_params = fs.transplant(old_params, plan, fresh)
     x = np.random.default_rng(0).standard_normal((100, 4), np.float32)  # full observations
     for output, space in ((0, ACTIONS), (1, VALUE)):
-        check = fs.verify(lambda v: experiment.old_network.apply(old_params, v)[output],
-                          lambda v: experiment.new_network.apply(new_params, v)[output],
+        check = fs.verify(head(experiment.old_network, old_params, output),
+                          head(experiment.new_network, new_params, output),
                           old_view.observe(x), plan, outputs=space, x_new=x)
         assert check.max_abs_diff < 1e-6
 

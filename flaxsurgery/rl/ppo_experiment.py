@@ -37,7 +37,13 @@ from flaxsurgery import results
 from flaxsurgery.rl.envs import EnvView
 from flaxsurgery.rl.experiment import Progress
 from flaxsurgery.rl.ppo import (
-    ACTIONS, ActorCritic, PPOConfig, Trained, make_optimizer, make_train, policy_kl,
+    ACTIONS,
+    ActorCritic,
+    PPOConfig,
+    Trained,
+    make_optimizer,
+    make_train,
+    policy_kl,
 )
 
 # Samples per seed on which the transplanted policies are compared with the old one.
@@ -315,9 +321,9 @@ def headline_table(summary: dict) -> str:
     step difference from scratch, AUC, final return and the start's KL from the old policy."""
     threshold, seeds = summary["threshold"], summary["seeds"]
     lines = [
-        f"| arm | reach {threshold:g} | median steps to {threshold:g} | steps - scratch, paired "
-        f"(95% CI) | first | AUC (95% CI) | AUC - scratch (95% CI) | final (95% CI) "
-        f"| final - scratch (95% CI) | KL(old‖start) mean / max |",
+        (f"| arm | reach {threshold:g} | median steps to {threshold:g} | steps - scratch, paired "
+         f"(95% CI) | first | AUC (95% CI) | AUC - scratch (95% CI) | final (95% CI) "
+         f"| final - scratch (95% CI) | KL(old‖start) mean / max |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
