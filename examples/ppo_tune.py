@@ -32,7 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=100, help="population key (not the experiments')")
+    parser.add_argument("--seed", type=int, default=100,
+                        help="population key (not the experiments')")
     parser.add_argument("--hidden", default="64,64")
     parser.add_argument("--tag", default="default")
     parser.add_argument("--set", nargs="*", default=[], help="PPOConfig fields, name=value")
@@ -62,9 +63,11 @@ def main() -> None:
         "last5_mean": float(returns[:, -5:].mean()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.env}_{args.tag}_{args.seeds}seeds.json").write_text(json.dumps(record) + "\n")
+    path = args.out / f"{args.env}_{args.tag}_{args.seeds}seeds.json"
+    path.write_text(json.dumps(record) + "\n")
     every = max(1, len(mean) // 10)
-    print(" ".join(f"{s // 1000}k:{m:.0f}" for s, m in zip(config.eval_steps[::every], mean[::every])))
+    shown = zip(config.eval_steps[::every], mean[::every])
+    print(" ".join(f"{s // 1000}k:{m:.0f}" for s, m in shown))
     print(f"final mean {mean[-1]:.1f}; per seed {np.round(returns[:, -1], 1).tolist()}; "
           f"last 5 evals mean {record['last5_mean']:.1f}; {wall:.0f}s")
 

@@ -148,7 +148,8 @@ def test_acrobot_added_action_keeps_greedy_action_and_with_margin_20_the_policy(
     params, opt_state = pex.transplant_agents(plan, old, fresh, jax.vmap(tx.init)(fresh))
     assert jax.tree.structure(opt_state) == jax.tree.structure(jax.vmap(tx.init)(fresh))
     samples = jax.vmap(  # full observations = the new view's; the old view drops none here
-        lambda p, k: pex.visited_observations(experiment.old_view, experiment.old_network, p, k, 200)
+        lambda p, k: pex.visited_observations(experiment.old_view, experiment.old_network, p, k,
+                                              200)
     )(old.params, jax.random.split(jax.random.key(6), SEEDS))
 
     for seed in range(SEEDS):

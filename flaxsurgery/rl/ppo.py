@@ -210,7 +210,9 @@ def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
     The step size is applied by the training loop from its own update count, so that Adam's
     state holds only what a transplant moves (its moments and their count).
     """
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5)
+    )
 
 
 def step_size(config: PPOConfig, updates: jax.Array) -> jax.Array:

@@ -211,7 +211,8 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
     for arm, plan_kwargs in experiment.arms.items():
         plan = make_plan(experiment, **plan_kwargs)
         starts[arm] = transplant_agents(plan, old, fresh, fresh_opt)
-        policies[arm] = compare_policies(experiment, plan.index(ACTIONS), old.params, starts[arm][0], samples)
+        policies[arm] = compare_policies(experiment, plan.index(ACTIONS), old.params,
+                                         starts[arm][0], samples)
         check = verify_first_seed(experiment, plan, old.params, starts[arm][0], samples)
         policies[arm]["verify_seed0"] = check._asdict()
         print(f"[{name}] {arm} ({plan_kwargs}):\n{plan.report()}\n"
@@ -269,7 +270,8 @@ def summarise(experiment: PPOExperiment, returns: dict, policies: dict, wall_s: 
             **results.summarise_arm(steps, arm_returns, experiment.threshold),
             "reached": int(reached.sum()),
             "share_reached": float(reached.mean()),
-            "seed_steps_to_threshold": [int(s) if r else None for s, r in zip(first_steps, reached)],
+            "seed_steps_to_threshold": [int(s) if r else None
+                                        for s, r in zip(first_steps, reached)],
             "median_steps_to_threshold": float(np.median(first_steps)),
             "final_per_seed": [float(r) for r in arm_returns[:, -1]],
         }
@@ -280,7 +282,8 @@ def summarise(experiment: PPOExperiment, returns: dict, policies: dict, wall_s: 
                 "greedy_kept": float(p["greedy_kept"].mean()),
                 **({"verify_seed0": p["verify_seed0"]} if "verify_seed0" in p else {}),
             }
-    scratch_steps, scratch_reached = steps_to_threshold(steps, returns["scratch"], experiment.threshold)
+    scratch_steps, scratch_reached = steps_to_threshold(steps, returns["scratch"],
+                                                        experiment.threshold)
     paired = {}
     for arm in experiment.arms:
         arm_steps, arm_reached = steps_to_threshold(steps, returns[arm], experiment.threshold)
@@ -332,8 +335,9 @@ def headline_table(summary: dict) -> str:
 
     for arm, a in summary["arms"].items():
         p = summary["paired_vs_scratch"].get(arm)
-        final_ci = results.ci95(np.array(a["final_per_seed"])) if seeds > 1 else 0.0
-        final = f"{a['final_return']:.1f} ({a['final_return'] - final_ci:.1f}, {a['final_return'] + final_ci:.1f})"
+        final_ci = results.ci95(np.array(a["final_per_seed"]))
+        mean_final = a["final_return"]
+        final = f"{mean_final:.1f} ({mean_final - final_ci:.1f}, {mean_final + final_ci:.1f})"
         lo, hi = a["auc_ci95"]
         kl = a.get("start_policy")
         kl_text = f"{kl['kl_mean']:.2g} / {kl['kl_max']:.2g}" if kl else ""
@@ -359,7 +363,9 @@ def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> dict:
         parser.error("--seeds must be at least 2 (the 95%% interval needs two)")
     config = experiment.config
     evaluations = config.total_steps // config.eval_every
-    eval_every = max(config.batch_size, args.steps // evaluations // config.batch_size * config.batch_size)
+    # Keep the number of evaluations; each interval a whole number of rollouts.
+    rollouts = max(1, args.steps // evaluations // config.batch_size)
+    eval_every = rollouts * config.batch_size
     experiment = dataclasses.replace(experiment, config=dataclasses.replace(
         config, total_steps=args.steps // eval_every * eval_every, eval_every=eval_every))
     start = time.perf_counter()
