@@ -178,13 +178,14 @@ def population_train(config: PPOConfig, view: EnvView, network: ActorCritic, pro
     return jax.jit(jax.vmap(make_train(config, view, network, progress)))
 
 
-def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict, dict]:
+def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict, dict, dict]:
     """Run all phases with ``seeds`` seeds per arm.
 
     Returns:
-      ``(returns, policies)``: ``{arm: (seeds, evaluations) greedy returns}`` at
-      ``experiment.config.eval_steps``, and ``{arm: per-seed policy comparison at the start}``
-      (:func:`compare_policies`, plus seed 0's :func:`flaxsurgery.verify` report).
+      ``(returns, policies, params)``: ``{arm: (seeds, evaluations) greedy returns}`` at
+      ``experiment.config.eval_steps``; ``{arm: per-seed policy comparison at the start}``
+      (:func:`compare_policies`, plus seed 0's :func:`flaxsurgery.verify` report); and
+      ``{arm: final parameters}`` with a leading seed axis.
     """
     config, name = experiment.config, experiment.name
     tx = make_optimizer(config)
@@ -231,7 +232,10 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
     keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(arms))
     new = population_train(config, new_view, new_net, progress)(keys, *stacked)
     returns = np.asarray(new.returns).reshape(len(arms), seeds, -1)
-    return {"old": np.asarray(old.returns), **dict(zip(arms, returns))}, policies
+    params = {arm: jax.tree.map(lambda leaf, i=i: leaf[i * seeds:(i + 1) * seeds], new.params)
+              for i, arm in enumerate(arms)}
+    return ({"old": np.asarray(old.returns), **dict(zip(arms, returns))}, policies,
+            {"old": old.params, **params})
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -351,8 +355,12 @@ def headline_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> dict:
-    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``."""
+def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> tuple[dict, dict]:
+    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``.
+
+    Returns:
+      ``(summary, params)``: :func:`summarise`'s summary and every arm's final parameters.
+    """
     parser = argparse.ArgumentParser(description=f"PPO transplant experiment {experiment.name}.")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per arm (at least 2)")
     parser.add_argument("--steps", type=int, default=experiment.config.total_steps,
@@ -369,11 +377,11 @@ def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> dict:
     experiment = dataclasses.replace(experiment, config=dataclasses.replace(
         config, total_steps=args.steps // eval_every * eval_every, eval_every=eval_every))
     start = time.perf_counter()
-    returns, policies = run(experiment, seeds=args.seeds)
+    returns, policies, params = run(experiment, seeds=args.seeds)
     summary = summarise(experiment, returns, policies, time.perf_counter() - start)
     results.write(summary, args.out / experiment.name, xlabel="environment steps (0 = transplant)",
                   ylabel="greedy evaluation return",
                   title=f"PPO {experiment.name} ({summary['env']})")
     print(f"\n{experiment.name}: {args.seeds} seeds, {experiment.config.total_steps:,} steps per "
           f"phase, {summary['wall_s']:.0f}s\n\n{headline_table(summary)}\n", flush=True)
-    return summary
+    return summary, params
