@@ -58,7 +58,7 @@ NEAR_IDENTITY_NOISE = 0.01
 GREEDY_MARGIN = 1e-3
 # New actions' logits this far below the mean of the old ones: a new action's probability is at
 # most exp(-20) ~ 2e-9 of the most likely old action's, so the sampled policy is kept (KL < 1e-8
-# per new action).
+# per new action). An on-policy learner then almost never tries the new action (docs/agents.md).
 POLICY_MARGIN = 20.0
 
 Source = Hashable | Mapping

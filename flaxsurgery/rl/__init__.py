@@ -1,4 +1,4 @@
-"""Reinforcement learning with flaxsurgery: a gymnax DQN, ID-named environment views, experiments."""
+"""Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views, experiments."""
 
 from flaxsurgery.rl.dqn import ConvQNetwork as ConvQNetwork
 from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
@@ -10,16 +10,22 @@ from flaxsurgery.rl.dqn import make_train as make_train
 from flaxsurgery.rl.envs import ACTION_IDS as ACTION_IDS
 from flaxsurgery.rl.envs import OBS_IDS as OBS_IDS
 from flaxsurgery.rl.envs import EnvView as EnvView
+from flaxsurgery.rl.ppo import ActorCritic as ActorCritic
+from flaxsurgery.rl.ppo import PPOConfig as PPOConfig
+from flaxsurgery.rl.ppo import make_train as make_ppo_train
 
 __all__ = [
     "ACTION_IDS",
     "OBS_IDS",
+    "ActorCritic",
     "ConvQNetwork",
     "DQNConfig",
     "EnvView",
+    "PPOConfig",
     "QNetwork",
     "Trained",
     "evaluate",
     "make_optimizer",
+    "make_ppo_train",
     "make_train",
 ]
