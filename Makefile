@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench bench-quick lint clean
+.PHONY: test test-integrations demo bench bench-quick lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+
+# Client libraries' agents (SBX) through fs.surgery: tests/integrations/, never part of `make test`.
+# torch is installed first and on its own, so that pip never resolves it (a plain `torch` pulls
+# the CUDA build); where the CPU wheel is not at hand, pass
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+INTEGRATIONS_STAMP := $(VENV)/.installed-integrations
+
+$(INTEGRATIONS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,rl,examples,integrations]"
+	touch $(INTEGRATIONS_STAMP)
+
+test-integrations: $(INTEGRATIONS_STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests/integrations
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python examples/demo.py
