@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-fast demo bench bench-quick lint clean
+.PHONY: test test-fast test-integrations demo bench bench-quick lint clean
 CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
 	tests/test_never_wrong.py tests/test_agents.py flaxsurgery/spec.py flaxsurgery/init.py \
 	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace.py
@@ -23,6 +23,21 @@ test: $(STAMP)
 # The core alone, with a few property-test examples each: a quick check while editing.
 test-fast: $(STAMP)
 	FLAXSURGERY_FAST=1 JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q $(CORE_TESTS)
+
+# Client libraries' agents (SBX) through fs.surgery: tests/integrations/, never part of `make test`.
+# torch is installed first and on its own, so that pip never resolves it (a plain `torch` pulls
+# the CUDA build); where the CPU wheel is not at hand, point TORCH_PIP_ARGS at a CPU-only index.
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+INTEGRATIONS_STAMP := $(VENV)/.installed-integrations
+
+$(INTEGRATIONS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,rl,examples,integrations]"
+	touch $(INTEGRATIONS_STAMP)
+
+test-integrations: $(INTEGRATIONS_STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests/integrations
 
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python examples/demo.py
