@@ -21,7 +21,7 @@ from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.spec import NEUTRAL_BY_NAME, Plan, index_by_id, roles_of
 from flaxsurgery.spec import plan as make_plan
 from flaxsurgery.state import transplant_state
-from flaxsurgery.trace import traced_model
+from flaxsurgery.trace import argument_names, traced_model
 from flaxsurgery.verify import VerifyReport, verify
 
 # Running statistics of an observation normaliser: the value a new feature starts from.
@@ -108,13 +108,27 @@ def surgery(
     samples = samples if isinstance(samples, tuple) else (samples,)
     old_vars, new_vars = variables_of(old_state), variables_of(new_state)
     old_apply, new_apply = _apply_of(old_model, output), _apply_of(new_model, output)
+    if input_names is None:  # from the model itself: a selector's wrapper has no argument names
+        input_names = argument_names(_apply_of(old_model, None), len(samples), skip=1)
     old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
     names = old_traced.input_names
     if new_samples is None:
         new_samples = tuple(_map_sample(x, spaces.get(name) if spaces else None)
                             for x, name in zip(samples, names))
     new_samples = new_samples if isinstance(new_samples, tuple) else (new_samples,)
-    new_traced = traced_model(new_apply, new_vars, *new_samples, input_names=names)
+    try:
+        new_traced = traced_model(new_apply, new_vars, *new_samples, input_names=names)
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a model's own shape error, explained
+        shapes = [tuple(np.shape(x)) for x in new_samples]
+        unknown = sorted(set(spaces or {}) - set(roles_of(old_traced.layout)) - set(names), key=str)
+        hint = (f"; spaces names {unknown}, which the old model does not have (its inputs are "
+                f"{list(names)})" if unknown else "")
+        raise ValueError(
+            f"the new model does not run on the new samples (shapes {shapes}): {error}. The new "
+            f"samples are the old ones with the input spaces {list(names)} mapped by spaces=; "
+            f"name the input space there, or pass new_samples={hint}") from error
     if layer_map is None:
         layer_map, removed = aligned_layers(old_traced, new_traced)
         drop = tuple(drop) + tuple(removed)

@@ -796,8 +796,9 @@ def _grid_items(entry) -> list:
 # Public API.
 
 
-def _argument_names(fn: Callable, count: int, skip: int) -> list[str]:
-    """Names of the sample inputs: the apply function's parameter names, else `arg{i}`."""
+def argument_names(fn: Callable, count: int, skip: int) -> list[str]:
+    """Names of the sample inputs: the apply function's parameter names (a Linen module's
+    ``__call__``'s for its ``apply``), else ``arg{i}``."""
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
@@ -943,13 +944,13 @@ def _bind(fn, args, input_names):
             return nnx.merge(graphdef, state)(*inputs)
 
         variables, inputs = state, args
-        default = _argument_names(type(fn).__call__, len(inputs), skip=1)
+        default = argument_names(type(fn).__call__, len(inputs), skip=1)
     else:
         if not args:
             raise ValueError("trace_layout(apply_fn, variables, *sample_inputs): missing the "
                              "variables")
         apply, variables, inputs = fn, args[0], args[1:]
-        default = _argument_names(fn, len(inputs), skip=1)
+        default = argument_names(fn, len(inputs), skip=1)
     if input_names is not None and len(input_names) != len(inputs):
         raise ValueError(f"trace_layout: {len(input_names)} input_names for {len(inputs)} "
                          "sample inputs")

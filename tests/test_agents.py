@@ -142,6 +142,22 @@ def test_an_output_selector_traces_distribution_outputs():
     assert result.verify(jax.random.normal(jax.random.key(2), (64, 3))).policy_kl <= 1e-6
 
 
+def test_input_names_survive_an_output_selector_and_unknown_spaces_raise():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, obs):
+            return nn.Dense(2)(obs)
+
+    x = jnp.ones((4, 2))
+    old, new = Net().init(jax.random.key(0), x), Net().init(jax.random.key(1), jnp.ones((4, 3)))
+    result = fs.surgery(Net(), old, Net(), new, x, spaces={"obs": (2, 3)}, output=lambda y: y)
+    assert result.input_space == "obs"
+    with pytest.raises(ValueError, match=r"spaces names \['x'\], which the old model does not have"):
+        fs.surgery(Net(), old, Net(), new, x, spaces={"x": (2, 3)})
+    with pytest.raises(ValueError, match="the new model does not run on the new samples"):
+        fs.surgery(Net(), old, Net(), new, x)
+
+
 def test_a_gaussian_head_grows_an_action_dimension():
     # The documented choice: a new dimension's mean starts at 0 (zero incoming weights) and its
     # log-std at the new network's init; the old dimensions' distribution is unchanged exactly.
