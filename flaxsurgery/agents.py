@@ -96,7 +96,7 @@ def surgery(
       reset, kinds: as :func:`flaxsurgery.transplant_state` (which counters restart; how unknown
         parameter-shaped fields move).
       normalizer: observation-normalisation statistics to move along the first input's space
-        (see :func:`transplant_normalizer`).
+        (see :func:`transplant_normalizer`; `neutral` applies to them too).
 
     Returns:
       A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, and ``.verify(samples)``.
@@ -136,7 +136,7 @@ def surgery(
                      spaces=spaces, layer_map=layer_map, rules=rules, preset=preset,
                      leaf_rules=leaf_rules, drop=drop, neutral=neutral)
     state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
-    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0])
+    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], neutral)
     new_vars_out = variables_of(state)
     return Surgery(
         state=state, plan=plan, normalizer=moved,
@@ -233,7 +233,7 @@ def aligned_layers(old, new) -> tuple[dict, list]:
 # ----------------------------------------------------------------------------- normalisers
 
 
-def transplant_normalizer(stats: Any, plan: Plan, space: str) -> Any:
+def transplant_normalizer(stats: Any, plan: Plan, space: str, neutral: Mapping | None = None) -> Any:
     """Moves observation-normalisation statistics along `space` with the plan.
 
     Every array whose last axis has the space's old size is rearranged by unit ID; a new feature
@@ -242,8 +242,11 @@ def transplant_normalizer(stats: Any, plan: Plan, space: str) -> Any:
     float64). The count is shared, so a new feature's running statistics move as slowly as the
     old ones': it starts as if ``count`` samples with mean 0 and variance 1 had been seen.
 
-    Accepts a pytree (a dict, Brax's ``RunningStatisticsState``) or an object with array
-    attributes (SB3's ``RunningMeanStd``, returned as a copy).
+    Accepts a pytree (a dict, Brax's ``RunningStatisticsState``, whose ``UInt64`` count is read
+    as a number) or an object with array attributes (SB3's ``RunningMeanStd``, returned as a
+    copy). `neutral` overrides a statistic's starting value by name: Brax's statistics updated
+    in ``"ema"`` mode keep the variance itself in ``summed_variance``, so pass
+    ``neutral={"summed_variance": 1.0}`` for them.
 
     Raises:
       ValueError: for an array of another shape, or one whose name does not tell its neutral
@@ -252,38 +255,48 @@ def transplant_normalizer(stats: Any, plan: Plan, space: str) -> Any:
     info = plan.space(space)
     index = info.index()
     n_old = len(info.old_ids)
+    fills = {**NORMALIZER_NEUTRAL, **(neutral or {})}
     if not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(stats)):  # a pytree
         leaves, treedef = flatten(stats)
         count = _count(leaves)
-        moved = {p: _move(p, x, index, n_old, count, space) for p, x in leaves.items()}
+        moved = {p: _move(p, x, index, n_old, count, space, fills) for p, x in leaves.items()}
         return jax.tree_util.tree_unflatten(treedef, [moved[p] for p in leaves])
     if hasattr(stats, "__dict__"):  # an object such as SB3's RunningMeanStd
         out = pycopy.copy(stats)
         fields = {k: v for k, v in vars(stats).items()}
         count = _count(fields)
         for name, value in fields.items():
-            setattr(out, name, _move(name, value, index, n_old, count, space))
+            setattr(out, name, _move(name, value, index, n_old, count, space, fills))
         return out
     raise ValueError(f"normalizer statistics must be a pytree or an object with array attributes, "
                      f"got {type(stats).__name__}")
 
 
 def _count(leaves: Mapping) -> Any:
+    """The statistics' sample count: a leaf named ``count`` or ``n``, or Brax's ``UInt64``
+    count (``count/hi``, ``count/lo``) as a float."""
     counts = [v for p, v in leaves.items() if leaf_name(p) in ("count", "n")]
-    return counts[0] if counts else None
+    if counts:
+        return counts[0]
+    hi = [v for p, v in leaves.items() if p.endswith("count/hi")]
+    lo = [v for p, v in leaves.items() if p.endswith("count/lo")]
+    if hi and lo:
+        return np.float64(int(np.asarray(hi[0])) * 2**32 + int(np.asarray(lo[0])))
+    return None
 
 
-def _move(path: str, value: Any, index: np.ndarray, n_old: int, count: Any, space: str) -> Any:
+def _move(path: str, value: Any, index: np.ndarray, n_old: int, count: Any, space: str,
+          fills: Mapping) -> Any:
     if np.ndim(value) == 0:
         return value
     if np.shape(value)[-1] != n_old:
         raise ValueError(f"normalizer leaf {path!r} has shape {np.shape(value)}, but space {space!r} "
                          f"has {n_old} old units on the last axis")
     name = leaf_name(path)
-    if name not in NORMALIZER_NEUTRAL:
+    if name not in fills:
         raise ValueError(f"normalizer leaf {path!r}: its name does not tell a new feature's neutral "
-                         f"value (known: {sorted(NORMALIZER_NEUTRAL)})")
-    fill = NORMALIZER_NEUTRAL[name]
+                         f"value (known: {sorted(fills)}); say it with neutral={{{name!r}: ...}}")
+    fill = fills[name]
     if fill is None:
         if count is None:
             raise ValueError(f"normalizer leaf {path!r} needs the statistics' count")

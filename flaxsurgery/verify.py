@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxsurgery.paths import path_name
 from flaxsurgery.spec import Plan
 
 
@@ -73,8 +75,8 @@ def verify(
     if x_new is None:
         x_new = map_units(x_old, plan, inputs or _only_space(plan, "input", "inputs"))
     outputs = outputs or _only_space(plan, "output", "outputs")
-    y_old = np.asarray(old_fn(x_old))
-    y_new = np.asarray(new_fn(x_new))
+    y_old = _select(old_fn(x_old), outputs)
+    y_new = _select(new_fn(x_new), outputs)
     info = plan.space(outputs)
     index = info.index()
     kept = index >= 0
@@ -88,6 +90,19 @@ def verify(
         samples=int(np.prod(y_old.shape[:-1])),
         policy_kl=_policy_kl(y_old, y_new, index),
     )
+
+
+def _select(y, outputs: str) -> np.ndarray:
+    """The output array named `outputs` when a network returns a tuple or dict (``out/0``,
+    ``out/logits``, as trace_layout names them); the output itself when it is one array."""
+    leaves = jax.tree_util.tree_flatten_with_path(y)[0]
+    if len(leaves) == 1 and not leaves[0][0]:
+        return np.asarray(leaves[0][1])
+    named = {"out/" + path_name(p): leaf for p, leaf in leaves}
+    if outputs not in named:
+        raise ValueError(f"verify: the networks return several arrays {sorted(named)}; name the one "
+                         f"whose units to compare with outputs= (got {outputs!r})")
+    return np.asarray(named[outputs])
 
 
 def _only_space(plan: Plan, role: str, argument: str) -> str:

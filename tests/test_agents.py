@@ -176,10 +176,10 @@ def test_a_gaussian_head_grows_an_action_dimension():
     dims = (["steer", "gas"], ["steer", "gas", "brake"])
     result = fs.surgery(old_m, old, new_m, fresh, x[:4], spaces={"out/0": dims, "out/1": dims},
                         rules={"out/0": fs.zeros(), "out/1": fs.fresh()})
-    for k, space in enumerate(("out/0", "out/1")):  # the means, then the log-stds
-        report = fs.verify(lambda v, k=k: result.old_fn(v)[k], lambda v, k=k: result.new_fn(v)[k], x,
-                           result.plan, outputs=space)
-        assert report.max_abs_diff <= 1e-6
+    for space in ("out/0", "out/1"):  # the means, then the log-stds, of the old dimensions
+        assert result.verify(x, outputs=space).max_abs_diff <= 1e-6
+    with pytest.raises(ValueError, match=r"the networks return several arrays \['out/0', 'out/1'\]"):
+        result.verify(x, outputs="out")
     loc_new = result.new_fn(x)[0]
     np.testing.assert_allclose(loc_new[:, 2], 0.0, atol=1e-6)
 

@@ -434,13 +434,10 @@ def test_brax_ppo_recipe(brax):
                                networks.value_network.apply(identity, p["value"], obs))
 
     fresh = {"policy": new_net.policy_network.init(key), "value": new_net.value_network.init(key)}
-    # --- surgery (2 flaxsurgery calls)
+    # --- surgery (1 flaxsurgery call)
     new = fs.surgery(brax_apply(old_net), {"policy": old_policy, "value": old_value}, brax_apply(new_net), fresh,
-                     rs.normalize(obs, old_stats), spaces={"obs": FAST_OBS})
-    # Until transplant_normalizer reads Brax's UInt64 count: move the statistics with the count as
-    # a float, then put the UInt64 back.
-    stats = fs.transplant_normalizer(old_stats.replace(count=float(int(old_stats.count))), new.plan,
-                                     "obs").replace(count=old_stats.count)
+                     rs.normalize(obs, old_stats), spaces={"obs": FAST_OBS}, normalizer=old_stats)
+    stats = new.normalizer
     # --- end
     assert new.plan.exactness() == "function"
     np.testing.assert_array_equal(stats.mean, [0.0, float(old_stats.mean[0])])
@@ -470,13 +467,15 @@ def test_brax_ppo_recipe(brax):
     assert max(jax.tree_util.tree_leaves(moved)) > 0
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="transplant_normalizer does not read Brax's UInt64 count (count/hi, count/lo)")
 def test_brax_running_statistics_move_as_they_are(brax):
     plan = fs.plan({"w": np.ones((1, 3), np.float32)}, {"w": np.ones((2, 3), np.float32)},
                    {"w": ("obs", None)}, spaces={"obs": FAST_OBS})
     stats = brax.rs.update(brax.rs.init_state(jnp.zeros(1)), jnp.array([[1.0], [3.0]]))
-    fs.transplant_normalizer(stats, plan, "obs")
+    moved = fs.transplant_normalizer(stats, plan, "obs")  # the UInt64 count read as a number
+    assert type(moved.count) is type(stats.count) and int(moved.count) == 2
+    np.testing.assert_allclose(moved.summed_variance, [2.0, float(stats.summed_variance[0])])
+    ema = fs.transplant_normalizer(stats, plan, "obs", neutral={"summed_variance": 1.0})  # EMA mode
+    np.testing.assert_allclose(ema.summed_variance, [1.0, float(stats.summed_variance[0])])
 
 
 # ============================================================================ rejax PPO
