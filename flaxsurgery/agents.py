@@ -120,7 +120,7 @@ def surgery(
         new_traced = traced_model(new_apply, new_vars, *new_samples, input_names=names)
     except ValueError:
         raise
-    except Exception as error:  # noqa: BLE001 - a model's own shape error, explained
+    except Exception as error:
         shapes = [tuple(np.shape(x)) for x in new_samples]
         unknown = sorted(set(spaces or {}) - set(roles_of(old_traced.layout)) - set(names), key=str)
         hint = (f"; spaces names {unknown}, which the old model does not have (its inputs are "

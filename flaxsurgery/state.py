@@ -76,7 +76,8 @@ def transplant_state(
       plan: the parameters' plan (from :func:`flaxsurgery.plan`).
       fresh_state: the same kind of state for the new parameters; gives the result's structure.
       reset: counters to restart, any of ``"bias_correction"`` (the ``count`` of a state that
-        holds moments: Adam's bias correction starts again, which makes the first updates large),
+        holds moments: Adam's bias correction starts again; docs/agents.md says what that does
+        to the kept units' updates),
         ``"schedule"`` (any other ``count``: learning-rate and hyperparameter schedules start
         again), ``"all"`` (every leaf that is not parameter-shaped, from `fresh_state`).
       kinds: ``{field: "params" | "statistic"}`` for parameter-shaped fields this function does
@@ -105,7 +106,7 @@ def transplant_state(
     problems: list[str] = []
     owners = {path: _owner(path, new_index, by_path) for path in fresh_leaves}
     holders = {"/".join(o.prefix[:-1]) for o in owners.values()
-               if o is not None and _kind(o, fresh_leaves, owners, kinds) != "params"}
+               if o is not None and _kind(o, owners, kinds) != "params"}
     used: set[str] = set()
     result: dict[str, Any] = {}
     factored: dict[tuple, dict] = {}
@@ -114,7 +115,7 @@ def transplant_state(
         if owner is None:
             result[path] = _other_leaf(path, fresh, old_leaves, reset, holders, used, problems)
             continue
-        kind = _kind(owner, fresh_leaves, owners, kinds)
+        kind = _kind(owner, owners, kinds)
         if kind == "factored":
             factored.setdefault((owner.prefix[:-1], owner.new_path, owner.old_suffix), {})[owner.field] = path
             continue
@@ -183,7 +184,7 @@ def _owner(path: str, index: dict, by_path: dict | None) -> _Owner | None:
     return None
 
 
-def _kind(owner: _Owner, fresh_leaves: dict, owners: dict, kinds: dict) -> str | None:
+def _kind(owner: _Owner, owners: dict, kinds: dict) -> str | None:
     field = owner.field
     if field in kinds:
         return kinds[field]
