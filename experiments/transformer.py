@@ -304,6 +304,39 @@ def max_logit_diff(config: Config, variables: dict, growth: Growth, grown: dict,
     return fs.verify(old, new, tokens, plan, outputs="out", x_new=tokens)
 
 
+def moved(config: Config, seed: int = 0, noise: float = 0.3) -> dict:
+    """Initial variables with noise on every leaf, so that no norm scale is 1 and no bias 0."""
+    variables = init(config, jax.random.key(seed))
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    return treedef.unflatten([x + noise * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def measure_growth() -> list[dict]:
+    """Each growth operation on SMALL (moved weights), measured on random tokens."""
+    tokens = jax.random.randint(jax.random.key(7), (8, LENGTH), 0, SMALL.vocab)
+    no_bias = dataclasses.replace(SMALL, output_bias=False)
+    cases = [
+        ("widen (split 0.4, final norm x0.5)", SMALL, widen(SMALL)),
+        ("widen (split 0.5, final norm x0.5)", SMALL, widen(SMALL, 0.5)),
+        ("widen without the final norm x0.5", SMALL, dataclasses.replace(widen(SMALL), final_norm_factor=1.0)),
+        ("1 KV group + 1 head per group more", SMALL, more_heads(SMALL)),
+        ("insert block b0x after b0", SMALL, insert_block(SMALL, "b0x", "b0")),
+        ("vocabulary +8 (mean, offset -20)", SMALL, grow_vocab(SMALL, 8)),
+        ("vocabulary +8, no output bias", no_bias, grow_vocab(no_bias, 8)),
+    ]
+    rows = []
+    for name, config, growth in cases:
+        variables = moved(config)
+        grown, plan = grow(config, variables, growth, jax.random.key(99))
+        report = max_logit_diff(config, variables, growth, grown, plan, tokens)
+        largest = float(jnp.abs(apply_fn(config)(variables, tokens)).max())
+        rows.append({"operation": name, "max_abs_diff": report.max_abs_diff, "max_abs_logit": largest,
+                     "greedy_agreement": report.greedy_agreement, "policy_kl": report.policy_kl,
+                     "plan_reports": plan.exactness()})
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------
 # Training on generated arithmetic strings.
 
@@ -473,11 +506,20 @@ def main() -> None:
     parser.add_argument("--out", default="results/transformer_growth")
     parser.add_argument("--lr-sweep", action="store_true", help="only the scratch runs that "
                         "chose the learning rate")
+    parser.add_argument("--measure", action="store_true", help="only each growth operation's "
+                        "measured output difference")
     args = parser.parse_args()
     if args.steps % EVAL_EVERY:
         raise ValueError(f"--steps must be a multiple of {EVAL_EVERY}, got {args.steps}")
     if args.lr_sweep:
         lr_sweep(args.steps)
+        return
+    if args.measure:
+        print("| operation | max abs logit diff | max abs logit | greedy agreement | policy KL | plan reports |")
+        print("|---|---|---|---|---|---|")
+        for r in measure_growth():
+            print(f"| {r['operation']} | {r['max_abs_diff']:.2e} | {r['max_abs_logit']:.1f} | "
+                  f"{r['greedy_agreement']:.3f} | {r['policy_kl']:.1e} | {r['plan_reports']} |")
         return
     start = time.perf_counter()
     arms, preserved = run(args.seeds, args.steps)

@@ -3,6 +3,7 @@ operation's measured output difference against what the plan reports."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,3 +146,30 @@ def test_training_step_runs_on_the_grown_model():
     _, grown_curve = tr.make_train(big, tr.EVAL_EVERY)(grown, jax.random.key(4), data, eval_tokens)
     assert abs(float(grown_curve[0]) - float(curve[-1])) <= EXACT
     assert np.isfinite(np.asarray(grown_curve)).all() and grown_curve[-1] < grown_curve[0]
+
+
+class NegatedTied(nn.Module):
+    """The smallest tied-embedding model: logits = -embedding(tokens) @ embedding.T."""
+
+    vocab: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        embed = nn.Embed(self.vocab, 4)
+        return embed.attend(-embed(tokens))
+
+
+@pytest.mark.xfail(strict=True, reason="core: a tied vocabulary is the model's output, but its role "
+                   "is derived from parameter axes only ('input'), so the preset gives new tokens "
+                   "zero rows (logit 0, which can win) and the report claims 'function'")
+def test_report_never_claims_function_when_a_new_tied_token_takes_the_argmax():
+    tokens = jnp.array([[0, 1, 2]])
+    embedding = jnp.array([[1.0, 0, 0, -2], [0, 1, 0, -2], [0, 0, 1, -2]])
+    old = {"params": {"Embed_0": {"embedding": embedding}}}  # every old logit is negative
+    new_shapes = jax.eval_shape(NegatedTied(4).init, jax.random.key(0), tokens)
+    plan = fs.plan(old, new_shapes, fs.trace_layout(NegatedTied(3).apply, old, tokens))
+    new = fs.transplant(old, plan)
+    report = fs.verify(lambda t: NegatedTied(3).apply(old, t), lambda t: NegatedTied(4).apply(new, t),
+                       tokens, plan, outputs="out", x_new=tokens)
+    assert report.greedy_agreement == 0.0  # the new token's logit 0 beats every old one
+    assert plan.exactness() != "function"
