@@ -296,7 +296,7 @@ def grow(config: Config, variables: dict, growth: Growth, key: jax.Array) -> tup
     return grown, plan
 
 
-def max_logit_diff(config: Config, variables: dict, growth: Growth, grown: dict, plan: fs.Plan,
+def verify_growth(config: Config, variables: dict, growth: Growth, grown: dict, plan: fs.Plan,
                    tokens: jax.Array) -> fs.VerifyReport:
     """``fs.verify`` of the grown model against the old one on `tokens` (logits of old tokens)."""
     old = jax.jit(lambda t: apply_fn(config)(variables, t))
@@ -329,7 +329,7 @@ def measure_growth() -> list[dict]:
     for name, config, growth in cases:
         variables = moved(config)
         grown, plan = grow(config, variables, growth, jax.random.key(99))
-        report = max_logit_diff(config, variables, growth, grown, plan, tokens)
+        report = verify_growth(config, variables, growth, grown, plan, tokens)
         largest = float(jnp.abs(apply_fn(config)(variables, tokens)).max())
         rows.append({"operation": name, "max_abs_diff": report.max_abs_diff, "max_abs_logit": largest,
                      "greedy_agreement": report.greedy_agreement, "policy_kl": report.policy_kl,

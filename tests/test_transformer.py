@@ -35,7 +35,7 @@ def measured(config, growth, tokens, seed=0):
     regrouped sum relative to the logits' scale."""
     variables = perturbed(config, seed)
     grown, plan = tr.grow(config, variables, growth, jax.random.key(99))
-    report = tr.max_logit_diff(config, variables, growth, grown, plan, tokens)
+    report = tr.verify_growth(config, variables, growth, grown, plan, tokens)
     scale = max(1.0, float(jnp.abs(tr.apply_fn(config)(variables, tokens)).max()))
     return report._replace(max_abs_diff=report.max_abs_diff / scale), plan, grown
 
