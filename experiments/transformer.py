@@ -297,7 +297,7 @@ def grow(config: Config, variables: dict, growth: Growth, key: jax.Array) -> tup
 
 
 def verify_growth(config: Config, variables: dict, growth: Growth, grown: dict, plan: fs.Plan,
-                   tokens: jax.Array) -> fs.VerifyReport:
+                  tokens: jax.Array) -> fs.VerifyReport:
     """``fs.verify`` of the grown model against the old one on `tokens` (logits of old tokens)."""
     old = jax.jit(lambda t: apply_fn(config)(variables, t))
     new = jax.jit(lambda t: apply_fn(growth.config)(grown, t))
