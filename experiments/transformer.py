@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -359,6 +360,7 @@ def windows(data: jax.Array, key: jax.Array, count: int) -> jax.Array:
     return jax.vmap(lambda s: jax.lax.dynamic_slice(data, (s,), (LENGTH + 1,)))(starts)
 
 
+@functools.lru_cache(maxsize=8)  # one compilation per architecture and length
 def make_train(config: Config, steps: int, learning_rate: float = LEARNING_RATE):
     """``train(variables, key, data, eval_tokens) -> (variables, eval losses)``: Adam from a
     fresh state, one ``lax.scan``; the held-out loss at step 0 and every EVAL_EVERY steps."""

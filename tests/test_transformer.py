@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import flaxsurgery as fs
@@ -134,17 +135,18 @@ def test_larger_vocabulary_without_output_bias_keeps_only_the_greedy_token(token
     assert plan.exactness() == "none"
 
 
-def test_training_step_runs_on_the_grown_model():
-    """The experiment's pipeline end to end, a few steps: loss is finite and unchanged at growth."""
+def test_training_runs_on_the_grown_model_from_the_small_ones_loss():
+    """The experiment's growth (wider, one block deeper) and 25 training steps after it."""
     config = dataclasses.replace(TINY, vocab=len(tr.CHARS))
     data = jnp.asarray(tr.corpus(0, problems=200))
     eval_tokens = tr.windows(data, jax.random.key(1), 4)
-    small, curve = tr.make_train(config, tr.EVAL_EVERY)(tr.init(config, jax.random.key(0)),
-                                                      jax.random.key(2), data, eval_tokens)
+    small = perturbed(config)
+    logits = tr.apply_fn(config)(small, eval_tokens[:, :-1])
+    small_loss = optax.softmax_cross_entropy_with_integer_labels(logits, eval_tokens[:, 1:]).mean()
     grown = tr.grow_for_training(config, small, jax.random.key(3))
     big = tr.grown_config(config)
     _, grown_curve = tr.make_train(big, tr.EVAL_EVERY)(grown, jax.random.key(4), data, eval_tokens)
-    assert abs(float(grown_curve[0]) - float(curve[-1])) <= EXACT
+    assert abs(float(grown_curve[0]) - float(small_loss)) <= EXACT * float(small_loss)
     assert np.isfinite(np.asarray(grown_curve)).all() and grown_curve[-1] < grown_curve[0]
 
 
@@ -173,3 +175,17 @@ def test_report_never_claims_function_when_a_new_tied_token_takes_the_argmax():
                        tokens, plan, outputs="out", x_new=tokens)
     assert report.greedy_agreement == 0.0  # the new token's logit 0 beats every old one
     assert plan.exactness() != "function"
+
+
+@pytest.mark.parametrize("ratio, identical", [(0.5, True), (0.4, False)])
+def test_split_copies_stay_identical_under_training_only_with_equal_shares(ratio, identical):
+    config = dataclasses.replace(TINY, vocab=len(tr.CHARS))
+    growth = tr.widen(config, ratio)
+    grown, _ = tr.grow(config, tr.init(config, jax.random.key(0)), growth, jax.random.key(1))
+    data = jnp.asarray(tr.corpus(0, problems=200))
+    trained, _ = tr.make_train(growth.config, tr.EVAL_EVERY)(grown, jax.random.key(2), data,
+                                                           tr.windows(data, jax.random.key(3), 2))
+    embedding = np.asarray(trained["params"]["embed"]["embedding"])
+    d = config.d_model
+    gap = np.abs(embedding[:, :d] - embedding[:, d:]).max()  # each unit against its copy
+    assert (gap < 1e-6) if identical else (gap > 1e-3)
