@@ -7,7 +7,7 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
 from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
-from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, chain_layout
+from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
 from flaxsurgery.spec import Plan, Spec, plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
@@ -16,6 +16,7 @@ from flaxsurgery.verify import VerifyReport, map_units, verify
 
 __all__ = (
     "MIXING",
+    "OUTPUTS",
     "WINDOW",
     "Concat",
     "Flat",

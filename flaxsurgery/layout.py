@@ -8,10 +8,12 @@ that carries units is the leaf's *output* axis (a unit's incoming weights: kerne
 norm scales); the other unit axes are *input* axes (a unit's outgoing weights: kernel rows,
 embedding rows).
 
-One key of a layout is not a leaf path: :data:`MIXING` lists the spaces whose units the forward
+Two keys of a layout are not leaf paths. :data:`MIXING` lists the spaces whose units the forward
 pass combines other than through a parameter (a LayerNorm's statistics, a softmax, an
-activation-by-activation product). Adding or removing units of such a space changes what every
-other unit computes, so no plan claims to preserve the function there.
+activation-by-activation product): adding or removing units of such a space changes what every
+other unit computes, so no plan claims to preserve the function there. :data:`OUTPUTS` lists
+the spaces the model's outputs carry, which are output spaces whatever parameter axes carry them
+(a tied embedding's vocabulary is an input axis of the embedding, and the model's output).
 """
 
 from __future__ import annotations
@@ -75,8 +77,19 @@ class _Mixing:
         return "MIXING"
 
 
+class _Outputs:
+    """The layout key that lists the model's output spaces (use the :data:`OUTPUTS` instance)."""
+
+    def __repr__(self) -> str:
+        return "OUTPUTS"
+
+    def __reduce__(self):
+        return "OUTPUTS"
+
+
 WINDOW = _Window()
 MIXING = _Mixing()
+OUTPUTS = _Outputs()
 
 AxisSpec = str | Flat | Concat | Grid | _Window | None
 
@@ -91,9 +104,14 @@ def mixing_spaces(layout: Mapping) -> frozenset:
     return frozenset(layout.get(MIXING, ()))
 
 
+def output_spaces(layout: Mapping) -> frozenset:
+    """The spaces a layout's :data:`OUTPUTS` key lists (empty if it has none)."""
+    return frozenset(layout.get(OUTPUTS, ()))
+
+
 def leaf_entries(layout: Mapping) -> dict:
-    """A layout without its :data:`MIXING` key: ``{leaf path: axes}``."""
-    return {path: axes for path, axes in layout.items() if path is not MIXING}
+    """A layout without its :data:`MIXING` and :data:`OUTPUTS` keys: ``{leaf path: axes}``."""
+    return {path: axes for path, axes in layout.items() if path is not MIXING and path is not OUTPUTS}
 
 
 def as_grid(axis: AxisSpec) -> AxisSpec:

@@ -33,6 +33,7 @@ from flaxsurgery.layout import (
     leaf_entries,
     mixing_spaces,
     output_axis,
+    output_spaces,
     space_of,
     spaces_in,
 )
@@ -350,7 +351,8 @@ def plan(
     old_sizes = _space_sizes(old_leaves, old_axes, {k: v[0] for k, v in given.items()}, "old", problems)
     new_sizes = _space_sizes(new_leaves, new_axes, {k: v[1] for k, v in given.items()}, "new", problems)
     ids = _space_ids(given, set(args.spaces), old_sizes, new_sizes, problems)
-    old_roles, new_roles = _roles(old_axes), _roles(new_axes)
+    old_roles = _roles(old_axes, output_spaces(args.layout))
+    new_roles = _roles(new_axes, output_spaces(args.new_layout))
     roles = {**old_roles, **new_roles}
     preset_rules = rules_lib.PRESETS[preset]
     chosen = _space_rules(args.rules, roles, preset_rules, ids, problems)
@@ -699,18 +701,20 @@ def _space_ids(given, named, old_sizes, new_sizes, problems) -> dict[str, tuple[
 
 def roles_of(layout: Mapping) -> dict[str, str]:
     """Each space's role in a layout: input, hidden or output."""
-    return _roles(leaf_entries(layout))
+    return _roles(leaf_entries(layout), output_spaces(layout))
 
 
-def _roles(axes_of) -> dict[str, str]:
-    """A space's role: only on input axes -> input, only on output axes -> output, else hidden."""
+def _roles(axes_of, outputs: frozenset = frozenset()) -> dict[str, str]:
+    """A space's role: the model's output (listed in OUTPUTS) -> output; else only on input axes
+    -> input, only on output axes -> output, else hidden."""
     seen: dict[str, set] = {}
     for axes in axes_of.values():
         out = output_axis(axes)
         for axis, spec in enumerate(axes):
             for name in spaces_in(spec):
                 seen.setdefault(name, set()).add("output" if axis == out else "input")
-    return {name: roles.pop() if len(roles) == 1 else "hidden" for name, roles in seen.items()}
+    roles = {name: roles.pop() if len(roles) == 1 else "hidden" for name, roles in seen.items()}
+    return {**roles, **{name: "output" for name in outputs if name in roles}}
 
 
 def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rule]:
@@ -861,6 +865,10 @@ def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     if role != "output" or nominal not in ("greedy", "policy"):
         return nominal, ""
     facts = ctx.facts.get(name, _SpaceFacts())
+    if facts.input_leaves:
+        return "none", (f"leaves {sorted(facts.input_leaves)} also carry the output units on an input "
+                        f"axis (tied weights), where a new unit's values are not the mean or copy "
+                        f"its margin relies on")
     if facts.other_leaves:
         return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
                         f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
@@ -881,6 +889,7 @@ class _SpaceFacts:
 
     offset_leaves: set = dataclasses.field(default_factory=set)
     other_leaves: set = dataclasses.field(default_factory=set)
+    input_leaves: set = dataclasses.field(default_factory=set)  # the space on a non-output axis
     dtypes: set = dataclasses.field(default_factory=set)
 
 
@@ -982,6 +991,10 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
 def _note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
     """Records, per space, which leaves its new output units land on and how."""
     out = output_axis(new_axes)
+    for axis, entry in enumerate(new_axes):
+        if axis != out:
+            for name in spaces_in(entry):
+                ctx.fact(name).input_leaves.add(path)
     if out is None or not isinstance(new_axes[out], str):
         return
     facts = ctx.fact(new_axes[out])

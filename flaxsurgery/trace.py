@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core as jcore
 
-from flaxsurgery.layout import MIXING, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
+from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.
@@ -1001,4 +1001,8 @@ def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collecti
                      for space in spaces_in(_entry(g, n, carrying, namer))}, key=str)
     if mixing:
         layout[MIXING] = tuple(mixing)
+    outputs = sorted({space for a in output_axes if g.find(a.node) in carrying
+                      for space in spaces_in(_entry(g, a.node, carrying, namer))}, key=str)
+    if outputs:
+        layout[OUTPUTS] = tuple(outputs)
     return layout

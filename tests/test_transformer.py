@@ -161,9 +161,6 @@ class NegatedTied(nn.Module):
         return embed.attend(-embed(tokens))
 
 
-@pytest.mark.xfail(strict=True, reason="core: a tied vocabulary is the model's output, but its role "
-                   "is derived from parameter axes only ('input'), so the preset gives new tokens "
-                   "zero rows (logit 0, which can win) and the report claims 'function'")
 def test_report_never_claims_function_when_a_new_tied_token_takes_the_argmax():
     tokens = jnp.array([[0, 1, 2]])
     embedding = jnp.array([[1.0, 0, 0, -2], [0, 1, 0, -2], [0, 0, 1, -2]])
