@@ -1,0 +1,132 @@
+"""Out-of-core checkpoint surgery: peak host memory against the checkpoint's size, and wall time
+against an orbax restore + save of the same checkpoint.
+
+Each step runs in its own child process; its peak RSS comes from ``os.wait4``'s resource usage,
+its wall time (the operation only, not Python and JAX start-up) from the child itself. The
+checkpoint is a chain of dense layers in float32; the surgery adds inputs, widens every hidden
+layer by 64 units (rule ``mean``: new incoming weights the mean of the old ones, outgoing zero,
+function-preserving and needing no fresh values) and adds outputs. The checkpoints are deleted
+afterwards.
+
+    python -m bench.checkpoint_bench make|restore_save|surgery DIR LAYERS WIDTH   # one child step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+BENCH_DIR = os.environ.get("FLAXSURGERY_BENCH_DIR")  # default: the system temporary directory
+
+
+def _layer_names(layers: int) -> list[str]:
+    return [f"Dense_{i}" for i in range(layers)]
+
+
+def make(directory: str, layers: int, width: int) -> None:
+    """Writes the old checkpoint a few layers at a time (so this step stays small too)."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    rng = np.random.default_rng(0)
+    names = _layer_names(layers)
+    for start in range(0, layers, 4):
+        part = {name: {"kernel": rng.standard_normal((width, width), np.float32) * 0.02,
+                       "bias": rng.standard_normal(width, np.float32) * 0.02}
+                for name in names[start:start + 4]}
+        ocp.partial.save(os.path.join(directory, "old"), {"params": part})
+    ocp.partial.finalize(os.path.join(directory, "old"))
+
+
+def restore_save(directory: str, layers: int, width: int) -> float:
+    """The baseline: orbax restores the whole checkpoint and saves it again (in the same storage
+    chunks as the surgery writes)."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    from flaxsurgery import checkpoint  # the same imports as the surgery, before the clock
+
+    start = time.perf_counter()
+    tree = ocp.load(os.path.join(directory, "old"))
+    with checkpoint.saving_context(checkpoint.DEFAULT_CHUNK_BYTES):
+        ocp.save(os.path.join(directory, "copy"), tree)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(os.path.join(directory, "copy"))
+    return seconds
+
+
+def surgery(directory: str, layers: int, width: int) -> float:
+    """Plan from the checkpoint's metadata, then transplant it out of core."""
+    import flaxsurgery as fs
+    from flaxsurgery import checkpoint
+
+    start = time.perf_counter()
+    old_path = os.path.join(directory, "old")
+    old = checkpoint.checkpoint_shapes(old_path)
+    grow = 64
+    new = {"params": {name: {"kernel": _shape((width + grow, width + grow)), "bias": _shape((width + grow,))}
+                      for name in _layer_names(layers)}}
+    spaces = ["obs", *[f"h{i}" for i in range(layers - 1)], "out"]
+    layout = fs.chain_layout(spaces, _layer_names(layers), prefix="params")
+    p = fs.plan(old, new, layout, spaces={"obs": (width, width + grow), "out": (width, width + grow)},
+                rules={s: fs.mean() for s in spaces[1:-1]})
+    checkpoint.transplant_checkpoint(old_path, os.path.join(directory, "new"), p)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(os.path.join(directory, "new"))
+    return seconds
+
+
+def _shape(shape):
+    import jax
+
+    return jax.ShapeDtypeStruct(shape, np.float32)
+
+
+STEPS = {"make": make, "restore_save": restore_save, "surgery": surgery}
+
+
+def _child(step: str, directory: str, layers: int, width: int) -> tuple[dict, int]:
+    """Runs one step in a child process: (its JSON result, its peak RSS in bytes)."""
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.checkpoint_bench", step, directory, str(layers),
+                             str(width)], stdout=subprocess.PIPE, env=env, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench step {step} failed with exit code {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss * 1024  # Linux: KiB
+
+
+def bench_checkpoint(quick: bool) -> list[dict]:
+    from bench.common import record
+
+    layers, width = (8, 2048) if quick else (64, 4096)
+    size = layers * (width * width + width) * 4
+    directory = tempfile.mkdtemp(prefix="flaxsurgery-ckpt-bench-", dir=BENCH_DIR)
+    try:
+        _child("make", directory, layers, width)
+        surgery_out, surgery_rss = _child("surgery", directory, layers, width)
+        baseline_out, baseline_rss = _child("restore_save", directory, layers, width)
+        disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
+                   os.walk(os.path.join(directory, "old")) for f in files)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return [
+        record("checkpoint_surgery_peak_rss", "bytes", surgery_rss, size, "bytes",
+               checkpoint_bytes=size, disk_bytes=disk, layers=layers, width=width,
+               restore_save_rss=baseline_rss, baseline_is="the checkpoint's array bytes"),
+        record("checkpoint_surgery_vs_restore_save", "time", surgery_out["seconds"], baseline_out["seconds"], "s",
+               checkpoint_bytes=size, baseline_is="orbax restore + save of the whole checkpoint"),
+    ]
+
+
+if __name__ == "__main__":
+    step, where, n_layers, n_width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    seconds = STEPS[step](where, n_layers, n_width)
+    print(json.dumps({"seconds": seconds}))
