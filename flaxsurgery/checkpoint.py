@@ -27,6 +27,7 @@ import orbax.checkpoint.experimental.v1 as ocp
 
 from flaxsurgery.groups import leaf_bytes, leaf_groups, subplan
 from flaxsurgery.paths import flatten, path_name
+from flaxsurgery.sharding import source_sharding, transplant_fn
 from flaxsurgery.spec import Plan
 from flaxsurgery.transplant import transplant
 
@@ -181,7 +182,7 @@ def transplant_checkpoint(
     old_shapes = {p: shape for p, shape, _ in plan.old_shapes}
     total, done, writing = sum(leaf_bytes(leaf) for leaf in plan.leaves), 0, None
     for group in leaf_groups(plan, max_group_bytes):
-        source_shardings = {leaf.source: source_sharding(shardings[leaf.path], old_shapes[leaf.source])
+        source_shardings = {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
                             for leaf in group if leaf.source is not None and leaf.path in shardings}
         old = _load(entries, old_path, sorted({leaf.source for leaf in group if leaf.source}), source_shardings)
         new = {}
@@ -237,27 +238,8 @@ def _fresh_source(fresh: Any, shardings: Mapping) -> Callable[[tuple], dict]:
     return pick
 
 
-def source_sharding(sharding: jax.sharding.Sharding, old_shape: tuple) -> jax.sharding.Sharding:
-    """The new leaf's `sharding` for its source leaf: the same partitioning on the same mesh, with
-    an axis left whole where the mesh does not divide the old size (rank changes: replicated)."""
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return sharding
-    spec = tuple(sharding.spec) + (None,) * (len(old_shape) - len(sharding.spec))
-    if len(spec) != len(old_shape):
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    mesh_sizes = dict(sharding.mesh.shape)
-
-    def parts(entry) -> int:
-        names = entry if isinstance(entry, tuple) else (entry,)
-        return int(np.prod([mesh_sizes[n] for n in names if n is not None], dtype=np.int64))
-
-    kept = tuple(entry if entry is None or size % parts(entry) == 0 else None
-                 for entry, size in zip(spec, old_shape))
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*kept))
-
-
 def _apply(old: dict, part: Plan, fresh: dict | None, shardings: Mapping) -> dict:
-    """One sub-plan applied; where the new leaves have shardings, under jit with them as outputs.
+    """One sub-plan applied; where the new leaves have shardings, under jit in those shardings.
 
     Without shardings it runs op by op: each group's sub-plan differs, so jit would compile once
     per group, while eager ops compile once per shape.
@@ -267,7 +249,4 @@ def _apply(old: dict, part: Plan, fresh: dict | None, shardings: Mapping) -> dic
     out = {leaf.path: shardings.get(leaf.path) for leaf in part.leaves}
     if not any(out.values()):
         return transplant(old, part, fresh)
-    missing = [p for p, s in out.items() if s is None]
-    if missing:
-        raise ValueError(f"shardings names some new leaves but not {missing}: give every new leaf a sharding")
-    return jax.jit(transplant, out_shardings=out)(old, part, fresh)
+    return transplant_fn(part, shardings)(old, fresh)
