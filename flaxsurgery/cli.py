@@ -89,7 +89,7 @@ def read_spec(path: str) -> dict:
     else:
         spec = json.loads(text)
     if not isinstance(spec, dict):
-        raise ValueError(f"spec {path!r} must hold a mapping with keys among {SPEC_KEYS}")
+        raise ValueError(f"spec {path!r} must hold a mapping with keys among {SPEC_KEYS}")  # noqa: TRY004 (user input)
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"spec {path!r} has unknown keys {unknown}; the keys are {SPEC_KEYS}")
@@ -162,7 +162,7 @@ def inspect(args) -> str:
     sizes: dict[str, int] = {}
     for path, leaf in leaves.items():
         axes = layout.get(path, ())
-        lines.append(f"{path:<{width}}  {str(tuple(leaf.shape)):<16} {str(leaf.dtype):<9} "
+        lines.append(f"{path:<{width}}  {tuple(leaf.shape)!s:<16} {leaf.dtype!s:<9} "
                      f"{', '.join(map(str, axes)) if axes else ''}")
         for axis, entry in enumerate(axes):
             if isinstance(entry, str):

@@ -7,6 +7,7 @@ devices (one process) or 2 processes of 4 devices joined by ``jax.distributed``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -25,7 +26,7 @@ def trees():
     def net(widths):
         return {"params": {f"Dense_{i}": {"kernel": rng.standard_normal((a, b)).astype(np.float32),
                                           "bias": rng.standard_normal(b).astype(np.float32)}
-                           for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}}
+                           for i, (a, b) in enumerate(itertools.pairwise(widths))}}
 
     old, fresh = net([64, 256, 256, 16]), net([72, 320, 256, 24])
     layout = fs.chain_layout(["obs", "h0", "h1", "out"], ["Dense_0", "Dense_1", "Dense_2"], prefix="params")
