@@ -14,6 +14,7 @@ Meshes must use ``AxisType.Auto`` axes (the default of ``jax.sharding.Mesh``; pa
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -128,19 +129,26 @@ _HLO_TYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "float64":
               "int64": "s64", "int8": "s8", "uint8": "u8", "uint32": "u32", "bool": "pred"}
 
 
-def whole_leaf_gathers(hlo_text: str, shapes: Any) -> list[str]:
-    """The all-gathers in compiled HLO whose result is a whole leaf of `shapes` (its shape and
-    element type).
+def whole_leaf_gathers(hlo_text: str, plan: Plan) -> list[str]:
+    """The all-gathers in compiled HLO that put a whole leaf on one device.
+
+    A leaf counts as whole along an axis at its old or its new size (so an intermediate that is
+    padded along one axis and complete along another counts too); the element type must match.
 
     Args:
-      hlo_text: ``jitted.lower(...).compile().as_text()``.
-      shapes: the trees involved (old and new): arrays or ``jax.ShapeDtypeStruct``.
+      hlo_text: ``transplant_fn(plan, shardings).lower(old, fresh).compile().as_text()``.
+      plan: the plan being applied.
 
     Returns:
       The offending HLO lines (empty: no leaf is ever gathered whole).
     """
-    whole = {(_HLO_TYPES.get(np.dtype(leaf.dtype).name, ""), tuple(np.shape(leaf)))
-             for leaf in jax.tree.leaves(shapes)}
+    old = {path: (shape, dtype) for path, shape, dtype in plan.old_shapes}
+    whole = {(_HLO_TYPES.get(np.dtype(dtype).name, ""), tuple(shape)) for shape, dtype in old.values()}
+    for leaf in plan.leaves:
+        kind = _HLO_TYPES.get(np.dtype(leaf.dtype).name, "")
+        source = old.get(leaf.source, ((), None))[0]
+        sizes = zip(source, leaf.shape) if len(source) == len(leaf.shape) else ((d,) for d in leaf.shape)
+        whole |= {(kind, dims) for dims in itertools.product(*sizes)}
     found = []
     for line in hlo_text.splitlines():
         match = _ALL_GATHER.search(line)

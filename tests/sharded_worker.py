@@ -99,11 +99,11 @@ def run(tmp: str, report: dict, meshes: list) -> None:
         result = fsh.transplant_sharded(old_s, plan, fresh_s)
         report[f"{name}/max_diff"] = check_addressable(result, want, new_sh)
         compiled = fsh.transplant_fn(plan, new_sh).lower(old_s, fresh_s).compile()
-        gathers = fsh.whole_leaf_gathers(compiled.as_text(), [old, fresh])
+        gathers = fsh.whole_leaf_gathers(compiled.as_text(), plan)
         report[f"{name}/whole_gathers"] = [g.split(" all-gather")[0] for g in gathers]
         plain = jax.jit(fs.transplant, out_shardings=jax.tree.map(lambda x: x.sharding, fresh_s))
         report[f"{name}/plain_whole_gathers"] = [
-            g.split(" all-gather")[0] for g in fsh.whole_leaf_gathers(plain.lower(old_s, plan, fresh_s).compile().as_text(), [old, fresh])]
+            g.split(" all-gather")[0] for g in fsh.whole_leaf_gathers(plain.lower(old_s, plan, fresh_s).compile().as_text(), plan)]
         memory = compiled.memory_analysis()
         per_device = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
         report[f"{name}/per_device_over_whole"] = per_device / whole_bytes
