@@ -27,6 +27,8 @@ BENCH_DIR = os.environ.get("FLAXSURGERY_BENCH_DIR")  # default: the system tempo
 
 
 ROUNDS = 2
+GROW = 64  # units added to the inputs, every hidden layer and the outputs
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _layer_names(layers: int) -> list[str]:
@@ -71,7 +73,7 @@ def surgery(directory: str, layers: int, width: int) -> float:
     start = time.perf_counter()
     old_path = os.path.join(directory, "old")
     old = checkpoint.checkpoint_shapes(old_path)
-    grow = 64
+    grow = GROW
     new = {"params": {name: {"kernel": _shape((width + grow, width + grow)), "bias": _shape((width + grow,))}
                       for name in _layer_names(layers)}}
     spaces = ["obs", *[f"h{i}" for i in range(layers - 1)], "out"]
@@ -93,17 +95,65 @@ def _shape(shape):
 STEPS = {"make": make, "restore_save": restore_save, "surgery": surgery}
 
 
+def _mlp(grow: int):
+    """``(apply, init, inputs)`` of the benchmark's chain of dense layers (for the command line)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    layers, width = int(os.environ["BENCH_LAYERS"]), int(os.environ["BENCH_WIDTH"]) + grow
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(layers - 1):
+                x = nn.relu(nn.Dense(width)(x))
+            return nn.Dense(width)(x)
+
+    model, x = MLP(), jnp.zeros((2, width), jnp.float32)
+    return model.apply, lambda key: model.init(key, x), (x,)
+
+
+def old_model():
+    return _mlp(0)
+
+
+def new_model():
+    return _mlp(GROW)
+
+
+def _run(command: list[str], env: dict) -> tuple[str, int, float]:
+    """Runs `command`: (its stdout, its peak RSS in bytes, its wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True, cwd=ROOT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"bench command {command} failed with exit code {os.waitstatus_to_exitcode(status)}")
+    return out, usage.ru_maxrss * 1024, seconds  # Linux: ru_maxrss in KiB
+
+
 def _child(step: str, directory: str, layers: int, width: int) -> tuple[dict, int]:
     """Runs one step in a child process: (its JSON result, its peak RSS in bytes)."""
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.checkpoint_bench", step, directory, str(layers),
-                             str(width)], stdout=subprocess.PIPE, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench step {step} failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss * 1024  # Linux: KiB
+    out, rss, _ = _run([sys.executable, "-m", "bench.checkpoint_bench", step, directory, str(layers), str(width)], env)
+    return json.loads(out.strip().splitlines()[-1]), rss
+
+
+def _command_line(directory: str, layers: int, width: int) -> tuple[dict, int]:
+    """The same surgery through ``flaxsurgery apply`` (wall time includes the process's start)."""
+    spec = os.path.join(directory, "spec.json")
+    with open(spec, "w") as f:
+        json.dump({"spaces": {"x": [width, width + GROW], "out": [width, width + GROW]},
+                   "rules": {f"Dense_{i}": "mean" for i in range(layers - 1)}}, f)
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+           "BENCH_LAYERS": str(layers), "BENCH_WIDTH": str(width)}
+    command = [os.path.join(os.path.dirname(sys.executable), "flaxsurgery"), "apply",
+               os.path.join(directory, "old"), os.path.join(directory, "cli"), "--quiet", "--spec", spec,
+               "--old", "bench.checkpoint_bench:old_model", "--new", "bench.checkpoint_bench:new_model"]
+    _, rss, seconds = _run(command, env)
+    shutil.rmtree(os.path.join(directory, "cli"))
+    return {"seconds": seconds}, rss
 
 
 def bench_checkpoint(quick: bool) -> list[dict]:
@@ -118,6 +168,7 @@ def bench_checkpoint(quick: bool) -> list[dict]:
         for _ in range(ROUNDS):  # alternated, so that load from other work hits both alike
             for step, results in runs.items():
                 results.append(_child(step, directory, layers, width))
+        cli_out, cli_rss = _command_line(directory, layers, width)
         disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
                    os.walk(os.path.join(directory, "old")) for f in files)
     finally:
@@ -132,6 +183,9 @@ def bench_checkpoint(quick: bool) -> list[dict]:
                "s", checkpoint_bytes=size, surgery_s=str(seconds["surgery"]),
                restore_save_s=str(seconds["restore_save"]),
                baseline_is=f"orbax restore + save of the whole checkpoint (fastest of {ROUNDS} each)"),
+        record("checkpoint_cli_apply_vs_api", "time", cli_out["seconds"], min(seconds["surgery"]), "s",
+               checkpoint_bytes=size, cli_peak_rss=cli_rss,
+               baseline_is="transplant_checkpoint from Python (the surgery row's value)"),
     ]
 
 
