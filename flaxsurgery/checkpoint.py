@@ -17,8 +17,11 @@ whose ``state`` directory the StandardCheckpointer restores too). Requires the `
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -33,6 +36,7 @@ from flaxsurgery.transplant import transplant
 
 PathLike = str | os.PathLike
 DEFAULT_GROUP_BYTES = 64 << 20
+READ_AHEAD = 2  # groups being restored while one is transplanted
 DEFAULT_CHUNK_BYTES = 8 << 20  # several chunks a leaf: tensorstore compresses them in parallel
 
 
@@ -40,10 +44,20 @@ def _is_metadata(node: Any) -> bool:
     return hasattr(node, "shape") and hasattr(node, "dtype")
 
 
+def _dict_keys(with_path: list, what: str) -> None:
+    """Checks that a tree is nested dicts, which orbax restores and saves a part of by keys."""
+    odd = [path_name(keys) for keys, _ in with_path
+           if not all(isinstance(k, jax.tree_util.DictKey) for k in keys)]
+    if odd:
+        raise ValueError(f"{what} must be nested dicts (as Flax variables are); leaves {odd[:5]} sit in "
+                         f"other containers: convert the tree to dicts first")
+
+
 def _key_paths(path: PathLike) -> dict[str, tuple]:
     """{leaf path: (orbax key path, shape, dtype)} of a checkpoint, read from its metadata."""
     tree = ocp.metadata(path).metadata
     with_path, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_metadata)
+    _dict_keys(with_path, f"the tree of checkpoint {os.fspath(path)!r}")
     return {path_name(keys): (keys, tuple(meta.shape), np.dtype(meta.dtype)) for keys, meta in with_path}
 
 
@@ -127,6 +141,7 @@ def _new_key_paths(plan: Plan) -> dict[str, tuple]:
     """{new leaf path: key path} from the plan's new tree structure."""
     shaped = jax.tree_util.tree_unflatten(plan.new_treedef, [leaf.shape for leaf in plan.leaves])
     with_path, _ = jax.tree_util.tree_flatten_with_path(shaped, is_leaf=lambda x: isinstance(x, tuple))
+    _dict_keys(with_path, "the plan's new tree")
     return {path_name(keys): keys for keys, _ in with_path}
 
 
@@ -180,31 +195,59 @@ def transplant_checkpoint(
     new_keys = _new_key_paths(plan)
     shardings = dict(shardings or {})
     old_shapes = {p: shape for p, shape, _ in plan.old_shapes}
-    total, done, writing = sum(leaf_bytes(leaf) for leaf in plan.leaves), 0, None
-    for group in leaf_groups(plan, max_group_bytes):
-        source_shardings = {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
-                            for leaf in group if leaf.source is not None and leaf.path in shardings}
-        old = _load(entries, old_path, sorted({leaf.source for leaf in group if leaf.source}), source_shardings)
-        new = {}
-        with_fresh = [leaf.path for leaf in group if leaf.needs_fresh]
-        without = [leaf.path for leaf in group if not leaf.needs_fresh]
-        if with_fresh:
-            part = subplan(plan, with_fresh)
-            new.update(_apply(old, part, fresh_leaf(part.leaves), shardings))
-        if without:
-            new.update(_apply(old, subplan(plan, without), None, shardings))
+
+    def read(group: list) -> dict:
+        placed = {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
+                  for leaf in group if leaf.source is not None and leaf.path in shardings}
+        return _load(entries, old_path, sorted({leaf.source for leaf in group if leaf.source}), placed)
+
+    groups = list(leaf_groups(plan, max_group_bytes))
+    total, written, writing = sum(leaf_bytes(leaf) for leaf in plan.leaves), 0, None
+    # One write runs behind, and on one host reads run ahead, so memory holds at most
+    # READ_AHEAD + 2 groups. Several processes read in step: orbax's reads synchronise them.
+    ahead = READ_AHEAD if jax.process_count() == 1 else 0
+    for i, (group, old) in enumerate(zip(groups, _read_ahead(read, groups, ahead), strict=True)):
+        new = _transplant_group(old, group, plan, fresh_leaf, shardings)
         del old
-        if writing is not None:  # one group written while the next is read and transplanted
+        if writing is not None:
             writing.result()
-            _report(progress, done, total)
+            written += sum(leaf_bytes(leaf) for leaf in groups[i - 1])
+            _report(progress, written, total)
         with saving_context(chunk_bytes):
-            writing = ocp.partial.save_async(new_path, _nested((new_keys[p], value) for p, value in new.items()))
-        done += sum(leaf_bytes(leaf) for leaf in group)
+            writing = ocp.partial.save_async(new_path, _nested((new_keys[p], x) for p, x in new.items()))
         del new
     if writing is not None:
         writing.result()
-    _report(progress, done, total)
+    _report(progress, total, total)
     ocp.partial.finalize(new_path)
+
+
+def _read_ahead(read: Callable, groups: list, ahead: int) -> Iterator[dict]:
+    """``read(group)`` for each group in order, up to `ahead` of them being read on threads
+    (orbax decompresses a leaf on one thread; several leaves at once use the cores)."""
+    if not ahead:
+        yield from map(read, groups)
+        return
+    with concurrent.futures.ThreadPoolExecutor(ahead) as pool:
+        reads = collections.deque(pool.submit(read, group) for group in groups[:ahead])
+        for i in range(len(groups)):
+            old = reads.popleft().result()
+            if i + ahead < len(groups):
+                reads.append(pool.submit(read, groups[i + ahead]))
+            yield old
+
+
+def _transplant_group(old: dict, group: list, plan: Plan, fresh_leaf: Callable, shardings: Mapping) -> dict:
+    """``{new path: leaf}`` of one group: those needing fresh values apart from the others."""
+    new = {}
+    with_fresh = [leaf.path for leaf in group if leaf.needs_fresh]
+    without = [leaf.path for leaf in group if not leaf.needs_fresh]
+    if with_fresh:
+        part = subplan(plan, with_fresh)
+        new.update(_apply(old, part, fresh_leaf(part.leaves), shardings))
+    if without:
+        new.update(_apply(old, subplan(plan, without), None, shardings))
+    return new
 
 
 def saving_context(chunk_bytes: int | None) -> ocp.Context:
@@ -239,14 +282,34 @@ def _fresh_source(fresh: Any, shardings: Mapping) -> Callable[[tuple], dict]:
 
 
 def _apply(old: dict, part: Plan, fresh: dict | None, shardings: Mapping) -> dict:
-    """One sub-plan applied; where the new leaves have shardings, under jit in those shardings.
-
-    Without shardings it runs op by op: each group's sub-plan differs, so jit would compile once
-    per group, while eager ops compile once per shape.
-    """
+    """One sub-plan applied under jit; where the new leaves have shardings, in those shardings."""
     sources = {leaf.source for leaf in part.leaves if leaf.source is not None}
     old = {p: old[p] for p in sources}
-    out = {leaf.path: shardings.get(leaf.path) for leaf in part.leaves}
-    if not any(out.values()):
-        return transplant(old, part, fresh)
-    return transplant_fn(part, shardings)(old, fresh)
+    if any(shardings.get(leaf.path) for leaf in part.leaves):
+        return transplant_fn(part, shardings)(old, fresh)
+    anonymous, names = _anonymous(part)
+    renamed = _TRANSPLANT({names[p]: x for p, x in old.items()}, anonymous,
+                          None if fresh is None else {names[p]: x for p, x in fresh.items()})
+    paths = {name: p for p, name in names.items()}
+    return {paths[name]: x for name, x in renamed.items()}
+
+
+_TRANSPLANT = jax.jit(transplant)
+
+
+def _anonymous(part: Plan) -> tuple[Plan, dict[str, str]]:
+    """`part` with its leaves named by position, and {path: name}.
+
+    Layers alike (a stack of equal blocks) then give equal sub-plans, which jit compiles once.
+    """
+    sources = sorted({leaf.source for leaf in part.leaves if leaf.source is not None})
+    names = {p: f"old{i:06d}" for i, p in enumerate(sources)}
+    names.update({leaf.path: f"new{i:06d}" for i, leaf in enumerate(part.leaves)})  # leaves come sorted
+    leaves = tuple(dataclasses.replace(leaf, path=names[leaf.path], source=names.get(leaf.source))
+                   for leaf in part.leaves)
+    return dataclasses.replace(
+        part, leaves=leaves,
+        old_shapes=tuple((names[p], shape, dtype) for p, shape, dtype in part.old_shapes),
+        old_treedef=jax.tree_util.tree_structure({names[p]: 0 for p in sources}),
+        new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf in leaves}),
+    ), names

@@ -129,6 +129,9 @@ def test_errors_name_the_problem(setup):
         checkpoint.load_leaves(tmp_path / "old", ["params/nowhere/kernel"])
     with pytest.raises(ValueError, match="no new leaves"):
         subplan(p, ["params/nowhere/kernel"])
+    ocp.save(tmp_path / "listed", {"layers": [np.ones(2, np.float32)]})
+    with pytest.raises(ValueError, match="nested dicts"):
+        checkpoint.load_leaves(tmp_path / "listed", ["layers/0"])
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError):
         checkpoint.transplant_checkpoint(tmp_path / "old", tmp_path / "taken", p, fresh)
