@@ -36,7 +36,6 @@ from flaxsurgery.transplant import transplant
 
 PathLike = str | os.PathLike
 DEFAULT_GROUP_BYTES = 64 << 20
-READ_AHEAD = 2  # groups being restored while one is transplanted
 DEFAULT_CHUNK_BYTES = 8 << 20  # several chunks a leaf: tensorstore compresses them in parallel
 
 
@@ -153,6 +152,7 @@ def transplant_checkpoint(
     *,
     max_group_bytes: int = DEFAULT_GROUP_BYTES,
     chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+    read_ahead: int = 0,
     shardings: Mapping[str, jax.sharding.Sharding] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
@@ -173,6 +173,8 @@ def transplant_checkpoint(
       max_group_bytes: bytes of new plus source leaves restored and transplanted together.
       chunk_bytes: the largest storage chunk written (orbax's ``chunk_byte_size``); None: one
         chunk a leaf, orbax's default, which compresses each leaf on one thread.
+      read_ahead: groups restored ahead on threads (one process only): worth it where reads
+        are slow next to the rest; each costs a group's memory.
       shardings: ``{new leaf path: Sharding}``: each new leaf is computed and written with
         its sharding, its source restored straight into the same partitioning (see
         :mod:`flaxsurgery.sharding`); leaves not named live on the first local device.
@@ -203,9 +205,9 @@ def transplant_checkpoint(
 
     groups = list(leaf_groups(plan, max_group_bytes))
     total, written, writing = sum(leaf_bytes(leaf) for leaf in plan.leaves), 0, None
-    # One write runs behind, and on one host reads run ahead, so memory holds at most
-    # READ_AHEAD + 2 groups. Several processes read in step: orbax's reads synchronise them.
-    ahead = READ_AHEAD if jax.process_count() == 1 else 0
+    # One write runs behind the transplant, so memory holds about read_ahead + 2 groups. Several
+    # processes read in step, never ahead: orbax's reads synchronise them.
+    ahead = read_ahead if jax.process_count() == 1 else 0
     for i, (group, old) in enumerate(zip(groups, _read_ahead(read, groups, ahead), strict=True)):
         new = _transplant_group(old, group, plan, fresh_leaf, shardings)
         del old

@@ -61,8 +61,8 @@ def test_checkpoint_shapes_reads_metadata(setup):
         assert isinstance(s, jax.ShapeDtypeStruct) and (s.shape, s.dtype) == (leaf.shape, leaf.dtype)
 
 
-@pytest.mark.parametrize("fresh_as", ["tree", "checkpoint", "function"])
-def test_matches_in_memory_transplant(setup, fresh_as):
+@pytest.mark.parametrize(("fresh_as", "read_ahead"), [("tree", 0), ("checkpoint", 1), ("function", 2)])
+def test_matches_in_memory_transplant(setup, fresh_as, read_ahead):
     tmp_path, old, fresh, layout, new_layout = setup
     p = make_plan(checkpoint.checkpoint_shapes(tmp_path / "old"), fresh, layout, new_layout)
     assert any(leaf.needs_fresh for leaf in p.leaves)  # the hidden rule takes fresh values
@@ -72,7 +72,7 @@ def test_matches_in_memory_transplant(setup, fresh_as):
         ocp.save(tmp_path / "fresh", fresh)
     seen = []
     checkpoint.transplant_checkpoint(tmp_path / "old", tmp_path / "new", p, given, max_group_bytes=400,
-                                     progress=lambda done, total: seen.append((done, total)))
+                                     read_ahead=read_ahead, progress=lambda done, total: seen.append((done, total)))
     assert_trees_equal(ocp.load(tmp_path / "new"), fs.transplant(old, p, fresh))
     # several groups, reported in order, ending at the total
     assert len(seen) > 2 and seen == sorted(seen) and seen[-1][0] == seen[-1][1]
