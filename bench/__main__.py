@@ -11,7 +11,7 @@ import json
 import pathlib
 import time
 
-from bench import dqn_bench, transplant_bench
+from bench import checkpoint_bench, dqn_bench, sharding_bench, transplant_bench
 
 SUITES = {
     "transplant": transplant_bench.bench_transplant,
@@ -21,6 +21,8 @@ SUITES = {
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
     "experiment_wall": dqn_bench.bench_experiment_wall,
+    "checkpoint": checkpoint_bench.bench_checkpoint,
+    "sharded": sharding_bench.bench_sharded,
 }
 
 

@@ -1,0 +1,246 @@
+"""The ``flaxsurgery`` command: inspect an orbax checkpoint, show a plan, apply it out of core.
+
+    flaxsurgery inspect CKPT [--model MODULE:FACTORY]
+    flaxsurgery plan CKPT --old MODULE:FACTORY --new MODULE:FACTORY --spec SPEC
+    flaxsurgery apply CKPT OUT --old MODULE:FACTORY --new MODULE:FACTORY --spec SPEC
+
+A model is named ``module:factory``: ``factory()`` (importable from the current directory)
+returns ``(apply, init, inputs)``: ``apply(variables, *inputs)``, ``init(key) -> variables`` and
+a tuple of sample inputs (batch size above 1). For a Linen module::
+
+    def small():
+        model, x = MLP((64, 3)), jnp.zeros((4, 5))
+        return model.apply, lambda key: model.init(key, x), (x,)
+
+The spec (JSON, or YAML with PyYAML) holds :func:`flaxsurgery.plan`'s arguments::
+
+    {"spaces": {"x": [["cart_x", "theta"], ["cart_x", "cart_v", "theta"]], "out": [3, 4]},
+     "rules": {"x": "zeros", "out": {"mean": {"offset": -0.001}}},
+     "layer_map": {"params/Dense_2": null}, "preset": "preserving", "drop": [],
+     "leaf_rules": {}}
+
+Space names are the model's traced ones (``flaxsurgery inspect CKPT --model ...`` lists them).
+Rules are a rule's name, or ``{name: {keyword: value}}`` (``zeros``, ``fresh``,
+``fresh_in_zero_out``, ``mean``, ``copy``, ``split``). Errors exit with status 1 and the list
+of problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from flaxsurgery import init as rules_lib
+from flaxsurgery.paths import flatten
+from flaxsurgery.spec import Plan, plan
+from flaxsurgery.trace import trace_layout
+
+RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,
+         "mean": rules_lib.mean, "copy": rules_lib.copy, "split": rules_lib.split}
+SPEC_KEYS = ("spaces", "rules", "layer_map", "preset", "drop", "leaf_rules")
+
+
+class Model(NamedTuple):
+    """What a ``module:factory`` gives: how to run, initialise and trace the model."""
+
+    apply: Any
+    init: Any
+    inputs: tuple
+
+
+def load_model(name: str) -> Model:
+    """Imports ``module:factory`` and calls the factory."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a model is named module:factory, got {name!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # modules next to where the command runs
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load model {name!r}: {error}") from error
+    made = factory()
+    if not (isinstance(made, tuple) and len(made) == 3):
+        raise ValueError(f"{name} must return (apply, init, inputs), got {type(made).__name__}")
+    apply, init, inputs = made
+    return Model(apply, init, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,))
+
+
+def shapes_of(model: Model) -> Any:
+    """The model's variables as ``jax.ShapeDtypeStruct``: nothing is initialised."""
+    return jax.eval_shape(model.init, jax.random.key(0))
+
+
+def read_spec(path: str) -> dict:
+    """A spec file (JSON, or YAML by its suffix), its keys checked."""
+    text = pathlib.Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        spec = yaml.safe_load(text) or {}
+    else:
+        spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec {path!r} must hold a mapping with keys among {SPEC_KEYS}")  # noqa: TRY004 (user input)
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"spec {path!r} has unknown keys {unknown}; the keys are {SPEC_KEYS}")
+    return spec
+
+
+def parse_rule(space: str, given: Any) -> rules_lib.Rule:
+    """``"zeros"`` or ``{"mean": {"offset": -0.001}}`` as a Rule."""
+    if not (isinstance(given, str) or (isinstance(given, dict) and len(given) == 1)):
+        raise ValueError(f"rule of space {space!r} must be a rule's name or {{name: {{keyword: value}}}}, got {given!r}")
+    name, kwargs = (given, {}) if isinstance(given, str) else next(iter(given.items()))
+    if name not in RULES:
+        raise ValueError(f"rule of space {space!r}: unknown rule {name!r}; choose one of {sorted(RULES)}")
+    try:
+        return RULES[name](**(kwargs or {}))
+    except TypeError as error:
+        raise ValueError(f"rule of space {space!r}: {error}") from error
+
+
+def _ids(given: Any) -> Any:
+    return given if isinstance(given, int) else [tuple(i) if isinstance(i, list) else i for i in given]
+
+
+def plan_arguments(spec: dict) -> dict:
+    """:func:`flaxsurgery.plan`'s keyword arguments from a spec; every problem in one ValueError."""
+    problems, rules = [], {}
+    for space, given in (spec.get("rules") or {}).items():
+        try:
+            rules[space] = parse_rule(space, given)
+        except ValueError as error:
+            problems.append(str(error))
+    spaces = {}
+    for space, pair in (spec.get("spaces") or {}).items():
+        if isinstance(pair, dict) and set(pair) == {"old", "new"}:
+            pair = [pair["old"], pair["new"]]
+        if not (isinstance(pair, list) and len(pair) == 2):
+            problems.append(f"space {space!r} must be [old IDs, new IDs] or {{old: ..., new: ...}}, got {pair!r}")
+            continue
+        spaces[space] = (_ids(pair[0]), _ids(pair[1]))
+    if problems:
+        raise ValueError("the spec has problems:\n  - " + "\n  - ".join(problems))
+    return {"spaces": spaces, "rules": rules, "layer_map": spec.get("layer_map") or {},
+            "preset": spec.get("preset", "preserving"), "drop": tuple(spec.get("drop") or ()),
+            "leaf_rules": spec.get("leaf_rules") or {}}
+
+
+def build_plan(old_shapes: Any, old: Model, new: Model, spec: dict) -> Plan:
+    """The plan from the checkpoint's shapes, both models' traced layouts and the spec."""
+    new_shapes = shapes_of(new)
+    layout = trace_layout(old.apply, old_shapes, *old.inputs)
+    new_layout = trace_layout(new.apply, new_shapes, *new.inputs)
+    return plan(old_shapes, new_shapes, layout, new_layout=new_layout, **plan_arguments(spec))
+
+
+def _checkpoint():
+    from flaxsurgery import checkpoint
+
+    return checkpoint
+
+
+def inspect(args) -> str:
+    shapes = _checkpoint().checkpoint_shapes(args.checkpoint)
+    leaves = flatten(shapes)[0]
+    layout = {}
+    if args.model:
+        model = load_model(args.model)
+        layout = trace_layout(model.apply, shapes, *model.inputs)
+    width = max(len(p) for p in leaves)
+    lines = [f"{'leaf':<{width}}  {'shape':<16} {'dtype':<9} spaces"]
+    sizes: dict[str, int] = {}
+    for path, leaf in leaves.items():
+        axes = layout.get(path, ())
+        lines.append(f"{path:<{width}}  {tuple(leaf.shape)!s:<16} {leaf.dtype!s:<9} "
+                     f"{', '.join(map(str, axes)) if axes else ''}")
+        for axis, entry in enumerate(axes):
+            if isinstance(entry, str):
+                sizes.setdefault(entry, leaf.shape[axis])
+    total = sum(int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize for x in leaves.values())
+    lines.append(f"{len(leaves)} leaves, {total:,} bytes")
+    if sizes:
+        lines.append("spaces: " + ", ".join(f"{name} ({size})" for name, size in sizes.items()))
+    return "\n".join(lines)
+
+
+def _plan_from(args) -> tuple[Plan, Model]:
+    new = load_model(args.new)
+    p = build_plan(_checkpoint().checkpoint_shapes(args.checkpoint), load_model(args.old), new, read_spec(args.spec))
+    return p, new
+
+
+class ProgressBar:
+    """A text progress bar on stderr: ``[######----]  60%  1.2 GB / 2.0 GB``."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width = stream, width
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // max(total, 1)
+        self.stream.write(f"\r[{'#' * filled}{'-' * (self.width - filled)}] {100 * done // max(total, 1):3d}%  "
+                          f"{_size(done)} / {_size(total)}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def apply(args) -> str:
+    p, new = _plan_from(args)
+    fresh = new.init(jax.random.key(args.seed)) if any(leaf.needs_fresh for leaf in p.leaves) else None
+    _checkpoint().transplant_checkpoint(args.checkpoint, args.out, p, fresh,
+                                        max_group_bytes=int(args.group_mb * (1 << 20)),
+                                        progress=None if args.quiet else ProgressBar())
+    return p.report() + f"\nwrote {args.out}"
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="flaxsurgery", description=__doc__.split("\n\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    inspect_cmd = commands.add_parser("inspect", help="list a checkpoint's leaves (and spaces, given a model)")
+    inspect_cmd.add_argument("checkpoint")
+    inspect_cmd.add_argument("--model", help="module:factory of the checkpoint's model, to list its spaces")
+    for name, help_text in [("plan", "print the plan's report"), ("apply", "write the new checkpoint")]:
+        cmd = commands.add_parser(name, help=help_text)
+        cmd.add_argument("checkpoint", help="the old orbax checkpoint")
+        if name == "apply":
+            cmd.add_argument("out", help="the new checkpoint's path (must not exist)")
+            cmd.add_argument("--seed", type=int, default=0, help="key of the new model's init, for fresh values")
+            cmd.add_argument("--group-mb", type=float, default=64, help="leaves transplanted together, in MiB")
+            cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+        cmd.add_argument("--old", required=True, help="module:factory of the old model")
+        cmd.add_argument("--new", required=True, help="module:factory of the new model")
+        cmd.add_argument("--spec", required=True, help="JSON or YAML spec: spaces, rules, layer_map, preset, drop")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run = {"inspect": inspect, "plan": lambda a: _plan_from(a)[0].report(), "apply": apply}[args.command]
+    try:
+        print(run(args))
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"flaxsurgery {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

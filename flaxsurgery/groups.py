@@ -1,0 +1,90 @@
+"""Parts of a plan: apply it a few leaves at a time.
+
+Every new leaf needs only its source leaf (and its fresh leaf, where a rule takes fresh values),
+so a plan splits into independent sub-plans. Out-of-core checkpoint surgery applies one group of
+leaves at a time and never holds the whole model. Host side, NumPy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+import jax
+import numpy as np
+
+from flaxsurgery.spec import LeafPlan, Plan
+
+
+def subplan(plan: Plan, paths: Iterable[str]) -> Plan:
+    """The part of `plan` that makes the new leaves `paths`.
+
+    The sub-plan's trees are flat dicts keyed by leaf path: its old tree is
+    ``{source path: old leaf}`` for the sources those leaves need, its new (and fresh) tree
+    ``{new path: leaf}``. Apply it with :func:`flaxsurgery.transplant` as any plan.
+
+    Args:
+      plan: a plan from :func:`flaxsurgery.plan`.
+      paths: new leaf paths of `plan`.
+
+    Returns:
+      A :class:`Plan` over those leaves only.
+
+    Raises:
+      ValueError: if a path is not a new leaf of `plan`.
+
+    >>> import flaxsurgery as fs
+    >>> old = {"a": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+    >>> new = {"a": np.ones((2, 4), np.float32), "b": np.zeros(4, np.float32)}
+    >>> p = fs.plan(old, new, {"a": (None, "h"), "b": ("h",)}, spaces={"h": (3, 4)}, rules={"h": fs.zeros()})
+    >>> part = subplan(p, ["b"])
+    >>> fs.transplant({"b": old["b"] + 2}, part)["b"]
+    Array([2., 2., 2., 0.], dtype=float32)
+    """
+    wanted = set(paths)
+    known = {leaf.path for leaf in plan.leaves}
+    if wanted - known:
+        raise ValueError(f"the plan has no new leaves {sorted(wanted - known)}; its leaves are {sorted(known)}")
+    # A flat dict flattens in sorted key order: the leaf plans must follow it.
+    picked = sorted((pair for pair in zip(plan.leaves, plan.arrays) if pair[0].path in wanted),
+                    key=lambda pair: pair[0].path)
+    sources = {leaf.source for leaf, _ in picked if leaf.source is not None}
+    return dataclasses.replace(
+        plan,
+        leaves=tuple(leaf for leaf, _ in picked),
+        arrays=tuple(arrays for _, arrays in picked),
+        old_shapes=tuple(entry for entry in plan.old_shapes if entry[0] in sources),
+        old_treedef=jax.tree_util.tree_structure({path: 0 for path in sources}),
+        new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf, _ in picked}),
+    )
+
+
+def leaf_bytes(leaf: LeafPlan) -> int:
+    """Bytes of one new leaf."""
+    return int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+
+
+def leaf_groups(plan: Plan, max_bytes: int) -> Iterator[list[LeafPlan]]:
+    """The plan's new leaves in groups of about `max_bytes` (new plus source bytes) each.
+
+    A group closes once it holds `max_bytes`, so it never exceeds `max_bytes` plus one leaf (and
+    its source). Leaves come in plan order, so that neighbours (a layer's kernel and bias) share a
+    group.
+
+    >>> import flaxsurgery as fs
+    >>> tree = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float32), "c": np.ones(10, np.float32)}
+    >>> p = fs.plan(tree, tree, {})
+    >>> [[leaf.path for leaf in group] for group in leaf_groups(p, 1000)]
+    [['a', 'b'], ['c']]
+    """
+    old_bytes = {path: int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                 for path, shape, dtype in plan.old_shapes}
+    group, size = [], 0
+    for leaf in plan.leaves:
+        group.append(leaf)
+        size += leaf_bytes(leaf) + old_bytes.get(leaf.source, 0)
+        if size >= max_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group

@@ -1,0 +1,31 @@
+"""Model factories for tests/test_cli.py: ``module:factory`` names the command line takes."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    features: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        for f in self.features[:-1]:
+            x = nn.relu(nn.Dense(f)(x))
+        return nn.Dense(self.features[-1])(x)
+
+
+def factory(features: tuple, inputs: int):
+    model, x = MLP(features), jnp.zeros((4, inputs))
+    return model.apply, lambda key: model.init(key, x), (x,)
+
+
+def small():
+    """The old model: 5 inputs, 16 hidden units, 3 outputs."""
+    return factory((16, 3), 5)
+
+
+def grown():
+    """The new model: one more input, 24 hidden units, one more output."""
+    return factory((24, 4), 6)
