@@ -110,6 +110,31 @@ def surgery(
     old_apply, new_apply = _apply_of(old_model, output), _apply_of(new_model, output)
     if input_names is None:  # from the model itself: a selector's wrapper has no argument names
         input_names = argument_names(_apply_of(old_model, None), len(samples), skip=1)
+    plan, names = plan_models(old_apply, old_vars, new_apply, new_vars, samples,
+                              new_samples=new_samples, input_names=input_names, spaces=spaces,
+                              layer_map=layer_map, rules=rules, preset=preset,
+                              leaf_rules=leaf_rules, drop=drop, neutral=neutral)
+    state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
+    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], neutral)
+    new_vars_out = variables_of(state)
+    return Surgery(
+        state=state, plan=plan, normalizer=moved,
+        old_fn=lambda *x: old_apply(old_vars, *x), new_fn=lambda *x: new_apply(new_vars_out, *x),
+        input_space=names[0],
+    )
+
+
+def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_vars: Any,
+                samples: tuple, *, new_samples: Any = None, input_names: Sequence[str] | None = None,
+                spaces: Mapping | None = None, layer_map: Mapping | None = None,
+                drop: Sequence[str] = (), **plan_kwargs: Any) -> tuple[Plan, tuple]:
+    """The plan between two models, both traced, layers paired by forward order when no
+    `layer_map` is given: what :func:`surgery` builds before it moves the state (the variables
+    may be ``ShapeDtypeStruct`` trees, as from a checkpoint's metadata).
+
+    Returns:
+      (the plan, the input spaces' names).
+    """
     old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
     names = old_traced.input_names
     if new_samples is None:
@@ -133,16 +158,8 @@ def surgery(
         layer_map, removed = aligned_layers(old_traced, new_traced)
         drop = tuple(drop) + tuple(removed)
     plan = make_plan(old_vars, new_vars, old_traced.layout, new_layout=new_traced.layout,
-                     spaces=spaces, layer_map=layer_map, rules=rules, preset=preset,
-                     leaf_rules=leaf_rules, drop=drop, neutral=neutral)
-    state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
-    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], neutral)
-    new_vars_out = variables_of(state)
-    return Surgery(
-        state=state, plan=plan, normalizer=moved,
-        old_fn=lambda *x: old_apply(old_vars, *x), new_fn=lambda *x: new_apply(new_vars_out, *x),
-        input_space=names[0],
-    )
+                     spaces=spaces, layer_map=layer_map, drop=drop, **plan_kwargs)
+    return plan, names
 
 
 def variables_of(state: Any) -> Any:

@@ -39,8 +39,9 @@ import jax
 import numpy as np
 
 from flaxsurgery import init as rules_lib
+from flaxsurgery.agents import plan_models  # layers paired by forward order, as surgery does
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import Plan, plan
+from flaxsurgery.spec import Plan
 from flaxsurgery.trace import trace_layout
 
 RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,
@@ -131,7 +132,7 @@ def plan_arguments(spec: dict) -> dict:
         spaces[space] = (_ids(pair[0]), _ids(pair[1]))
     if problems:
         raise ValueError("the spec has problems:\n  - " + "\n  - ".join(problems))
-    return {"spaces": spaces, "rules": rules, "layer_map": spec.get("layer_map") or {},
+    return {"spaces": spaces, "rules": rules, "layer_map": spec.get("layer_map"),
             "preset": spec.get("preset", "preserving"), "drop": tuple(spec.get("drop") or ()),
             "leaf_rules": spec.get("leaf_rules") or {}}
 
@@ -139,9 +140,8 @@ def plan_arguments(spec: dict) -> dict:
 def build_plan(old_shapes: Any, old: Model, new: Model, spec: dict) -> Plan:
     """The plan from the checkpoint's shapes, both models' traced layouts and the spec."""
     new_shapes = shapes_of(new)
-    layout = trace_layout(old.apply, old_shapes, *old.inputs)
-    new_layout = trace_layout(new.apply, new_shapes, *new.inputs)
-    return plan(old_shapes, new_shapes, layout, new_layout=new_layout, **plan_arguments(spec))
+    return plan_models(old.apply, old_shapes, new.apply, new_shapes, tuple(old.inputs),
+                       new_samples=tuple(new.inputs), **plan_arguments(spec))[0]
 
 
 def _checkpoint():
