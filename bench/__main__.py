@@ -19,6 +19,7 @@ SUITES = {
     "population": transplant_bench.bench_population,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
+    "dqn_vs_sb3": dqn_bench.bench_dqn_vs_sb3,
     "experiment_wall": dqn_bench.bench_experiment_wall,
 }
 
