@@ -230,6 +230,30 @@ def rules_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def headline_table(summaries: list[dict]) -> str:
+    """The short table over experiments: per experiment the seeds that reach its threshold
+    under the preserving transplant and from scratch, and the paired differences
+    (transplant - scratch, 95% intervals) in steps to threshold, AUC and final return."""
+    lines = [
+        ("| experiment (threshold) | seeds | transplant reaching | scratch reaching "
+         "| steps to threshold, transplant - scratch | AUC, transplant - scratch "
+         "| final, transplant - scratch |"),
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        g = f"{{:+.{_decimals(summary)}f}}".format
+        paired = summary["paired_vs_scratch"]["transplant"]
+        auc, final = paired["auc"], paired["final"]
+        lines.append(
+            f"| {summary['experiment']} ({summary['threshold']:g}) | {summary['seeds']} "
+            f"| {reached_cell(summary['arms']['transplant'])} "
+            f"| {reached_cell(summary['arms']['scratch'])} | {steps_difference_cell(paired)} "
+            f"| {g(auc['mean'])} ({g(auc['ci95'][0])}, {g(auc['ci95'][1])}) "
+            f"| {g(final['mean'])} ({g(final['ci95'][0])}, {g(final['ci95'][1])}) |"
+        )
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
     """Left: mean curve with its 95% band per arm; the old phase drawn before the transplant
     (step 0). Right, when the summary keeps every seed's curve: the share of seeds that have

@@ -81,3 +81,20 @@ def test_steps_to_threshold_counts_seeds_that_never_reach_it_as_censored():
     assert d["mean"] == pytest.approx(-20 / 3)
     assert d["ci95"] == pytest.approx([-20 / 3 - half, -20 / 3 + half], abs=1e-4)
     assert d["censored"] == {"arm_only": 0, "scratch_only": 1, "both": 1}
+
+
+def test_headline_leads_with_seeds_reaching_and_the_paired_steps():
+    steps = np.array([0, 10, 20, 30])
+    arm = np.array([[0, 6, 7, 8], [0, 0, 0, 5], [0, 0, 0, 0.0]])
+    scratch = np.array([[0, 0, 6, 6], [0, 0, 0, 0], [0, 0, 0, 0.0]])
+    summary = {"experiment": "t", "env": "E", "seeds": 3, "steps_per_phase": 30, "threshold": 5.0,
+               "arms": {"old": results.summarise_arm(steps, arm, 5.0),
+                        "transplant": results.summarise_arm(steps, arm, 5.0),
+                        "scratch": results.summarise_arm(steps, scratch, 5.0)},
+               "paired_vs_scratch": {"transplant": results.paired_difference(arm, scratch, steps, 5.0)}}
+    lines = results.headline(summary).splitlines()
+    assert lines[0].endswith("seeds reaching 5: old 2/3, transplant 2/3, scratch 1/3")
+    assert lines[1].strip().startswith("transplant - scratch, steps to 5, paired by seed: -7 (-21, +8)")
+    assert "[censored: arm 0, scratch 1, both 1]" in lines[1]
+    row = results.headline_table([summary]).splitlines()[2]
+    assert row.startswith("| t (5) | 3 | 2/3 | 1/3 | -7 (-21, +8) [censored: arm 0, scratch 1, both 1] |")
