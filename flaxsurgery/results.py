@@ -291,6 +291,11 @@ def plot(summary: dict, path: Path, *, xlabel: str, ylabel: str, title: str) -> 
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"share of seeds that reached {summary['threshold']:g}")
         ax.set_title("seeds at the threshold so far")
+    if total >= 10_000:  # thousands of steps as "100k": long axes stay readable
+        from matplotlib.ticker import FuncFormatter
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
