@@ -235,7 +235,7 @@ def headline_table(summaries: list[dict]) -> str:
     under the preserving transplant and from scratch, and the paired differences
     (transplant - scratch, 95% intervals) in steps to threshold, AUC and final return."""
     lines = [
-        ("| experiment (threshold) | seeds | transplant reaching | scratch reaching "
+        ("| experiment (threshold) | seeds x steps | transplant reaching | scratch reaching "
          "| steps to threshold, transplant - scratch | AUC, transplant - scratch "
          "| final, transplant - scratch |"),
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -245,7 +245,8 @@ def headline_table(summaries: list[dict]) -> str:
         paired = summary["paired_vs_scratch"]["transplant"]
         auc, final = paired["auc"], paired["final"]
         lines.append(
-            f"| {summary['experiment']} ({summary['threshold']:g}) | {summary['seeds']} "
+            f"| {summary['experiment']} ({summary['threshold']:g}) "
+            f"| {summary['seeds']} x {summary['steps_per_phase']:,} "
             f"| {reached_cell(summary['arms']['transplant'])} "
             f"| {reached_cell(summary['arms']['scratch'])} | {steps_difference_cell(paired)} "
             f"| {g(auc['mean'])} ({g(auc['ci95'][0])}, {g(auc['ci95'][1])}) "

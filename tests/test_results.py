@@ -97,4 +97,4 @@ def test_headline_leads_with_seeds_reaching_and_the_paired_steps():
     assert lines[1].strip().startswith("transplant - scratch, steps to 5, paired by seed: -7 (-21, +8)")
     assert "[censored: arm 0, scratch 1, both 1]" in lines[1]
     row = results.headline_table([summary]).splitlines()[2]
-    assert row.startswith("| t (5) | 3 | 2/3 | 1/3 | -7 (-21, +8) [censored: arm 0, scratch 1, both 1] |")
+    assert row.startswith("| t (5) | 3 x 30 | 2/3 | 1/3 | -7 (-21, +8) [censored: arm 0, scratch 1, both 1] |")
