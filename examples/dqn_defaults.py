@@ -21,7 +21,12 @@ import numpy as np
 from flaxsurgery import results
 from flaxsurgery.rl import EnvView, QNetwork
 from flaxsurgery.rl.defaults import default_config, default_hidden
-from flaxsurgery.rl.experiment import ACROBOT_THRESHOLD, CARTPOLE_THRESHOLD, Progress, population_train
+from flaxsurgery.rl.experiment import (
+    ACROBOT_THRESHOLD,
+    CARTPOLE_THRESHOLD,
+    Progress,
+    population_train,
+)
 
 THRESHOLDS = {"CartPole-v1": CARTPOLE_THRESHOLD, "Acrobot-v1": ACROBOT_THRESHOLD}
 

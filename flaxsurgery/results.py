@@ -146,8 +146,8 @@ def headline(summary: dict) -> str:
     each transplant's paired difference from scratch in steps to it (95% interval)."""
     threshold = f"{summary['threshold']:g}"
     arms = ", ".join(f"{arm} {reached_cell(a)}" for arm, a in summary["arms"].items())
-    lines = [f"{summary['experiment']} ({summary.get('env', '')}, {summary['seeds']} seeds, "
-             f"{summary['steps_per_phase']:,} steps per phase): seeds reaching {threshold}: {arms}"]
+    lines = [(f"{summary['experiment']} ({summary.get('env', '')}, {summary['seeds']} seeds, "
+              f"{summary['steps_per_phase']:,} steps per phase): seeds reaching {threshold}: {arms}")]
     for arm, p in summary.get("paired_vs_scratch", {}).items():
         lines.append(f"  {arm} - scratch, steps to {threshold}, paired by seed: "
                      f"{steps_difference_cell(p)}")
@@ -162,8 +162,8 @@ def markdown_table(summary: dict, measure: str = "return", digits: int = 1) -> s
     f = f"{{:.{digits}f}}".format
     budget = summary["steps_per_phase"]
     lines = [
-        f"| arm | seeds reaching {summary['threshold']:g} | median steps to {summary['threshold']:g} "
-        f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) |",
+        (f"| arm | seeds reaching {summary['threshold']:g} | median steps to {summary['threshold']:g} "
+         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) |"),
         "|---|---:|---:|---:|---:|---:|",
     ]
     for arm, a in summary["arms"].items():

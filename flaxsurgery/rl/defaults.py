@@ -28,23 +28,23 @@ BUDGETS = {"CartPole-v1": 300_000, "Acrobot-v1": 200_000}
 HIDDEN = {"CartPole-v1": (120, 84), "Acrobot-v1": (120, 84)}
 LEARNING_RATES = {"CartPole-v1": 5e-4, "Acrobot-v1": 2.5e-4}
 
-_RECIPE = dict(
-    num_envs=4,
-    collect_steps=10,
-    gradient_steps=4,
-    buffer_size=10_000,
-    batch_size=128,
-    learning_starts=10_000,
-    max_grad_norm=None,
-    gamma=0.99,
-    target_period=50,
-    epsilon_start=1.0,
-    epsilon_end=0.05,
-    double_dqn=False,
-    huber=False,
-    eval_every=10_000,
-    eval_episodes=10,
-)
+_RECIPE = {
+    "num_envs": 4,
+    "collect_steps": 10,
+    "gradient_steps": 4,
+    "buffer_size": 10_000,
+    "batch_size": 128,
+    "learning_starts": 10_000,
+    "max_grad_norm": None,
+    "gamma": 0.99,
+    "target_period": 50,
+    "epsilon_start": 1.0,
+    "epsilon_end": 0.05,
+    "double_dqn": False,
+    "huber": False,
+    "eval_every": 10_000,
+    "eval_episodes": 10,
+}
 
 
 def _known(env_id: str) -> None:
