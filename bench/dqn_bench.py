@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from bench.common import record
-from flaxsurgery.rl.defaults import default_config, default_hidden
+from flaxsurgery.rl.defaults import default_config, default_hidden, scaled
 from flaxsurgery.rl.dqn import (
     DQNConfig,
     QNetwork,
@@ -163,10 +163,10 @@ def bench_experiment_wall(quick: bool) -> list[dict]:
         steps = 2_000 if quick else experiment.config.total_steps
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            summary = main(experiment, ["--seeds", "20", "--steps", str(steps), "--out", out])
+            main(experiment, ["--seeds", "20", "--steps", str(steps), "--out", out])
             wall = time.perf_counter() - start
-        config = dataclasses.replace(experiment.config, total_steps=steps,
-                                     eval_every=summary["arms"]["old"]["steps"][1])
+        config = experiment.config if steps == experiment.config.total_steps else scaled(
+            experiment.config, steps)  # what main(--steps) ran
         train = make_train(config, experiment.old_view, experiment.old_network)
         start = time.perf_counter()
         jax.block_until_ready(jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 20)).returns)
