@@ -1,5 +1,7 @@
 """Reinforcement learning with flaxsurgery: a gymnax DQN, ID-named environment views, experiments."""
 
+from flaxsurgery.rl.defaults import default_config as default_config
+from flaxsurgery.rl.defaults import default_hidden as default_hidden
 from flaxsurgery.rl.dqn import ConvQNetwork as ConvQNetwork
 from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
 from flaxsurgery.rl.dqn import QNetwork as QNetwork
@@ -19,6 +21,8 @@ __all__ = [
     "EnvView",
     "QNetwork",
     "Trained",
+    "default_config",
+    "default_hidden",
     "evaluate",
     "make_optimizer",
     "make_train",
