@@ -20,6 +20,7 @@ SUITES = {
     "population": transplant_bench.bench_population,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
+    "dqn_vs_sb3": dqn_bench.bench_dqn_vs_sb3,
     "experiment_wall": dqn_bench.bench_experiment_wall,
     "checkpoint": checkpoint_bench.bench_checkpoint,
     "sharded": sharding_bench.bench_sharded,
@@ -39,7 +40,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes on 2 cores")
-    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these suites")
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES),
+                        help="run only these suites; the other rows in --out are kept")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("results.json")))
     args = parser.parse_args()
 
@@ -49,7 +51,11 @@ def main() -> None:
             continue
         print(f"[{time.perf_counter() - start:6.1f}s] {name} ({'quick' if args.quick else 'full'})", flush=True)
         rows += suite(args.quick)
-    pathlib.Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    out = pathlib.Path(args.out)
+    if args.only and out.exists():  # keep the other suites' rows from the last run
+        names = {row["name"] for row in rows}
+        rows = [row for row in json.loads(out.read_text()) if row["name"] not in names] + rows
+    out.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s")
 

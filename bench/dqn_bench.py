@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from bench.common import record
+from flaxsurgery.rl.defaults import default_config, default_hidden, scaled
 from flaxsurgery.rl.dqn import (
     DQNConfig,
     QNetwork,
@@ -120,7 +121,8 @@ def bench_dqn(quick: bool) -> list[dict]:
     common = {"seeds": 20, "total_steps": total_steps, "env": "CartPole-v1", "hidden": str(HIDDEN)}
     return [
         record("dqn_vs_purejaxrl_design", "throughput", ours, steps_per_second(schedule, 20, total_steps),
-               "steps/s", learn_every=config.collect_steps, updates=config.gradient_steps, **common),
+               "steps/s", learn_every=config.collect_steps, updates=config.gradient_steps,
+               target="none, information only", **common),
         record("dqn_vs_purejaxrl_design_every_step", "throughput", ours, steps_per_second(per_step, 20, total_steps),
                "steps/s", learn_every=1, updates=config.gradient_steps // config.collect_steps, **common),
     ]
@@ -139,7 +141,8 @@ def bench_seeds_scaling(quick: bool) -> list[dict]:
     return rows
 
 
-EXPERIMENTS = ("cartpole_add_observations", "cartpole_add_units", "cartpole_add_layer", "acrobot_add_action")
+EXPERIMENTS = ("cartpole_add_observations", "cartpole_add_units", "cartpole_add_layer",
+               "acrobot_add_action", "cartpole_swapped_actions")
 
 
 def load_experiment(name: str):
@@ -160,10 +163,10 @@ def bench_experiment_wall(quick: bool) -> list[dict]:
         steps = 2_000 if quick else experiment.config.total_steps
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            summary = main(experiment, ["--seeds", "20", "--steps", str(steps), "--out", out])
+            main(experiment, ["--seeds", "20", "--steps", str(steps), "--out", out])
             wall = time.perf_counter() - start
-        config = dataclasses.replace(experiment.config, total_steps=steps,
-                                     eval_every=summary["arms"]["old"]["steps"][1])
+        config = experiment.config if steps == experiment.config.total_steps else scaled(
+            experiment.config, steps)  # what main(--steps) ran
         train = make_train(config, experiment.old_view, experiment.old_network)
         start = time.perf_counter()
         jax.block_until_ready(jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 20)).returns)
@@ -171,3 +174,60 @@ def bench_experiment_wall(quick: bool) -> list[dict]:
                            experiment=name, seeds=20, steps_per_phase=steps,
                            baseline_is="the old phase alone"))
     return rows
+
+
+def sb3_config(total_steps: int, learning_starts: int) -> DQNConfig:
+    """The CartPole defaults for a throughput run: ``total_steps`` with learning from
+    ``learning_starts``, and one greedy episode at the start and the end (SB3 evaluates none)."""
+    return dataclasses.replace(
+        default_config("CartPole-v1"), total_steps=total_steps, eval_every=total_steps,
+        epsilon_steps=total_steps // 2, learning_starts=learning_starts, eval_episodes=1)
+
+
+def sb3_steps_per_second(config: DQNConfig, hidden: tuple[int, ...]) -> float:
+    """Stable-Baselines3's DQN (PyTorch, CPU) on gymnasium's CartPole-v1 with ``config``'s
+    settings: the same network, environments, collection and gradient steps, buffer, batch,
+    step size, target period, exploration and no clipping. SB3's loss is the Huber loss, ours
+    here the squared error; the arithmetic per step is the same. PyTorch runs on one thread."""
+    import torch
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # faster than the default for networks this small
+    env = make_vec_env("CartPole-v1", n_envs=config.num_envs, seed=0)
+    per_iteration = config.num_envs * config.collect_steps
+    model = DQN(
+        "MlpPolicy", env, learning_rate=config.learning_rate, buffer_size=config.buffer_size,
+        learning_starts=config.learning_starts, batch_size=config.batch_size, tau=1.0,
+        gamma=config.gamma, train_freq=config.collect_steps, gradient_steps=config.gradient_steps,
+        # SB3 counts the target period in environment steps (all environments).
+        target_update_interval=config.target_period * per_iteration // config.gradient_steps,
+        exploration_fraction=config.epsilon_steps / config.total_steps,
+        exploration_initial_eps=config.epsilon_start, exploration_final_eps=config.epsilon_end,
+        max_grad_norm=float("inf") if config.max_grad_norm is None else config.max_grad_norm,
+        policy_kwargs={"net_arch": list(hidden)}, device="cpu", seed=0, verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=config.total_steps)
+    return config.total_steps / (time.perf_counter() - start)
+
+
+def bench_dqn_vs_sb3(quick: bool) -> list[dict]:
+    """Our DQN's environment steps per second against Stable-Baselines3's DQN on the same
+    configuration (the CartPole defaults), one seed each, and ours with 20 seeds at once.
+    Optional: a row that says so when stable-baselines3 is not installed."""
+    total_steps, learning_starts = (12_000, 4_000) if quick else (60_000, 10_000)
+    config, hidden = sb3_config(total_steps, learning_starts), default_hidden("CartPole-v1")
+    common = {"env": "CartPole-v1", "hidden": str(hidden), "total_steps": total_steps,
+              "learning_starts": learning_starts, "baseline_is": "SB3 DQN, 1 seed, CPU"}
+    if importlib.util.find_spec("stable_baselines3") is None or importlib.util.find_spec("torch") is None:
+        print("dqn_vs_sb3: skipped, stable-baselines3 is not installed "
+              "(pip install torch==2.13.0 stable-baselines3)", flush=True)
+        return [record("dqn_vs_sb3", "throughput", float("nan"), float("nan"), "steps/s",
+                       skipped="stable-baselines3 not installed", **common)]
+    view = EnvView("CartPole-v1")
+    train = lambda k: make_train(config, view, QNetwork(hidden, view.num_actions))(k).returns
+    sb3 = sb3_steps_per_second(config, hidden)
+    return [record("dqn_vs_sb3", "throughput", steps_per_second(train, seeds, total_steps), sb3,
+                   "steps/s", seeds=seeds, **common) for seeds in (1, 20)]

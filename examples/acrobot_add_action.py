@@ -2,21 +2,23 @@
 
 The output space ``out`` has IDs (torque-1, torque0) in the old network and (torque-1,
 torque0, torque+1) in the new one. The new action's Q-value starts as the mean of the old ones
-(preserving: the greedy action is kept) or fresh (seed rules).
+(preserving: the greedy action is kept) or fresh (seed rules). Both networks are the Acrobot
+default (120-84) trained with the Acrobot defaults (flaxsurgery.rl.defaults).
 
     python examples/acrobot_add_action.py --seeds 20
 """
 
-from flaxsurgery.rl import DQNConfig, EnvView
+from flaxsurgery.rl import EnvView
+from flaxsurgery.rl.defaults import default_config
 from flaxsurgery.rl.experiment import ACROBOT_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="acrobot_add_action",
     old_view=EnvView("Acrobot-v1", action_ids=("torque-1", "torque0")),
     new_view=EnvView("Acrobot-v1"),
-    old_hidden=(16, 16),
-    new_hidden=(16, 16),
-    config=DQNConfig(),
+    old_hidden=(120, 84),
+    new_hidden=(120, 84),
+    config=default_config("Acrobot-v1"),
     threshold=ACROBOT_THRESHOLD,
 )
 

@@ -2,21 +2,23 @@
 
 The old network's input space ``obs`` has IDs (x_dot, theta); the new one's (x, x_dot, theta,
 theta_dot). The transplant moves each kept feature's kernel row to its ID's new position; the
-rows of x and theta_dot start at zero (preserving) or fresh (seed rules).
+rows of x and theta_dot start at zero (preserving) or fresh (seed rules). Both networks are the
+CartPole default (120-84) trained with the CartPole defaults (flaxsurgery.rl.defaults).
 
     python examples/cartpole_add_observations.py --seeds 20
 """
 
-from flaxsurgery.rl import DQNConfig, EnvView
+from flaxsurgery.rl import EnvView
+from flaxsurgery.rl.defaults import default_config
 from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="cartpole_add_observations",
     old_view=EnvView("CartPole-v1", obs_ids=("x_dot", "theta")),
     new_view=EnvView("CartPole-v1"),
-    old_hidden=(16, 16),
-    new_hidden=(16, 16),
-    config=DQNConfig(),
+    old_hidden=(120, 84),
+    new_hidden=(120, 84),
+    config=default_config("CartPole-v1"),
     threshold=CARTPOLE_THRESHOLD,
 )
 

@@ -1,6 +1,7 @@
 """Limits, a failure case: the actions' meaning is swapped while their IDs are kept.
 
-The old agent learned CartPole with output units ``left`` (push the cart left) and ``right``.
+The old agent (the CartPole default, 120-84, with the CartPole defaults) learned CartPole with
+output units ``left`` (push the cart left) and ``right``.
 In the new environment the wiring is reversed: the unit still called ``left`` pushes the cart
 right. The spec pairs units by their IDs, as it should, but the IDs no longer mean what they
 meant, so the transplant copies the network exactly and its greedy policy is exactly wrong.
@@ -11,16 +12,17 @@ keep the policy; the point here is what happens when the IDs lie.
     python examples/cartpole_swapped_actions.py --seeds 20
 """
 
-from flaxsurgery.rl import DQNConfig, EnvView
+from flaxsurgery.rl import EnvView
+from flaxsurgery.rl.defaults import default_config
 from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="cartpole_swapped_actions",
     old_view=EnvView("CartPole-v1"),
     new_view=EnvView("CartPole-v1", action_ids=("right", "left")),  # agent action 0 pushes right
-    old_hidden=(16, 16),
-    new_hidden=(16, 16),
-    config=DQNConfig(),
+    old_hidden=(120, 84),
+    new_hidden=(120, 84),
+    config=default_config("CartPole-v1"),
     threshold=CARTPOLE_THRESHOLD,
     spaces={"out": (("left", "right"), ("left", "right"))},  # the IDs as kept, by position
 )

@@ -3,7 +3,7 @@
 Rows per experiment: the function-preserving rules (arm ``transplant``), the seeds' rules
 (``transplant_seed``) and ``scratch``. For ``digits_classes`` the return is test accuracy.
 
-    python examples/rules_table.py [--results results]
+    python examples/rules_table.py [--results results] [--headline]
 """
 
 import argparse
@@ -16,11 +16,16 @@ from flaxsurgery import results
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    parser.add_argument("--headline", action="store_true",
+                        help="the short table: preserving transplant against scratch only")
     args = parser.parse_args(argv)
     paths = sorted(args.results.glob("*/summary.json"))
     if not paths:
         parser.error(f"no */summary.json under {args.results}")
-    table = results.rules_table([json.loads(path.read_text()) for path in paths])
+    summaries = [json.loads(path.read_text()) for path in paths]
+    # Transplant experiments only: the defaults' scratch-only runs have no old agent.
+    summaries = [s for s in summaries if "old" in s["arms"]]
+    table = (results.headline_table if args.headline else results.rules_table)(summaries)
     print(table)
     return table
 

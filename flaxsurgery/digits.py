@@ -311,7 +311,8 @@ def summarise(config: Config, accuracy: dict, wall_s: float, seed: int = 0) -> d
             "return_is": "test accuracy (old: digits 0-3; other arms: digits 4-9)",
         },
         "arms": arms,
-        "paired_vs_scratch": {arm: results.paired_difference(accuracy[arm], accuracy["scratch"])
+        "paired_vs_scratch": {arm: results.paired_difference(accuracy[arm], accuracy["scratch"],
+                                                             steps, THRESHOLD)
                               for arm in PRESETS},
     }
 

@@ -22,58 +22,163 @@ def ci95(values: np.ndarray) -> np.ndarray:
     return stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
 
 
+def seed_steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: float):
+    """Each seed's first evaluation step whose return reaches ``threshold``, censored.
+
+    A seed that never reaches it within the run counts as reaching it at the next evaluation
+    after the run, ``steps[-1] + (steps[-1] - steps[-2])``: the earliest step it could have,
+    so its value is a lower bound on the truth.
+
+    Args:
+      steps: int (evaluations,), increasing and evenly spaced.
+      returns: (seeds, evaluations).
+      threshold: the return counted as solved.
+
+    Returns:
+      ``(values, reached)``: int (seeds,) steps, censored where ``reached`` (bool (seeds,))
+      is False.
+    """
+    above = returns >= threshold
+    reached = above.any(axis=1)
+    censored_at = steps[-1] + (steps[-1] - steps[-2])
+    values = np.where(reached, steps[np.argmax(above, axis=1)], censored_at)
+    return values.astype(np.int64), reached
+
+
 def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> dict:
     """One arm's statistics from its returns (seeds, evaluations) at ``steps``.
 
-    ``auc`` is each seed's mean over the evaluations, averaged over seeds, with its 95%
-    interval; ``steps_to_threshold`` the first step whose mean reaches ``threshold`` (or None).
+    ``reached`` is how many seeds reach ``threshold`` at some evaluation;
+    ``seed_steps_to_threshold`` each seed's first such step (None where never) and
+    ``median_steps_to_threshold`` their median, never-reaching seeds counted as censored
+    (:func:`seed_steps_to_threshold`; None when the median is censored). ``auc`` is each
+    seed's mean over the evaluations, averaged over seeds, with its 95% interval;
+    ``steps_to_threshold`` the first step whose mean over seeds reaches ``threshold``
+    (or None). ``returns`` keeps every seed's curve.
     """
     mean = returns.mean(axis=0)
     auc_per_seed = returns.mean(axis=1)
     auc, auc_half = float(auc_per_seed.mean()), float(ci95(auc_per_seed))
-    reached = np.flatnonzero(mean >= threshold)
+    crossed = np.flatnonzero(mean >= threshold)
+    per_seed, reached = seed_steps_to_threshold(steps, returns, threshold)
+    median = float(np.median(per_seed))
     return {
         "steps": [int(s) for s in steps],
         "return_mean": [float(m) for m in mean],
         "return_ci95": [float(h) for h in ci95(returns)],
         "first_return": float(mean[0]),
         "final_return": float(mean[-1]),
+        "final_ci95": [float(mean[-1] - ci95(returns)[-1]), float(mean[-1] + ci95(returns)[-1])],
         "auc": auc,
         "auc_ci95": [auc - auc_half, auc + auc_half],
-        "steps_to_threshold": int(steps[reached[0]]) if reached.size else None,
+        "steps_to_threshold": int(steps[crossed[0]]) if crossed.size else None,
+        "reached": int(reached.sum()),
+        "seeds": int(returns.shape[0]),
+        "seed_steps_to_threshold": [int(v) if r else None for v, r in zip(per_seed, reached)],
+        "median_steps_to_threshold": median if median <= steps[-1] else None,
+        "returns": [[float(r) for r in seed] for seed in returns],
     }
 
 
-def paired_difference(arm: np.ndarray, scratch: np.ndarray) -> dict:
+def _interval(d: np.ndarray) -> dict:
+    half = float(ci95(d))
+    return {"mean": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half]}
+
+
+def paired_difference(
+    arm: np.ndarray, scratch: np.ndarray, steps: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> dict:
     """Per-seed differences from scratch (seed i of both arms shares its keys), as means with
-    95% intervals: of the AUC and of the final return."""
+    95% Student-t intervals: of the AUC and of the final return and, given ``steps`` and
+    ``threshold``, of the steps to threshold.
 
-    def interval(d: np.ndarray) -> dict:
-        half = float(ci95(d))
-        return {"mean": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half]}
+    Steps to threshold are censored (:func:`seed_steps_to_threshold`); ``censored`` counts
+    the pairs where only the arm, only scratch, or both never reached the threshold. A pair
+    censored on one side has a difference that is a bound: where only scratch is censored the
+    arm's true lead is at least what is counted; where only the arm is, its true delay is.
+    """
+    out = {"auc": _interval(arm.mean(axis=1) - scratch.mean(axis=1)),
+           "final": _interval(arm[:, -1] - scratch[:, -1])}
+    if steps is not None:
+        arm_steps, arm_reached = seed_steps_to_threshold(steps, arm, threshold)
+        scratch_steps, scratch_reached = seed_steps_to_threshold(steps, scratch, threshold)
+        out["steps_to_threshold"] = {
+            **_interval((arm_steps - scratch_steps).astype(float)),
+            "censored": {"arm_only": int((~arm_reached & scratch_reached).sum()),
+                         "scratch_only": int((arm_reached & ~scratch_reached).sum()),
+                         "both": int((~arm_reached & ~scratch_reached).sum())},
+        }
+    return out
 
-    return {"auc": interval(arm.mean(axis=1) - scratch.mean(axis=1)),
-            "final": interval(arm[:, -1] - scratch[:, -1])}
+
+def _steps(value) -> str:
+    return "never" if value is None else f"{value:,.0f}"
+
+
+def reached_cell(arm: dict) -> str:
+    """``k/n`` seeds that reach the threshold, or ``n/a`` for a summary written before."""
+    return f"{arm['reached']}/{arm['seeds']}" if "reached" in arm else "n/a"
+
+
+def median_cell(arm: dict, budget: int) -> str:
+    """The median seed's steps to threshold; ``> budget`` where more than half never reach it."""
+    if "median_steps_to_threshold" not in arm:
+        return "n/a"
+    median = arm["median_steps_to_threshold"]
+    return f"> {budget:,}" if median is None else f"{median:,.0f}"
+
+
+def steps_difference_cell(paired: dict | None) -> str:
+    """Paired difference in steps to threshold with its 95% interval and censored pairs."""
+    if not paired or "steps_to_threshold" not in paired:
+        return "n/a"
+    d = paired["steps_to_threshold"]
+    c = d["censored"]
+    cell = f"{d['mean']:+,.0f} ({d['ci95'][0]:+,.0f}, {d['ci95'][1]:+,.0f})"
+    if c["arm_only"] or c["scratch_only"] or c["both"]:
+        cell += f" [censored: arm {c['arm_only']}, scratch {c['scratch_only']}, both {c['both']}]"
+    return cell
+
+
+def headline(summary: dict) -> str:
+    """The experiment's headline in three lines: seeds per arm that reach the threshold, and
+    each transplant's paired difference from scratch in steps to it (95% interval)."""
+    threshold = f"{summary['threshold']:g}"
+    arms = ", ".join(f"{arm} {reached_cell(a)}" for arm, a in summary["arms"].items())
+    lines = [(f"{summary['experiment']} ({summary.get('env', '')}, {summary['seeds']} seeds, "
+              f"{summary['steps_per_phase']:,} steps per phase): seeds reaching {threshold}: {arms}")]
+    for arm, p in summary.get("paired_vs_scratch", {}).items():
+        lines.append(f"  {arm} - scratch, steps to {threshold}, paired by seed: "
+                     f"{steps_difference_cell(p)}")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict, measure: str = "return", digits: int = 1) -> str:
-    """The arms as a markdown table: first, AUC with CI, steps to threshold, final; then the
-    paired differences from scratch, when the summary has them."""
+    """The arms as a markdown table, the headline first: seeds that reach the threshold and the
+    median seed's steps to it; then first return, AUC and final return with 95% intervals.
+    Then the paired differences from scratch, when the summary has them: steps to threshold
+    first, then AUC and final return."""
     f = f"{{:.{digits}f}}".format
+    budget = summary["steps_per_phase"]
     lines = [
-        f"| arm | first {measure} | AUC (95% CI) | steps to {summary['threshold']:g} | final {measure} |",
-        "|---|---:|---:|---:|---:|",
+        (f"| arm | seeds reaching {summary['threshold']:g} | median steps to {summary['threshold']:g} "
+         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) |"),
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for arm, a in summary["arms"].items():
         lo, hi = a["auc_ci95"]
-        reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
-        lines.append(f"| {arm} | {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) "
-                     f"| {reached} | {f(a['final_return'])} |")
+        final = f(a["final_return"])
+        if "final_ci95" in a:
+            final += f" ({f(a['final_ci95'][0])}, {f(a['final_ci95'][1])})"
+        lines.append(f"| {arm} | {reached_cell(a)} | {median_cell(a, budget)} "
+                     f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {final} |")
     g = f"{{:+.{digits}f}}".format
     for arm, p in summary.get("paired_vs_scratch", {}).items():
         auc, final = p["auc"], p["final"]
-        lines.append(f"\n{arm} - scratch, paired by seed: AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
-                     f"{g(auc['ci95'][1])}), final {measure} {g(final['mean'])} "
+        lines.append(f"\n{arm} - scratch, paired by seed: steps to threshold "
+                     f"{steps_difference_cell(p)}; AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
+                     f"{g(auc['ci95'][1])}); final {measure} {g(final['mean'])} "
                      f"({g(final['ci95'][0])}, {g(final['ci95'][1])})")
     return "\n".join(lines)
 
@@ -90,45 +195,79 @@ def _decimals(summary: dict) -> int:
 def rules_table(summaries: list[dict]) -> str:
     """One markdown table over experiments: the preserving rules, the seeds' rules and scratch.
 
-    Per experiment and arm: first return, AUC with its 95% interval, the paired AUC difference
-    from scratch (where the summary has it), steps to the experiment's threshold, and final
-    return; ``old final`` is the old agent's last return, the level a transplant starts from
-    when it keeps the function.
+    Per experiment and arm, the headline first: seeds that reach the experiment's threshold,
+    the median seed's steps to it, and the paired difference from scratch in steps to it (95%
+    interval; censored pairs counted); then first return, AUC with its 95% interval, the paired
+    AUC difference from scratch, and final return. ``old final`` is the old agent's last
+    return, the level a transplant starts from when it keeps the function.
     """
     lines = [
-        ("| experiment (threshold) | old final | rules | first | AUC (95% CI) "
-         "| AUC - scratch, paired (95% CI) | steps to threshold | final |"),
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        ("| experiment (threshold) | old final | rules | seeds reaching | median steps "
+         "| steps - scratch, paired (95% CI) | first | AUC (95% CI) "
+         "| AUC - scratch, paired (95% CI) | final |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for summary in summaries:
         f = f"{{:.{_decimals(summary)}f}}".format
         g = f"{{:+.{_decimals(summary)}f}}".format
         old_final = f(summary["arms"]["old"]["final_return"])
+        budget = summary.get("steps_per_phase", max(summary["arms"]["old"]["steps"]))
         for arm, rules in RULES.items():
             a = summary["arms"][arm]
             lo, hi = a["auc_ci95"]
             paired = summary.get("paired_vs_scratch", {}).get(arm)
-            difference = "" if arm == "scratch" else "n/a"
+            difference = steps = "" if arm == "scratch" else "n/a"
             if paired:
                 d = paired["auc"]
                 difference = f"{g(d['mean'])} ({g(d['ci95'][0])}, {g(d['ci95'][1])})"
-            reached = "never" if a["steps_to_threshold"] is None else f"{a['steps_to_threshold']:,}"
+                steps = steps_difference_cell(paired)
             lines.append(
                 f"| {summary['experiment']} ({summary['threshold']:g}) | {old_final} | {rules} "
+                f"| {reached_cell(a)} | {median_cell(a, budget)} | {steps} "
                 f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {difference} "
-                f"| {reached} | {f(a['final_return'])} |"
+                f"| {f(a['final_return'])} |"
             )
     return "\n".join(lines)
 
 
+def headline_table(summaries: list[dict]) -> str:
+    """The short table over experiments: per experiment the seeds that reach its threshold
+    under the preserving transplant and from scratch, and the paired differences
+    (transplant - scratch, 95% intervals) in steps to threshold, AUC and final return."""
+    lines = [
+        ("| experiment (threshold) | seeds x steps | transplant reaching | scratch reaching "
+         "| steps to threshold, transplant - scratch | AUC, transplant - scratch "
+         "| final, transplant - scratch |"),
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        g = f"{{:+.{_decimals(summary)}f}}".format
+        paired = summary["paired_vs_scratch"]["transplant"]
+        auc, final = paired["auc"], paired["final"]
+        lines.append(
+            f"| {summary['experiment']} ({summary['threshold']:g}) "
+            f"| {summary['seeds']} x {summary['steps_per_phase']:,} "
+            f"| {reached_cell(summary['arms']['transplant'])} "
+            f"| {reached_cell(summary['arms']['scratch'])} | {steps_difference_cell(paired)} "
+            f"| {g(auc['mean'])} ({g(auc['ci95'][0])}, {g(auc['ci95'][1])}) "
+            f"| {g(final['mean'])} ({g(final['ci95'][0])}, {g(final['ci95'][1])}) |"
+        )
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
-    """Mean curve with its 95% band per arm; the old phase drawn before the transplant (step 0)."""
+    """Left: mean curve with its 95% band per arm; the old phase drawn before the transplant
+    (step 0). Right, when the summary keeps every seed's curve: the share of seeds that have
+    reached the threshold by each step (the headline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    per_seed = all("returns" in a for a in summary["arms"].values())
+    fig, axes = plt.subplots(1, 2 if per_seed else 1, figsize=(12 if per_seed else 7, 4),
+                             squeeze=False, gridspec_kw={"width_ratios": [3, 2]} if per_seed else None)
+    ax = axes[0, 0]
     total = summary["steps_per_phase"]
     for arm, a in summary["arms"].items():
         steps = np.array(a["steps"]) - (total if arm == "old" else 0)
@@ -141,6 +280,23 @@ def plot(summary: dict, path: Path, *, xlabel: str, ylabel: str, title: str) -> 
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title} ({summary['seeds']} seeds, 95% CI)")
     ax.legend(loc="best")
+    if per_seed:
+        ax = axes[0, 1]
+        for arm, a in summary["arms"].items():
+            steps = np.array(a["steps"])
+            reached = np.maximum.accumulate(np.array(a["returns"]) >= summary["threshold"], axis=1)
+            ax.step(steps - (total if arm == "old" else 0), reached.mean(axis=0), where="post",
+                    label=arm)
+        ax.axvline(0, color="gray", linestyle="--", linewidth=1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"share of seeds that reached {summary['threshold']:g}")
+        ax.set_title("seeds at the threshold so far")
+    if total >= 10_000:  # thousands of steps as "100k": long axes stay readable
+        from matplotlib.ticker import FuncFormatter
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -32,8 +32,9 @@ def test_paired_difference_and_table(tmp_path):
                         "scratch": results.summarise_arm(steps, scratch, 0.6)},
                "paired_vs_scratch": {"transplant": paired}}
     table = results.markdown_table(summary, measure="accuracy", digits=3)
-    assert "| transplant | 0.400 | 0.500 (" in table and "| scratch | 0.200 |" in table
-    assert "transplant - scratch, paired by seed: AUC +0.100" in table
+    assert "| transplant | 2/3 | 1 | 0.400 | 0.500 (" in table
+    assert "| scratch | 2/3 | 1 | 0.200 |" in table
+    assert "transplant - scratch, paired by seed: steps to threshold n/a; AUC +0.100" in table
     plot = results.write(summary, tmp_path / "t", xlabel="steps", ylabel="accuracy", title="t")
     assert plot.stat().st_size > 0
     assert json.loads((tmp_path / "t" / "summary.json").read_text()) == summary
@@ -55,7 +56,45 @@ def test_rules_table_has_one_row_per_experiment_and_rules():
     table = results.rules_table([summary("small", low, True), summary("large", high, False)])
     rows = table.splitlines()[2:]
     assert len(rows) == 6
-    assert rows[0].startswith("| small (0.6) | 0.600 | preserving | 0.200 | 0.400 (")
-    assert "| +0.000 (+0.000, +0.000) | 1 | 0.600 |" in rows[0]
-    assert rows[3].startswith("| large (0.6) | 60.0 | preserving | 20.0 | 40.0 (")
-    assert "| n/a | 0 | 60.0 |" in rows[3] and "| scratch |" in rows[5]
+    assert rows[0].startswith("| small (0.6) | 0.600 | preserving | 1/2 | > 1 | n/a | 0.200 | 0.400 (")
+    assert rows[0].endswith("| +0.000 (+0.000, +0.000) | 0.600 |")
+    assert rows[3].startswith("| large (0.6) | 60.0 | preserving | 2/2 | 0 | n/a | 20.0 | 40.0 (")
+    assert rows[3].endswith("| n/a | 60.0 |") and "| scratch |" in rows[5]
+
+
+def test_steps_to_threshold_counts_seeds_that_never_reach_it_as_censored():
+    steps = np.array([0, 10, 20, 30])
+    arm = np.array([[0, 6, 7, 8], [0, 0, 0, 5], [0, 0, 0, 0.0]])  # 10, 30, never
+    scratch = np.array([[0, 0, 6, 6], [0, 0, 0, 0], [0, 0, 0, 0.0]])  # 20, never, never
+    values, reached = results.seed_steps_to_threshold(steps, arm, threshold=5.0)
+    assert values.tolist() == [10, 30, 40] and reached.tolist() == [True, True, False]
+
+    summary = results.summarise_arm(steps, arm, threshold=5.0)
+    assert summary["reached"] == 2 and summary["seed_steps_to_threshold"] == [10, 30, None]
+    assert summary["median_steps_to_threshold"] == 30
+    assert results.summarise_arm(steps, scratch, 5.0)["median_steps_to_threshold"] is None
+
+    # Differences -10, -10, 0 (the both-censored pair counts 40 - 40): mean -20/3, sample
+    # sd 10/sqrt(3), 95% half-width t(0.975, 2) * sd / sqrt(3) = 4.302653 * 10 / 3.
+    d = results.paired_difference(arm, scratch, steps, threshold=5.0)["steps_to_threshold"]
+    half = 4.302653 * 10 / 3
+    assert d["mean"] == pytest.approx(-20 / 3)
+    assert d["ci95"] == pytest.approx([-20 / 3 - half, -20 / 3 + half], abs=1e-4)
+    assert d["censored"] == {"arm_only": 0, "scratch_only": 1, "both": 1}
+
+
+def test_headline_leads_with_seeds_reaching_and_the_paired_steps():
+    steps = np.array([0, 10, 20, 30])
+    arm = np.array([[0, 6, 7, 8], [0, 0, 0, 5], [0, 0, 0, 0.0]])
+    scratch = np.array([[0, 0, 6, 6], [0, 0, 0, 0], [0, 0, 0, 0.0]])
+    summary = {"experiment": "t", "env": "E", "seeds": 3, "steps_per_phase": 30, "threshold": 5.0,
+               "arms": {"old": results.summarise_arm(steps, arm, 5.0),
+                        "transplant": results.summarise_arm(steps, arm, 5.0),
+                        "scratch": results.summarise_arm(steps, scratch, 5.0)},
+               "paired_vs_scratch": {"transplant": results.paired_difference(arm, scratch, steps, 5.0)}}
+    lines = results.headline(summary).splitlines()
+    assert lines[0].endswith("seeds reaching 5: old 2/3, transplant 2/3, scratch 1/3")
+    assert lines[1].strip().startswith("transplant - scratch, steps to 5, paired by seed: -7 (-21, +8)")
+    assert "[censored: arm 0, scratch 1, both 1]" in lines[1]
+    row = results.headline_table([summary]).splitlines()[2]
+    assert row.startswith("| t (5) | 3 x 30 | 2/3 | 1/3 | -7 (-21, +8) [censored: arm 0, scratch 1, both 1] |")

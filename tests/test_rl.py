@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flaxsurgery as fs
-from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, dqn, envs, make_train
+from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, defaults, dqn, envs, make_train
 from flaxsurgery.rl import experiment as exp
 
 TINY = DQNConfig(
@@ -113,6 +113,26 @@ def test_config_lists_every_problem():
     message = str(error.value)
     assert "eval_every=150" in message and "total_steps=1000" in message
     assert "learning_starts=10" in message
+
+
+def test_defaults_per_environment_and_their_shorter_runs():
+    config = defaults.default_config("CartPole-v1")
+    assert (config.total_steps, config.epsilon_steps, config.max_grad_norm) == (300_000, 150_000, None)
+    short = defaults.default_config("Acrobot-v1", total_steps=20_000)
+    full = defaults.default_config("Acrobot-v1")
+    # The same evaluations, and exploration and learning start at the same share of the run.
+    assert len(short.eval_steps) == len(full.eval_steps)
+    assert short.epsilon_steps / short.total_steps == full.epsilon_steps / full.total_steps
+    assert short.learning_starts / short.total_steps == full.learning_starts / full.total_steps
+    with pytest.raises(ValueError, match="no DQN defaults for 'Pendulum-v1'"):
+        defaults.default_config("Pendulum-v1")
+
+
+def test_no_clipping_keeps_the_optimizer_state_structure():
+    params = {"w": jnp.ones(3)}
+    clipped = dqn.make_optimizer(TINY).init(params)
+    unclipped = dqn.make_optimizer(dataclasses.replace(TINY, max_grad_norm=None)).init(params)
+    assert jax.tree.structure(clipped) == jax.tree.structure(unclipped)
 
 
 # ---------------------------------------------------------------------------------- training

@@ -1,5 +1,7 @@
 """Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views, experiments."""
 
+from flaxsurgery.rl.defaults import default_config as default_config
+from flaxsurgery.rl.defaults import default_hidden as default_hidden
 from flaxsurgery.rl.dqn import ConvQNetwork as ConvQNetwork
 from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
 from flaxsurgery.rl.dqn import QNetwork as QNetwork
@@ -24,6 +26,8 @@ __all__ = [
     "PPOConfig",
     "QNetwork",
     "Trained",
+    "default_config",
+    "default_hidden",
     "evaluate",
     "make_optimizer",
     "make_ppo_train",

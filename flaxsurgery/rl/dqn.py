@@ -43,7 +43,9 @@ from flaxsurgery.rl.envs import EnvView
 class DQNConfig:
     """DQN hyperparameters. Steps count environment transitions of one seed (all its envs).
 
-    The defaults are the published experiments' (docs/experiments.md).
+    The class defaults are a generic starting point; the settings that solve each environment
+    from scratch, used by the experiments, are :func:`flaxsurgery.rl.defaults.default_config`'s
+    (docs/experiments.md says how they were chosen).
 
     Attributes:
       total_steps: environment steps of the run.
@@ -54,7 +56,7 @@ class DQNConfig:
       batch_size: transitions per gradient step.
       learning_starts: transitions in the buffer before the first gradient step.
       learning_rate: Adam's step size.
-      max_grad_norm: global gradient norm clip.
+      max_grad_norm: global gradient norm clip; ``None`` for no clipping.
       gamma: discount.
       target_period: gradient steps between target-network copies.
       epsilon_start: exploration rate at step 0.
@@ -75,7 +77,7 @@ class DQNConfig:
     batch_size: int = 64
     learning_starts: int = 1_000
     learning_rate: float = 1e-3
-    max_grad_norm: float = 10.0
+    max_grad_norm: float | None = 10.0
     gamma: float = 0.99
     target_period: int = 500
     epsilon_start: float = 1.0
@@ -287,10 +289,13 @@ def evaluate(view: EnvView, apply: Callable, params, keys: jax.Array) -> jax.Arr
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
-    """Adam with global-norm clipping."""
-    return optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate)
-    )
+    """Adam, after global-norm clipping unless ``config.max_grad_norm`` is None.
+
+    The chain has the same two states either way (``identity`` keeps the clip's place), so an
+    optimizer state transplants the same whatever the clipping."""
+    clip = (optax.identity() if config.max_grad_norm is None
+            else optax.clip_by_global_norm(config.max_grad_norm))
+    return optax.chain(clip, optax.adam(config.learning_rate))
 
 
 def epsilon_greedy(

@@ -33,6 +33,7 @@ import numpy as np
 
 import flaxsurgery as fs
 from flaxsurgery import results
+from flaxsurgery.rl.defaults import scaled
 from flaxsurgery.rl.dqn import DQNConfig, QNetwork, Trained, make_optimizer, make_train
 from flaxsurgery.rl.envs import EnvView
 
@@ -265,13 +266,16 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> d
             for arm in ARMS
         },
         "paired_vs_scratch": {
-            arm: results.paired_difference(returns[arm], returns["scratch"]) for arm in PRESETS
+            arm: results.paired_difference(returns[arm], returns["scratch"], config.eval_steps,
+                                           experiment.threshold)
+            for arm in PRESETS
         },
     }
     results.write(summary, out / experiment.name, xlabel="environment steps (0 = transplant)",
                   ylabel="greedy evaluation return", title=f"{experiment.name} ({summary['env']})")
-    print(f"\n{experiment.name}: {seeds} seeds, {config.total_steps:,} steps per phase, "
-          f"{wall_s:.0f}s\n\n{results.markdown_table(summary)}\n", flush=True)
+    print(f"\n{results.headline(summary)}\n\n{experiment.name}: {seeds} seeds, "
+          f"{config.total_steps:,} steps per phase, {wall_s:.0f}s\n\n"
+          f"{results.markdown_table(summary)}\n", flush=True)
     return summary
 
 
@@ -291,20 +295,15 @@ def main(
         "--steps",
         type=int,
         default=experiment.config.total_steps,
-        help="environment steps per phase (keeps the number of evaluations)",
+        help="environment steps per phase (keeps the number of evaluations and the shares of the"
+        " run that explore and that wait for learning to start)",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the 95%% interval needs two)")
-    config = experiment.config
-    evaluations = config.total_steps // config.eval_every
-    experiment = dataclasses.replace(
-        experiment,
-        config=dataclasses.replace(
-            config, total_steps=args.steps, eval_every=args.steps // evaluations
-        ),
-    )
+    if args.steps != experiment.config.total_steps:
+        experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
     returns = run(experiment, seeds=args.seeds, trainer=trainer)
     return report(experiment, returns, time.perf_counter() - start, args.out)
