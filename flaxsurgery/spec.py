@@ -310,7 +310,8 @@ def plan(
       new_layout: the new tree's layout (default: `layout`).
       spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``; a 1-D array
         means its values. Spaces not named keep their IDs by position.
-      layer_map: ``{new layer path: old layer path or None}``; by default a new layer takes from
+      layer_map: ``{new layer: old layer or None}``, with or without Linen's collection prefix
+        (``Dense_2`` or ``params/Dense_2``, as spaces are named); by default a new layer takes from
         the old layer of the same path, if any, as long as that layer plays the same part (a
         layer whose output was the network's output and is now hidden, or the reverse, means the
         layers were renamed, and is an error until `layer_map` says how they pair).
@@ -344,6 +345,7 @@ def plan(
         _raise(problems)
     old_leaves, old_treedef = flatten(old_tree)
     new_leaves, new_treedef = flatten(new_tree)
+    args = _full_names(args, old_leaves, new_leaves)
     old_axes = _resolve_layout(old_leaves, args.layout, "old", problems)
     new_axes = _resolve_layout(new_leaves, args.new_layout, "new", problems)
     mixing = mixing_spaces(args.layout) | mixing_spaces(args.new_layout)
@@ -476,6 +478,34 @@ def _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map
         drop=tuple(drop),
         neutral=neutral,
     )
+
+
+def _named(name: str, names: set) -> list[str]:
+    """What a user's layer or leaf name stands for: itself where the tree has it, else the same
+    name under each collection (``Dense_1`` -> ``params/Dense_1``, ``batch_stats/Dense_1``):
+    spaces drop Linen's collection prefix, so layer names may drop it too."""
+    if not isinstance(name, str) or name in names:
+        return [name]
+    return sorted(n for n in names if n.partition("/")[2] == name) or [name]
+
+
+def _full_names(args: _Arguments, old_leaves: dict, new_leaves: dict) -> _Arguments:
+    """`layer_map`, `leaf_rules` and `drop` with every name as the trees write it."""
+    old_layers = {layer_of(p) for p in old_leaves}
+    new_layers = {layer_of(p) for p in new_leaves}
+    old_prefixes = old_layers | set(old_leaves) | {p.rpartition("/")[0] for p in old_layers}
+    layer_map = {}
+    for new_name, old_name in args.layer_map.items():
+        for new_layer in _named(new_name, new_layers):
+            collection = new_layer[: len(new_layer) - len(new_name)] if new_layer != new_name else ""
+            old_layer = old_name
+            if isinstance(old_name, str) and old_name not in old_layers and collection + old_name in old_layers:
+                old_layer = collection + old_name
+            layer_map[new_layer] = old_layer
+    leaf_rules = {full: rule for path, rule in args.leaf_rules.items()
+                  for full in _named(path, set(new_leaves))}
+    drop = tuple(full for d in args.drop for full in _named(d.rstrip("/"), old_prefixes))
+    return dataclasses.replace(args, layer_map=layer_map, leaf_rules=leaf_rules, drop=drop)
 
 
 def _unit_ids(spec: Any, space: str, which: str, problems: list) -> tuple | None:
