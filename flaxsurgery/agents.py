@@ -18,7 +18,8 @@ import numpy as np
 
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.spec import NEUTRAL_BY_NAME, Plan, index_by_id, roles_of
+from flaxsurgery.plans import Plan, index_by_id
+from flaxsurgery.spec import NEUTRAL_BY_NAME, roles_of
 from flaxsurgery.spec import plan as make_plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import argument_names, traced_model
