@@ -76,7 +76,7 @@ def naive_transplant(old_tree, plan, fresh_tree):
                 continue
             kernel = np.zeros(leaf.shape, leaf.dtype)
             centre = tuple((n - 1) // 2 for n in leaf.shape[:-2])
-            for j, i in enumerate(arrays["match"]):
+            for j, i in enumerate(arrays.match):
                 if i >= 0:
                     kernel[centre + (i, j)] = 1.0
             out[leaf.path] = kernel
@@ -85,7 +85,7 @@ def naive_transplant(old_tree, plan, fresh_tree):
         for axis, ax in enumerate(leaf.axes):
             if not ax.gather:
                 continue
-            src = arrays[f"src{axis}"]
+            src = arrays.axes[axis].src
             shape = list(x.shape)
             shape[axis] = len(src)
             y = np.empty(shape, x.dtype)
@@ -96,8 +96,8 @@ def naive_transplant(old_tree, plan, fresh_tree):
         for axis in leaf.fill_order():
             lead = (slice(None),) * axis
             fills = leaf.axes[axis].fills
-            for j in np.flatnonzero(arrays[f"src{axis}"] < 0):
-                kind = fills[0] if len(fills) == 1 else fills[arrays[f"kind{axis}"][j]]
+            for j in np.flatnonzero(arrays.axes[axis].src < 0):
+                kind = fills[0] if len(fills) == 1 else fills[arrays.axes[axis].kind[j]]
                 x[lead + (j,)] = fresh[lead + (j,)] if kind == "fresh" else leaf.neutral
         out[leaf.path] = x
     return out

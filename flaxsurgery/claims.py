@@ -9,7 +9,7 @@ import dataclasses
 from flaxsurgery import init as rules_lib
 from flaxsurgery.layout import carries_units, output_axis, spaces_in
 from flaxsurgery.paths import leaf_name
-from flaxsurgery.plans import EXACTNESS, LeafPlan, SpaceInfo
+from flaxsurgery.plans import EXACTNESS, LeafArrays, LeafPlan, SpaceInfo
 
 # One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
 BIAS_NAMES = ("bias", "b", "beta")
@@ -87,7 +87,7 @@ def note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
         facts.other_leaves.add(path)
 
 
-def init_exactness(leaf: LeafPlan, arrays: dict, writes_old: bool) -> str:
+def init_exactness(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool) -> str:
     """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
     a space of its own: one that writes an old network's space (a residual stream) adds to it."""
     if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
@@ -96,8 +96,8 @@ def init_exactness(leaf: LeafPlan, arrays: dict, writes_old: bool) -> str:
         return "none"
     if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
         return "none"
-    if "match" in arrays:
-        match = arrays["match"]
+    if arrays.match is not None:
+        match = arrays.match
         if (match < 0).any() or len(set(match.tolist())) != leaf.shape[leaf.kernel_axes[0]]:
             return "none"  # not a permutation-free identity: some unit is not passed through
     return "function"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -21,6 +21,33 @@ from flaxsurgery import init as rules_lib
 EXACTNESS = ("none", "greedy", "policy", "function")  # weakest first
 # The value a new unit takes under a "zeros" fill on a one-axis leaf, by the leaf's name: a shift
 # is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
+
+
+class AxisArrays(NamedTuple):
+    """The per-unit arrays of one gathered axis (NumPy on the host; device arrays under jit).
+
+    Attributes:
+      src: int32, each new unit's index into the old axis; -1 where a fill applies.
+      kind: int32, which of the axis's fills a unit takes (a Concat of spaces with different
+        rules), else None.
+      scale: float32 multipliers (Net2Net split), else None.
+      offset: float32 addends (a new unit's bias margin), else None.
+      own: int32, each unit's own old index, -1 if it is new, where `src` copies another unit.
+    """
+
+    src: np.ndarray
+    kind: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    own: np.ndarray | None = None
+
+
+class LeafArrays(NamedTuple):
+    """A leaf's arrays: one :class:`AxisArrays` per axis (None where the axis is kept as it is),
+    and for an identity kernel, each output unit's matching input unit."""
+
+    axes: tuple = ()
+    match: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,20 +209,21 @@ class Plan:
         for leaf, arr in zip(self.leaves, self.arrays):
             if leaf.init != "gather":
                 leaves.append(dataclasses.replace(leaf, init="fresh"))
-                arrays.append({})
+                arrays.append(LeafArrays())
                 continue
-            axes, new_arr = [], {}
-            for axis, ax in enumerate(leaf.axes):
-                own = arr.get(f"own{axis}", arr.get(f"src{axis}"))
+            axes, new_arr = [], []
+            for ax, units in zip(leaf.axes, arr.axes):
                 if not ax.gather:
                     axes.append(ax)
+                    new_arr.append(None)
                     continue
+                own = units.src if units.own is None else units.own
                 new = bool((own < 0).any())
                 axes.append(AxisPlan(ax.role, gather=True, fills=("fresh",) if new else (),
                                      prefix=prefix_length(own)))
-                new_arr[f"src{axis}"] = own
+                new_arr.append(AxisArrays(own))
             leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
-            arrays.append(new_arr)
+            arrays.append(LeafArrays(tuple(new_arr)))
         return dataclasses.replace(self, leaves=tuple(leaves), arrays=tuple(arrays))
 
     def report(self) -> str:

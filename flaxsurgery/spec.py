@@ -40,7 +40,15 @@ from flaxsurgery.layout import (
     spaces_in,
 )
 from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.plans import AxisPlan, LeafPlan, Plan, index_by_id, prefix_length
+from flaxsurgery.plans import (
+    AxisArrays,
+    AxisPlan,
+    LeafArrays,
+    LeafPlan,
+    Plan,
+    index_by_id,
+    prefix_length,
+)
 
 IdSpec = int | Sequence[Hashable]
 NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.0,
@@ -484,8 +492,8 @@ def _shape_dtype(x) -> tuple[tuple, Any]:
     return tuple(np.shape(x)), np.dtype(x.dtype)
 
 
-def _read_only(arrays: dict) -> dict:
-    for value in arrays.values():
+def _read_only(arrays: LeafArrays) -> LeafArrays:
+    for value in jax.tree_util.tree_leaves(arrays):
         value.flags.writeable = False
     return arrays
 
@@ -511,9 +519,9 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
                             f"cast one tree first (the plan does not cast)")
     if len(old_shape) != len(new_shape):
         ctx.problems.append(f"leaf {path!r} has {len(new_shape)} axes but its source {source!r} has {len(old_shape)}")
-        return leaf, {}
+        return leaf, LeafArrays()
     out = output_axis(new_axes)
-    axes, arrays = [], {}
+    axes, arrays = [], []
     for axis, (old_spec, new_spec) in enumerate(zip(old_axes, new_axes)):
         where = f"leaf {path!r} axis {axis} (source {source!r})"
         if not carries_units(new_spec) and not carries_units(old_spec):
@@ -528,33 +536,26 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
             ctx.problems.append(f"{where}: rule mean needs a plain space, not {new_spec!r}")
         ax, arr = _axis_plan(role, units, old_shape[axis])
         axes.append(ax)
-        arrays.update({f"{k}{axis}": v for k, v in arr.items()})
+        arrays.append(arr)
     if len(axes) != len(new_shape):
-        return leaf, {}
+        return leaf, LeafArrays()
     if leaf.neutral is None and any("zeros" in ax.fills for ax in axes):
         ctx.problems.append(
             f"leaf {path!r}: new units take the neutral value, but the name {leaf_name(path)!r} does "
             f"not say whether that is 0 (a shift: bias, mean) or 1 (a scale: scale, var, std); "
             f"say it with neutral={{{leaf_name(path)!r}: 0.0 or 1.0}}")
     note_output_facts(path, new_axes, leaf, axes, ctx)
-    return dataclasses.replace(leaf, axes=tuple(axes)), arrays
+    return dataclasses.replace(leaf, axes=tuple(axes)), LeafArrays(tuple(arrays))
 
 
-def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]:
+def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, AxisArrays | None]:
     """The static AxisPlan and the arrays of one axis; an unchanged axis needs neither."""
     fills = tuple(dict.fromkeys(f for f in units.fill[units.src < 0] if f is not None))
     if not fills and units.scale is None and units.offset is None and units.own is None \
             and len(units.src) == old_size and np.array_equal(units.src, np.arange(old_size)):
-        return AxisPlan(role, gather=False), {}
-    arrays = {"src": units.src}
-    if len(fills) > 1:
-        arrays["kind"] = np.array([fills.index(f) if f else -1 for f in units.fill], np.int32)
-    if units.scale is not None:
-        arrays["scale"] = units.scale
-    if units.offset is not None:
-        arrays["offset"] = units.offset
-    if units.own is not None:
-        arrays["own"] = units.own
+        return AxisPlan(role, gather=False), None
+    kind = np.array([fills.index(f) if f else -1 for f in units.fill], np.int32) if len(fills) > 1 else None
+    arrays = AxisArrays(units.src, kind, units.scale, units.offset, units.own)
     ax = AxisPlan(role, gather=True, fills=fills, scaled=units.scale is not None,
                   offset=units.offset is not None, prefix=prefix_length(units.src),
                   copied=units.own is not None)
@@ -700,15 +701,15 @@ def _init_leaf(path, new, new_axes, init, ctx):
             f"{leaf_name(path)!r} does not say whether that is 0 (a shift) or 1 (a scale); say it "
             f"with neutral={{{leaf_name(path)!r}: ...}} or give it a leaf_rules entry such as 'fresh'")
     if init not in ("identity", "near_identity") or len(mapped) <= 1 and len(shape) <= 1:
-        return leaf, {}
+        return leaf, LeafArrays()
     if len(mapped) != 2 or any(not isinstance(new_axes[i], str) for i in mapped):
         ctx.problems.append(
             f"new leaf {path!r} (axes {new_axes}) has no source and {init} needs a kernel with one input "
             f"and one output space; give it a source in layer_map or a leaf_rules entry such as 'fresh'")
-        return leaf, {}
+        return leaf, LeafArrays()
     in_ids = ctx.ids[space_of(new_axes[mapped[0]])][1]
     out_ids = ctx.ids[space_of(new_axes[mapped[1]])][1]
     match = index_by_id(out_ids, in_ids)
-    return dataclasses.replace(leaf, kernel_axes=tuple(mapped)), {"match": match}
+    return dataclasses.replace(leaf, kernel_axes=tuple(mapped)), LeafArrays(match=match)
 
 

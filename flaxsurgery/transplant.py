@@ -15,7 +15,7 @@ import numpy as np
 
 from flaxsurgery.init import NEAR_IDENTITY_NOISE
 from flaxsurgery.paths import flatten
-from flaxsurgery.plans import LeafPlan, Plan
+from flaxsurgery.plans import LeafArrays, LeafPlan, Plan
 from flaxsurgery.spec import Spec
 
 
@@ -103,7 +103,7 @@ def _along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
     return jnp.reshape(vector, shape)
 
 
-def apply_leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any, dtype: Any = None) -> jax.Array:
+def apply_leaf(leaf: LeafPlan, arrays: LeafArrays, old: Any, fresh: Any, dtype: Any = None) -> jax.Array:
     """One leaf of a plan: `old` (its source's values) made into the new leaf.
 
     Args:
@@ -120,19 +120,20 @@ def apply_leaf(leaf: LeafPlan, arrays: dict, old: Any, fresh: Any, dtype: Any = 
     x = _gather(jnp.asarray(old), leaf, arrays)
     for axis, ax in enumerate(leaf.axes):
         if ax.scaled:
-            x = x * _along(arrays[f"scale{axis}"], axis, ndim).astype(x.dtype)
+            x = x * _along(arrays.axes[axis].scale, axis, ndim).astype(x.dtype)
     for axis in leaf.fill_order():
         fills = leaf.axes[axis].fills
         for i, kind in enumerate(fills):
-            new = arrays[f"src{axis}"] < 0 if len(fills) == 1 else arrays[f"kind{axis}"] == i
+            units = arrays.axes[axis]
+            new = units.src < 0 if len(fills) == 1 else units.kind == i
             x = jnp.where(_along(new, axis, ndim), _fill(kind, leaf, axis, arrays, old, fresh), x)
     for axis, ax in enumerate(leaf.axes):
         if ax.offset:  # after the fills: a mean-filled bias gets its margin too
-            x = x + _along(arrays[f"offset{axis}"], axis, ndim).astype(x.dtype)
+            x = x + _along(arrays.axes[axis].offset, axis, ndim).astype(x.dtype)
     return x.astype(dtype)
 
 
-def _gather(x: jax.Array, leaf: LeafPlan, arrays: dict, skip: int | None = None) -> jax.Array:
+def _gather(x: jax.Array, leaf: LeafPlan, arrays: LeafArrays, skip: int | None = None) -> jax.Array:
     """`x` gathered along every axis that has an index array, except `skip`."""
     axes = [a for a, ax in enumerate(leaf.axes) if ax.gather and a != skip]
     if not axes:
@@ -140,7 +141,7 @@ def _gather(x: jax.Array, leaf: LeafPlan, arrays: dict, skip: int | None = None)
     for axis in axes:
         kept = leaf.axes[axis].prefix
         if kept is None:
-            x = jnp.take(x, arrays[f"src{axis}"], axis=axis, mode="clip")
+            x = jnp.take(x, arrays.axes[axis].src, axis=axis, mode="clip")
         else:  # old units in order, new ones appended: a slice and a pad
             pad = [(0, 0)] * x.ndim
             pad[axis] = (0, leaf.shape[axis] - kept)
@@ -148,7 +149,7 @@ def _gather(x: jax.Array, leaf: LeafPlan, arrays: dict, skip: int | None = None)
     return x
 
 
-def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: Any) -> Any:
+def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: LeafArrays, old: Any, fresh: Any) -> Any:
     """Values of fill `kind` for new entries along `axis`, broadcastable to the leaf."""
     if kind == "fresh":
         return fresh
@@ -161,11 +162,11 @@ def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: dict, old: Any, fresh: A
     x = _gather(jnp.asarray(old), leaf, arrays, skip=axis)
     for other, ax in enumerate(leaf.axes):
         if ax.scaled and other != axis:
-            x = x * _along(arrays[f"scale{other}"], other, x.ndim).astype(x.dtype)
+            x = x * _along(arrays.axes[other].scale, other, x.ndim).astype(x.dtype)
     return jnp.mean(x, axis=axis, keepdims=True)
 
 
-def _init_leaf(leaf: LeafPlan, arrays: dict, fresh: Any) -> jax.Array:
+def _init_leaf(leaf: LeafPlan, arrays: LeafArrays, fresh: Any) -> jax.Array:
     """A leaf with no source: identity (near-identity) kernel, neutral vector, fresh or zeros."""
     if leaf.init == "fresh":
         return jnp.asarray(fresh).astype(leaf.dtype)
@@ -173,7 +174,7 @@ def _init_leaf(leaf: LeafPlan, arrays: dict, fresh: Any) -> jax.Array:
         return jnp.zeros(leaf.shape, leaf.dtype)
     if leaf.kernel_axes is None:  # identity of a bias or norm vector, or zeros: the neutral value
         return jnp.full(leaf.shape, leaf.neutral, leaf.dtype)
-    kernel = _identity_kernel(leaf, arrays["match"])
+    kernel = _identity_kernel(leaf, arrays.match)
     if leaf.init == "near_identity":
         kernel = kernel + NEAR_IDENTITY_NOISE * jnp.asarray(fresh, leaf.dtype)
     return kernel
