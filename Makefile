@@ -49,7 +49,7 @@ bench-quick: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python -m bench --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check flaxsurgery tests examples bench
+	$(BIN)/ruff check flaxsurgery experiments tests examples bench
 
 # Build outputs only: tracked files (results/, bench/results.json) are left alone.
 clean:
