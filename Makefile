@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-fast test-integrations demo bench bench-quick lint clean
+.PHONY: test test-fast test-integrations demo bench bench-quick lint docs clean
 CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
 	tests/test_never_wrong.py tests/test_agents.py flaxsurgery/spec.py flaxsurgery/init.py \
 	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace.py
@@ -48,10 +48,23 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python -m bench --quick
 
+# The documentation site: README.md and docs/ with the API reference from the docstrings, into
+# site/ (not tracked). Relative links in README.md and docs/ must resolve; --strict turns every
+# warning (a broken link or anchor in the site included) into an error.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python tools/check_links.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff check flaxsurgery experiments tests examples bench
 
 # Build outputs only: tracked files (results/, bench/results.json) are left alone.
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build dist site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

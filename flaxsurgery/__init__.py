@@ -8,7 +8,8 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
 from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
-from flaxsurgery.spec import Plan, Spec, plan
+from flaxsurgery.plans import Plan
+from flaxsurgery.spec import Spec, plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
 from flaxsurgery.transplant import transplant

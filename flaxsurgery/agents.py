@@ -18,7 +18,8 @@ import numpy as np
 
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.spec import NEUTRAL_BY_NAME, Plan, index_by_id, roles_of
+from flaxsurgery.plans import Plan, index_by_id
+from flaxsurgery.spec import NEUTRAL_BY_NAME, roles_of
 from flaxsurgery.spec import plan as make_plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import argument_names, traced_model
@@ -76,9 +77,10 @@ def surgery(
     """Moves a trained agent into a new architecture, in one call.
 
     Args:
-      old_model, new_model: a Linen module, or an ``apply(variables, *inputs)`` function.
+      old_model: a Linen module, or an ``apply(variables, *inputs)`` function.
       old_state: the trained state: a flax ``TrainState`` (and subclasses with target or EMA
         parameters, ``batch_stats``), a Linen variables dict, or a params dict.
+      new_model: the new architecture, as `old_model`.
       new_state: the new agent's fresh state of the same kind (``TrainState.create`` with the
         new model's init; a variables dict from ``new_model.init``): gives the result's
         structure, the new units' fresh values and the optimizer's initial statistics.
@@ -89,12 +91,16 @@ def surgery(
         named after the inputs (``obs``), the output (``out``) and the layers (``Dense_0``).
       layer_map: ``{new layer: old layer or None}``; by default layers pair by their place in
         the forward pass (an inserted or removed layer needs none).
-      rules, preset, leaf_rules, drop, neutral: as :func:`flaxsurgery.plan`.
+      rules: as :func:`flaxsurgery.plan`.
+      preset: as :func:`flaxsurgery.plan`.
+      leaf_rules: as :func:`flaxsurgery.plan`.
+      drop: as :func:`flaxsurgery.plan`.
+      neutral: as :func:`flaxsurgery.plan` (and for the normaliser's statistics).
       output: selects the array that carries units from the model's output (the logits of a
         categorical, the loc of a Gaussian, one element of a tuple).
       input_names: names for the input spaces (default: the model's argument names).
-      reset, kinds: as :func:`flaxsurgery.transplant_state` (which counters restart; how unknown
-        parameter-shaped fields move).
+      reset: as :func:`flaxsurgery.transplant_state`: which counters restart.
+      kinds: as :func:`flaxsurgery.transplant_state`: how unknown parameter-shaped fields move.
       normalizer: observation-normalisation statistics to move along the first input's space
         (see :func:`transplant_normalizer`; `neutral` applies to them too).
 

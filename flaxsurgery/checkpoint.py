@@ -30,8 +30,8 @@ import orbax.checkpoint.experimental.v1 as ocp
 
 from flaxsurgery.groups import leaf_bytes, leaf_groups, subplan
 from flaxsurgery.paths import flatten, path_name
+from flaxsurgery.plans import Plan
 from flaxsurgery.sharding import source_sharding, transplant_fn
-from flaxsurgery.spec import Plan
 from flaxsurgery.transplant import transplant
 
 PathLike = str | os.PathLike

@@ -41,7 +41,7 @@ import numpy as np
 from flaxsurgery import init as rules_lib
 from flaxsurgery.agents import plan_models  # layers paired by forward order, as surgery does
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import Plan
+from flaxsurgery.plans import Plan
 from flaxsurgery.trace import trace_layout
 
 RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import jax
 import numpy as np
 
-from flaxsurgery.spec import LeafPlan, Plan
+from flaxsurgery.plans import LeafPlan, Plan
 
 
 def subplan(plan: Plan, paths: Iterable[str]) -> Plan:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import LeafPlan, Plan
+from flaxsurgery.plans import LeafPlan, Plan
 from flaxsurgery.transplant import transplant
 
 

@@ -1,20 +1,15 @@
-"""Plans: what the host computes once, from layouts, unit IDs, a layer map and init rules.
+"""Planning: what the host computes once, from layouts, unit IDs, a layer map and init rules.
 
-Everything here is NumPy on the host. A :class:`Plan` holds, for every leaf of the new tree, its
-source leaf in the old tree and one int32 index array per axis (``-1`` marks a unit the old
-network lacks), plus the static description of how new entries are filled. Applying it
-(:func:`flaxsurgery.transplant`) is pure ``jax.numpy``.
-
-What a plan claims to preserve (:meth:`Plan.report`) is derived here, from what the plan does
-on the given trees: the rule of each space, where its offsets land, which leaves carry it, and
-whether the forward pass mixes its units (the layout's :data:`~flaxsurgery.layout.MIXING`).
+Everything here is NumPy on the host: the spaces' sizes and IDs, each new leaf's source, and
+per axis the index arrays and fills of a :class:`~flaxsurgery.plans.Plan`. The arguments are
+checked in :mod:`flaxsurgery.checks`, what the plan preserves is derived in
+:mod:`flaxsurgery.claims`, and applying it (:func:`flaxsurgery.transplant`) is pure
+``jax.numpy``.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -22,11 +17,18 @@ import jax
 import numpy as np
 
 from flaxsurgery import init as rules_lib
+from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
+from flaxsurgery.claims import (
+    BIAS_NAMES,
+    SpaceFacts,
+    init_exactness,
+    note_output_facts,
+    space_info,
+    summarise_layer,
+)
 from flaxsurgery.layout import (
-    MIXING,
     WINDOW,
     Concat,
-    Flat,
     Grid,
     as_grid,
     carries_units,
@@ -38,217 +40,12 @@ from flaxsurgery.layout import (
     spaces_in,
 )
 from flaxsurgery.paths import flatten, layer_of, leaf_name
+from flaxsurgery.plans import AxisPlan, LeafPlan, Plan, index_by_id, prefix_length
 
 IdSpec = int | Sequence[Hashable]
-EXACTNESS = ("none", "greedy", "policy", "function")  # weakest first
-# The value a new unit takes under a "zeros" fill on a one-axis leaf, by the leaf's name: a shift
-# is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
 NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.0,
                    "embedding": 0.0, "w": 0.0, "weight": 0.0,
                    "scale": 1.0, "gamma": 1.0, "var": 1.0, "variance": 1.0, "std": 1.0}
-# One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
-BIAS_NAMES = ("bias", "b", "beta")
-MAX_SHOWN = 8  # IDs shown in an error message before "..."
-
-
-@dataclasses.dataclass(frozen=True)
-class AxisPlan:
-    """How one axis of a new leaf is filled (static; the index arrays live in `Plan.arrays`).
-
-    Attributes:
-      role: ``"input"``, ``"output"`` or ``"spatial"`` (a window or a unit-less axis).
-      gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
-      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"`` (the neutral
-        value), ``"mean"``, ``"zero"`` (a literal 0)): one kind, or several (a ``Concat`` of
-        spaces with different rules), told apart by the per-unit ``kind`` array.
-      scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
-      offset: whether a per-unit ``offset`` is added, after the fills (a new unit's bias).
-      prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
-        ones appended: the usual widening), the gather is a slice and a pad, which XLA fuses
-        better than a general gather.
-      copied: whether some new units gather another unit's values (``copy``, ``split``); the
-        ``own`` array then says which units are new, for optimizer state.
-    """
-
-    role: str
-    gather: bool
-    fills: tuple = ()
-    scaled: bool = False
-    offset: bool = False
-    prefix: int | None = None
-    copied: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafPlan:
-    """What one leaf of the new tree is made of (static).
-
-    Attributes:
-      path: the new leaf's path.
-      source: the old leaf's path, or None for a leaf initialised whole by `init`.
-      init: ``"gather"`` (from `source`), or a layer init (``"identity"``, ``"near_identity"``,
-        ``"fresh"``, ``"zeros"``, ``"zero"``).
-      shape, dtype: the new leaf's.
-      axes: one :class:`AxisPlan` per axis (for ``"gather"``).
-      neutral: the value ``zeros`` means here (None where the leaf's name does not say it and
-        no rule needs it).
-      kernel_axes: for an identity kernel, its (input, output) axes.
-    """
-
-    path: str
-    source: str | None
-    init: str
-    shape: tuple
-    dtype: Any
-    axes: tuple = ()
-    neutral: float | None = 0.0
-    kernel_axes: tuple | None = None
-
-    @property
-    def needs_fresh(self) -> bool:
-        return self.init in ("fresh", "near_identity") or any("fresh" in a.fills for a in self.axes)
-
-    def fill_order(self) -> tuple:
-        """Axes whose new entries are filled, weakest claim first: output, inputs, spatial.
-
-        A new unit's outgoing weights override the incoming rule of the unit it feeds, and
-        spatial padding of a grown conv kernel is always zero.
-        """
-        rank = {"output": 0, "input": 1, "spatial": 2}
-        filled = [i for i, a in enumerate(self.axes) if a.fills]
-        return tuple(sorted(filled, key=lambda i: rank[self.axes[i].role]))
-
-
-@dataclasses.dataclass(frozen=True)
-class SpaceInfo:
-    """A space's IDs, role and rule, and what the plan preserves of it.
-
-    Attributes:
-      preserves: ``"function"``, ``"greedy"`` or ``"none"``, derived from what the plan does.
-      why: when `preserves` is weaker than the rule promises, the reason.
-    """
-
-    name: str
-    old_ids: tuple
-    new_ids: tuple
-    role: str
-    rule: rules_lib.Rule
-    in_old: bool = True
-    preserves: str = "function"
-    why: str = ""
-
-    def index(self) -> np.ndarray:
-        return self._index
-
-    @functools.cached_property
-    def _index(self) -> np.ndarray:  # computed once: a vocabulary can hold a million IDs
-        index = index_by_id(self.new_ids, self.old_ids)
-        index.flags.writeable = False
-        return index
-
-    def exactness(self) -> str:
-        return self.preserves
-
-
-@jax.tree_util.register_pytree_node_class
-@dataclasses.dataclass(frozen=True, eq=False)
-class Plan:
-    """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
-
-    Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
-    closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
-    read-only, so a plan cannot be changed after it is built.
-    """
-
-    leaves: tuple
-    arrays: tuple
-    old_shapes: tuple
-    old_treedef: Any
-    new_treedef: Any
-    spaces: tuple
-    layer_inits: tuple
-
-    def tree_flatten(self):
-        static = (self.leaves, self.old_shapes, self.old_treedef, self.new_treedef, self.spaces,
-                  self.layer_inits)
-        return (self.arrays,), static
-
-    @classmethod
-    def tree_unflatten(cls, static, children):
-        leaves, old_shapes, old_treedef, new_treedef, spaces, layer_inits = static
-        return cls(leaves, children[0], old_shapes, old_treedef, new_treedef, spaces, layer_inits)
-
-    def space(self, name: str) -> SpaceInfo:
-        for info in self.spaces:
-            if info.name == name:
-                return info
-        raise ValueError(f"unknown space {name!r}; the plan's spaces are {[s.name for s in self.spaces]}")
-
-    def index(self, space: str) -> np.ndarray:
-        """For each new unit ID of `space`, its position among the old IDs, or -1 if it is new.
-
-        >>> p = plan({"w": np.zeros((2, 3), np.float32)}, {"w": np.zeros((3, 3), np.float32)}, {"w": ("in", None)},
-        ...          spaces={"in": (["a", "b"], ["b", "c", "a"])})
-        >>> p.index("in")
-        array([ 1, -1,  0], dtype=int32)
-        """
-        return self.space(space).index()
-
-    def exactness(self) -> str:
-        """The weakest guarantee over every space and new layer: ``"function"`` (outputs on the
-        old units unchanged, identity layers assumed after ReLU), ``"greedy"`` or ``"none"``."""
-        levels = [s.preserves for s in self.spaces] + [e for _, _, e in self.layer_inits]
-        return min(levels, key=EXACTNESS.index, default="function")
-
-    def for_state(self) -> Plan:
-        """The same plan for optimizer statistics (Adam's moments, a momentum trace): every new
-        unit takes the optimizer's own initial value (the fresh state's), whatever its rule, with
-        no copies, scales or offsets (a copied unit's moments would be another unit's; a negative
-        second moment would make the update NaN)."""
-        leaves, arrays = [], []
-        for leaf, arr in zip(self.leaves, self.arrays):
-            if leaf.init != "gather":
-                leaves.append(dataclasses.replace(leaf, init="fresh"))
-                arrays.append({})
-                continue
-            axes, new_arr = [], {}
-            for axis, ax in enumerate(leaf.axes):
-                own = arr.get(f"own{axis}", arr.get(f"src{axis}"))
-                if not ax.gather:
-                    axes.append(ax)
-                    continue
-                new = bool((own < 0).any())
-                axes.append(AxisPlan(ax.role, gather=True, fills=("fresh",) if new else (),
-                                     prefix=_prefix_length(own)))
-                new_arr[f"src{axis}"] = own
-            leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
-            arrays.append(new_arr)
-        return dataclasses.replace(self, leaves=tuple(leaves), arrays=tuple(arrays))
-
-    def report(self) -> str:
-        """A human-readable account: per space its units and rule, per new layer its init, and
-        what each preserves (with the reason where it is less than the rule promises)."""
-        lines = ["space             role     old  new  kept added removed  rule               preserves"]
-        for s in self.spaces:
-            if not s.in_old:
-                lines.append(f"{s.name:<17} {s.role:<7}    - {len(s.new_ids):>4}  (a new layer's space)")
-                continue
-            kept = int((s.index() >= 0).sum())
-            lines.append(
-                f"{s.name:<17} {s.role:<7} {len(s.old_ids):>4} {len(s.new_ids):>4} {kept:>5} "
-                f"{len(s.new_ids) - kept:>5} {len(s.old_ids) - kept:>7}  {s.rule.name:<18} "
-                f"{s.preserves}"
-            )
-            if s.why:
-                lines.append(f"  {s.name}: {s.why}")
-        for layer, init, exact in self.layer_inits:
-            if init == "dropped":
-                lines.append(f"dropped old layer {layer}: preserves {exact}")
-                continue
-            note = " (after an idempotent activation such as ReLU)" if init == "identity" else ""
-            lines.append(f"new layer {layer}: {init}, preserves {exact}{note}")
-        lines.append(f"overall: preserves {self.exactness()}")
-        return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -310,7 +107,8 @@ def plan(
       new_layout: the new tree's layout (default: `layout`).
       spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``; a 1-D array
         means its values. Spaces not named keep their IDs by position.
-      layer_map: ``{new layer path: old layer path or None}``; by default a new layer takes from
+      layer_map: ``{new layer: old layer or None}``, with or without Linen's collection prefix
+        (``Dense_2`` or ``params/Dense_2``, as spaces are named); by default a new layer takes from
         the old layer of the same path, if any, as long as that layer plays the same part (a
         layer whose output was the network's output and is now hidden, or the reverse, means the
         layers were renamed, and is an error until `layer_map` says how they pair).
@@ -338,16 +136,17 @@ def plan(
     array([-1,  0,  1, -1], dtype=int32)
     """
     problems: list[str] = []
-    args = _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules,
+    args = checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules,
                               preset, leaf_rules, drop, neutral, problems)
     if problems:
         _raise(problems)
     old_leaves, old_treedef = flatten(old_tree)
     new_leaves, new_treedef = flatten(new_tree)
-    old_axes = _resolve_layout(old_leaves, args.layout, "old", problems)
-    new_axes = _resolve_layout(new_leaves, args.new_layout, "new", problems)
+    args = full_names(args, old_leaves, new_leaves)
+    old_axes = resolve_layout(old_leaves, args.layout, "old", problems)
+    new_axes = resolve_layout(new_leaves, args.new_layout, "new", problems)
     mixing = mixing_spaces(args.layout) | mixing_spaces(args.new_layout)
-    given = _given_ids(args.spaces, problems)
+    given = given_ids(args.spaces, problems)
     old_sizes = _space_sizes(old_leaves, old_axes, {k: v[0] for k, v in given.items()}, "old", problems)
     new_sizes = _space_sizes(new_leaves, new_axes, {k: v[1] for k, v in given.items()}, "new", problems)
     ids = _space_ids(given, set(args.spaces), old_sizes, new_sizes, problems)
@@ -380,9 +179,9 @@ def plan(
     for leaf, arr, axes in new_layer_leaves:
         out = output_axis(axes)
         writes_old = out is not None and any(s in ctx.self_paired for s in spaces_in(axes[out]))
-        layer_inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, _init_exactness(leaf, arr, writes_old)))
+        layer_inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, init_exactness(leaf, arr, writes_old)))
     infos = tuple(
-        _space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
+        space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
         for name in sorted(ids, key=str)
     )
     if problems:
@@ -394,7 +193,7 @@ def plan(
         old_treedef=old_treedef,
         new_treedef=new_treedef,
         spaces=infos,
-        layer_inits=tuple(_summarise_layer(layer, inits) for layer, inits in sorted(layer_inits.items())),
+        layer_inits=tuple(summarise_layer(layer, inits) for layer, inits in sorted(layer_inits.items())),
     )
 
 
@@ -405,182 +204,7 @@ def _raise(problems: list[str]) -> None:
 # ----------------------------------------------------------------------------- input checks
 
 
-def show(value: Any, limit: int = MAX_SHOWN) -> str:
-    """``repr`` for error messages: never raises, and long sequences are cut after `limit`."""
-    if isinstance(value, (list, tuple)) and len(value) > limit:
-        return "[" + ", ".join(show(v) for v in value[:limit]) + f", ... ({len(value)} in all)]"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a user's ID may have any __repr__
-        return f"<{type(value).__name__} whose repr fails>"
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-@dataclasses.dataclass
-class _Arguments:
-    layout: Mapping
-    new_layout: Mapping
-    spaces: dict
-    layer_map: dict
-    rules: dict
-    leaf_rules: dict
-    drop: tuple
-    neutral: dict
-
-
-def _checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules, preset,
-                       leaf_rules, drop, neutral, problems) -> _Arguments:
-    """The keyword arguments as the types plan works with; a problem for each that is not."""
-
-    def mapping(value, name, example):
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            problems.append(f"{name} must be a mapping such as {example}, got {type(value).__name__} "
-                            f"{show(value)}")
-            return {}
-        return dict(value)
-
-    for name, tree in (("old_tree", old_tree), ("new_tree", new_tree)):
-        with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-        if not with_path or any(not path for path, _ in with_path):
-            problems.append(f"{name} must be a tree of named arrays (a dict such as "
-                            f"{{'Dense_0': {{'kernel': ...}}}} or an NNX State), got "
-                            f"{type(tree).__name__}: leaves need paths for the layout to name them")
-    if not (isinstance(preset, str) and preset in rules_lib.PRESETS):
-        problems.append(f"unknown preset {show(preset)}; choose one of {sorted(rules_lib.PRESETS)}")
-    if isinstance(drop, str):
-        drop = (drop,)
-    if not isinstance(drop, (list, tuple, set, frozenset)) or not all(isinstance(d, str) for d in drop):
-        problems.append(f"drop must be a list of old leaf or layer paths, got {show(drop)}")
-        drop = ()
-    layer_map = mapping(layer_map, "layer_map", "{'Dense_2': 'Dense_1', 'Dense_1': None}")
-    for new_layer, old_layer in layer_map.items():
-        if not isinstance(new_layer, str) or not (old_layer is None or isinstance(old_layer, str)):
-            problems.append(f"layer_map entry {show(new_layer)}: {show(old_layer)} must map a new "
-                            f"layer path to an old layer path or None")
-    neutral = mapping(neutral, "neutral", "{'gamma': 1.0}")
-    for key, value in neutral.items():
-        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
-            problems.append(f"neutral[{show(key)}] must be a number, got {show(value)}")
-    return _Arguments(
-        layout=mapping(layout, "layout", "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
-        new_layout=mapping(layout if new_layout is None else new_layout, "new_layout",
-                           "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
-        spaces=mapping(spaces, "spaces", "{'obs': (['x', 'y'], ['x', 'y', 'z'])}"),
-        layer_map=layer_map,
-        rules=mapping(rules, "rules", "{'out': fs.mean()}"),
-        leaf_rules=mapping(leaf_rules, "leaf_rules", "{'params/Dense_1/kernel': 'fresh'}"),
-        drop=tuple(drop),
-        neutral=neutral,
-    )
-
-
-def _unit_ids(spec: Any, space: str, which: str, problems: list) -> tuple | None:
-    """A space's unit IDs from an int count or a sequence (an array: its values); None on error."""
-    where = f"{space}: {which} IDs"
-    if isinstance(spec, bool) or spec is None:
-        problems.append(f"{where}: expected an int count or a list of unit IDs, got {show(spec)}")
-        return None
-    if hasattr(spec, "shape") and hasattr(spec, "dtype"):  # NumPy / JAX arrays, scalars
-        try:
-            array = np.asarray(spec)
-        except Exception:  # noqa: BLE001 - an abstract array (ShapeDtypeStruct, tracer)
-            problems.append(f"{where}: IDs must be concrete values, got {show(spec)}")
-            return None
-        if array.ndim == 0 and np.issubdtype(array.dtype, np.integer):
-            spec = int(array)
-        elif array.ndim == 1:
-            return _hashable_ids(tuple(array.tolist()), space, which, problems)
-        else:
-            problems.append(f"{where}: an array of IDs must be 1-D, got shape {array.shape} "
-                            f"dtype {array.dtype}")
-            return None
-    if isinstance(spec, (int, np.integer)):
-        if spec < 0:
-            problems.append(f"{where}: a negative unit count {spec}")
-            return None
-        return tuple(range(int(spec)))
-    if isinstance(spec, (float, np.floating, str, bytes, Mapping, set, frozenset)):
-        hint = {str: " (list('abc') if each character is an ID)", bytes: "",
-                set: " (a set has no order: use a list)", frozenset: " (use a list)"}
-        problems.append(f"{where}: expected an int count or a list of unit IDs, got "
-                        f"{type(spec).__name__} {show(spec)}{hint.get(type(spec), '')}")
-        return None
-    try:
-        unit_ids = tuple(spec)
-    except TypeError:
-        problems.append(f"{where}: expected an int count or a list of unit IDs, got "
-                        f"{type(spec).__name__} {show(spec)}")
-        return None
-    unit_ids = tuple(np.asarray(u).item() if getattr(u, "shape", None) == () else u for u in unit_ids)
-    return _hashable_ids(unit_ids, space, which, problems)
-
-
-def _hashable_ids(unit_ids: tuple, space: str, which: str, problems: list) -> tuple | None:
-    try:
-        counts = collections.Counter(unit_ids)
-    except TypeError:
-        bad = [(i, u) for i, u in enumerate(unit_ids) if not isinstance(u, Hashable) or _unhashable(u)]
-        shown = ", ".join(f"{show(u)} at position {i}" for i, u in bad[:MAX_SHOWN])
-        problems.append(f"{space}: {which} IDs must be hashable (str, int, tuple, ...); got "
-                        f"{type(bad[0][1]).__name__} IDs: {shown}")
-        return None
-    dupes = [u for u, n in counts.items() if n > 1]
-    if dupes:
-        problems.append(f"{space}: duplicate {which} IDs {show(dupes)}")
-        return None
-    return unit_ids
-
-
-def _unhashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return True
-    return False
-
-
 # ----------------------------------------------------------------------------- validation
-
-
-def _resolve_layout(leaves, layout, which, problems) -> dict[str, tuple]:
-    """Every leaf's axes (all None where the layout omits it); checks entries and axis counts."""
-    entries = leaf_entries(layout)
-    mixing = layout.get(MIXING, ())
-    if isinstance(mixing, str) or not isinstance(mixing, (list, tuple, set, frozenset)):
-        problems.append(f"{which} layout's MIXING must list space names, got {show(mixing)}")
-    for path in entries:
-        if path not in leaves:
-            problems.append(f"{which} layout names leaf {show(path)}, which the {which} tree lacks")
-    resolved = {}
-    for path, leaf in leaves.items():
-        ndim = len(np.shape(leaf))
-        axes = entries.get(path, (None,) * ndim)
-        if not isinstance(axes, (tuple, list)) or len(axes) != ndim:
-            problems.append(f"{which} leaf {path!r} has {ndim} axes {tuple(np.shape(leaf))}, "
-                            f"but its layout gives {len(axes) if isinstance(axes, (tuple, list)) else 0}: "
-                            f"{show(axes)}")
-            axes = (None,) * ndim
-        bad = [a for a in axes if not _valid_entry(a)]
-        if bad:
-            problems.append(f"{which} leaf {path!r}: layout entries must be a space name, None, "
-                            f"WINDOW, Flat, Concat or Grid; got {show(bad)}")
-            axes = (None,) * ndim
-        resolved[path] = tuple(axes)
-    return resolved
-
-
-def _valid_entry(entry) -> bool:
-    if entry is None or entry is WINDOW or isinstance(entry, str):
-        return True
-    if isinstance(entry, Flat):
-        return isinstance(entry.space, str) and isinstance(entry.positions, int)
-    if isinstance(entry, (Concat, Grid)):
-        return all(isinstance(p, int) or _valid_entry(p) for p in entry.parts)
-    return False
 
 
 def _entry_size(entry, sizes) -> int | None:
@@ -657,24 +281,6 @@ def _space_sizes(leaves, axes_of, given, which, problems) -> dict[str, int]:
             break
         composite = unsolved
     return sizes
-
-
-def index_by_id(ids: Sequence[Hashable], among: Sequence[Hashable]) -> np.ndarray:
-    """int32: each of `ids`' position in `among`, or -1 where `among` lacks it."""
-    position = {uid: i for i, uid in enumerate(among)}
-    return np.fromiter((position.get(uid, -1) for uid in ids), dtype=np.int32, count=len(ids))
-
-
-def _given_ids(spaces: dict, problems: list) -> dict[str, tuple]:
-    """``{space: (old IDs or None, new IDs or None)}`` for the spaces the user named."""
-    given = {}
-    for name, pair in spaces.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            problems.append(f"space {show(name)}: expected (old_ids, new_ids), got {show(pair)}")
-            continue
-        given[name] = (_unit_ids(pair[0], f"space {show(name)}", "old", problems),
-                       _unit_ids(pair[1], f"space {show(name)}", "new", problems))
-    return given
 
 
 def _space_ids(given, named, old_sizes, new_sizes, problems) -> dict[str, tuple[tuple, tuple]]:
@@ -839,60 +445,6 @@ def _layer_map_hint(old_axes, new_axes, old_roles, new_roles) -> str:
 # ----------------------------------------------------------------------------- what is preserved
 
 
-def _space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
-    """A space's info with what the plan preserves of it, derived from what the plan does."""
-    old_ids, new_ids = both_ids
-    info = SpaceInfo(name, old_ids, new_ids, role, rule, in_old)
-    if not in_old:
-        return info  # a new layer's space: its init decides, see Plan.layer_inits
-    index = info.index()
-    added = int((index < 0).sum())
-    removed = len(old_ids) - (len(new_ids) - added)
-    preserves, why = "function", ""
-    if removed:
-        preserves, why = "none", f"{removed} old units removed: their contribution is lost"
-    elif added and mixing:
-        preserves, why = "none", ("the forward pass mixes this space's units (a norm's statistics, "
-                                  "a softmax): new units change what the old ones compute")
-    elif added:
-        preserves, why = _rule_preserves(name, role, rule, ctx)
-    return dataclasses.replace(info, preserves=preserves, why=why)
-
-
-def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
-    """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
-    nominal = rule.exactness(role)
-    if role != "output" or nominal not in ("greedy", "policy"):
-        return nominal, ""
-    facts = ctx.facts.get(name, _SpaceFacts())
-    if facts.input_leaves:
-        return "none", (f"leaves {sorted(facts.input_leaves)} also carry the output units on an input "
-                        f"axis (tied weights), where a new unit's values are not the mean or copy "
-                        f"its margin relies on")
-    if facts.other_leaves:
-        return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
-                        f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
-    needed = rules_lib.greedy_margin(facts.dtypes)
-    if -rule.offset < needed:
-        return "none", (f"offset {rule.offset:g} is not below -{needed:g}, the margin that rounding of "
-                        f"{'/'.join(sorted(str(d) for d in facts.dtypes))} values needs, so a tie "
-                        f"can go to a new action")
-    if len(facts.offset_leaves) != 1:
-        where = sorted(facts.offset_leaves) or f"no bias (no leaf named {'/'.join(BIAS_NAMES)} carries the space)"
-        return "none", f"the rule's offset lands on {where}, so a tie can go to a new action"
-    return nominal, ""
-
-
-@dataclasses.dataclass
-class _SpaceFacts:
-    """What the plan does to a space's new output units, for deriving what it preserves."""
-
-    offset_leaves: set = dataclasses.field(default_factory=set)
-    other_leaves: set = dataclasses.field(default_factory=set)
-    input_leaves: set = dataclasses.field(default_factory=set)  # the space on a non-output axis
-    dtypes: set = dataclasses.field(default_factory=set)
-
-
 # ----------------------------------------------------------------------------- leaf plans
 
 
@@ -913,8 +465,8 @@ class _Context:
             self.indices[key] = index_by_id(self.ids[new_space][1], self.ids[old_space][0])
         return self.indices[key].copy()
 
-    def fact(self, space: str) -> _SpaceFacts:
-        return self.facts.setdefault(space, _SpaceFacts())
+    def fact(self, space: str) -> SpaceFacts:
+        return self.facts.setdefault(space, SpaceFacts())
 
 
 def _neutral(path: str, axes: tuple, given: dict) -> float | None:
@@ -984,26 +536,8 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
             f"leaf {path!r}: new units take the neutral value, but the name {leaf_name(path)!r} does "
             f"not say whether that is 0 (a shift: bias, mean) or 1 (a scale: scale, var, std); "
             f"say it with neutral={{{leaf_name(path)!r}: 0.0 or 1.0}}")
-    _note_output_facts(path, new_axes, leaf, axes, ctx)
+    note_output_facts(path, new_axes, leaf, axes, ctx)
     return dataclasses.replace(leaf, axes=tuple(axes)), arrays
-
-
-def _note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
-    """Records, per space, which leaves its new output units land on and how."""
-    out = output_axis(new_axes)
-    for axis, entry in enumerate(new_axes):
-        if axis != out:
-            for name in spaces_in(entry):
-                ctx.fact(name).input_leaves.add(path)
-    if out is None or not isinstance(new_axes[out], str):
-        return
-    facts = ctx.fact(new_axes[out])
-    facts.dtypes.add(leaf.dtype)
-    unit_axes = sum(carries_units(a) for a in new_axes)
-    if axes[out].offset:
-        facts.offset_leaves.add(path)
-    elif unit_axes == 1 and leaf_name(path) not in BIAS_NAMES:
-        facts.other_leaves.add(path)
 
 
 def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]:
@@ -1022,15 +556,9 @@ def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, dict]
     if units.own is not None:
         arrays["own"] = units.own
     ax = AxisPlan(role, gather=True, fills=fills, scaled=units.scale is not None,
-                  offset=units.offset is not None, prefix=_prefix_length(units.src),
+                  offset=units.offset is not None, prefix=prefix_length(units.src),
                   copied=units.own is not None)
     return ax, arrays
-
-
-def _prefix_length(src: np.ndarray) -> int | None:
-    """k if `src` is ``0..k-1`` followed only by -1, else None."""
-    k = int((src >= 0).sum())
-    return k if np.array_equal(src[:k], np.arange(k)) and (src[k:] < 0).all() else None
 
 
 def _no_fill(n: int) -> np.ndarray:
@@ -1184,23 +712,3 @@ def _init_leaf(path, new, new_axes, init, ctx):
     return dataclasses.replace(leaf, kernel_axes=tuple(mapped)), {"match": match}
 
 
-def _init_exactness(leaf: LeafPlan, arrays: dict, writes_old: bool) -> str:
-    """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
-    a space of its own: one that writes an old network's space (a residual stream) adds to it."""
-    if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
-        return "none"
-    if leaf.kernel_axes and writes_old:
-        return "none"
-    if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
-        return "none"
-    if "match" in arrays:
-        match = arrays["match"]
-        if (match < 0).any() or len(set(match.tolist())) != leaf.shape[leaf.kernel_axes[0]]:
-            return "none"  # not a permutation-free identity: some unit is not passed through
-    return "function"
-
-
-def _summarise_layer(layer: str, inits: set) -> tuple[str, str, str]:
-    names = "/".join(sorted({init for init, _ in inits}))
-    exact = min((e for _, e in inits), key=EXACTNESS.index)
-    return layer, names, exact

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxsurgery.checks import show
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import Plan, show
+from flaxsurgery.plans import Plan
 from flaxsurgery.transplant import apply_leaf
 
 Kind = Literal["params", "statistic"]

@@ -15,7 +15,8 @@ import numpy as np
 
 from flaxsurgery.init import NEAR_IDENTITY_NOISE
 from flaxsurgery.paths import flatten
-from flaxsurgery.spec import LeafPlan, Plan, Spec
+from flaxsurgery.plans import LeafPlan, Plan
+from flaxsurgery.spec import Spec
 
 
 def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) -> Any:

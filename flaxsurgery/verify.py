@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxsurgery.paths import path_name
-from flaxsurgery.spec import Plan
+from flaxsurgery.plans import Plan
 
 
 class VerifyReport(NamedTuple):

@@ -626,3 +626,21 @@ def test_whatever_the_report_claims_verify_confirms(case):
     new_state = fs.transplant_state(state, plan, opt.init(fresh["params"]))
     updates, _ = opt.update(jax.tree_util.tree_map(jnp.ones_like, new["params"]), new_state, new["params"])
     assert all(bool(jnp.isfinite(u).all()) for u in jax.tree_util.tree_leaves(updates))
+
+
+def test_layer_names_with_or_without_the_collection_prefix():
+    old_m, new_m = Net(8, 2, norm="batch", depth=1), Net(8, 2, norm="batch", depth=2)
+    old, fresh = variables(old_m, 3), variables(new_m, 3, 1)
+    layouts = traced(old_m, old, 3), traced(new_m, fresh, 3)
+    short = fs.plan(old, fresh, layouts[0], new_layout=layouts[1],
+                    layer_map={"Dense_2": "Dense_1", "Dense_1": None})
+    full = fs.plan(old, fresh, layouts[0], new_layout=layouts[1],
+                   layer_map={"params/Dense_2": "params/Dense_1", "params/Dense_1": None})
+    assert [leaf.source for leaf in short.leaves] == [leaf.source for leaf in full.leaves]
+    tree = {"params": {"a": {"w": np.ones((2, 2), np.float32)}, "b": {"scale": np.ones(2, np.float32)}},
+            "batch_stats": {"b": {"mean": np.zeros(2, np.float32)}}}
+    kept = {"params": {"a": tree["params"]["a"]}}
+    with pytest.raises(ValueError, match="would be dropped"):
+        fs.plan(tree, kept, {})
+    plan = fs.plan(tree, kept, {}, drop=["b"])  # both collections' leaves of layer b
+    assert [leaf.source for leaf in plan.leaves] == ["params/a/w"]

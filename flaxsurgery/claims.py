@@ -1,0 +1,109 @@
+"""What a plan preserves, derived in one place from what it does on the given trees: the rule of
+each space, where its offsets land, which leaves carry its units, whether the forward pass mixes
+them (the layout's MIXING), and what each new layer's init keeps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flaxsurgery import init as rules_lib
+from flaxsurgery.layout import carries_units, output_axis, spaces_in
+from flaxsurgery.paths import leaf_name
+from flaxsurgery.plans import EXACTNESS, LeafPlan, SpaceInfo
+
+# One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
+BIAS_NAMES = ("bias", "b", "beta")
+
+
+def space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
+    """A space's info with what the plan preserves of it, derived from what the plan does."""
+    old_ids, new_ids = both_ids
+    info = SpaceInfo(name, old_ids, new_ids, role, rule, in_old)
+    if not in_old:
+        return info  # a new layer's space: its init decides, see Plan.layer_inits
+    index = info.index()
+    added = int((index < 0).sum())
+    removed = len(old_ids) - (len(new_ids) - added)
+    preserves, why = "function", ""
+    if removed:
+        preserves, why = "none", f"{removed} old units removed: their contribution is lost"
+    elif added and mixing:
+        preserves, why = "none", ("the forward pass mixes this space's units (a norm's statistics, "
+                                  "a softmax): new units change what the old ones compute")
+    elif added:
+        preserves, why = _rule_preserves(name, role, rule, ctx)
+    return dataclasses.replace(info, preserves=preserves, why=why)
+
+
+def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
+    """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
+    nominal = rule.exactness(role)
+    if role != "output" or nominal not in ("greedy", "policy"):
+        return nominal, ""
+    facts = ctx.facts.get(name, SpaceFacts())
+    if facts.input_leaves:
+        return "none", (f"leaves {sorted(facts.input_leaves)} also carry the output units on an input "
+                        f"axis (tied weights), where a new unit's values are not the mean or copy "
+                        f"its margin relies on")
+    if facts.other_leaves:
+        return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
+                        f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
+    needed = rules_lib.greedy_margin(facts.dtypes)
+    if -rule.offset < needed:
+        return "none", (f"offset {rule.offset:g} is not below -{needed:g}, the margin that rounding of "
+                        f"{'/'.join(sorted(str(d) for d in facts.dtypes))} values needs, so a tie "
+                        f"can go to a new action")
+    if len(facts.offset_leaves) != 1:
+        where = sorted(facts.offset_leaves) or f"no bias (no leaf named {'/'.join(BIAS_NAMES)} carries the space)"
+        return "none", f"the rule's offset lands on {where}, so a tie can go to a new action"
+    return nominal, ""
+
+
+@dataclasses.dataclass
+class SpaceFacts:
+    """What the plan does to a space's new output units, for deriving what it preserves."""
+
+    offset_leaves: set = dataclasses.field(default_factory=set)
+    other_leaves: set = dataclasses.field(default_factory=set)
+    input_leaves: set = dataclasses.field(default_factory=set)  # the space on a non-output axis
+    dtypes: set = dataclasses.field(default_factory=set)
+
+
+def note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
+    """Records, per space, which leaves its new output units land on and how."""
+    out = output_axis(new_axes)
+    for axis, entry in enumerate(new_axes):
+        if axis != out:
+            for name in spaces_in(entry):
+                ctx.fact(name).input_leaves.add(path)
+    if out is None or not isinstance(new_axes[out], str):
+        return
+    facts = ctx.fact(new_axes[out])
+    facts.dtypes.add(leaf.dtype)
+    unit_axes = sum(carries_units(a) for a in new_axes)
+    if axes[out].offset:
+        facts.offset_leaves.add(path)
+    elif unit_axes == 1 and leaf_name(path) not in BIAS_NAMES:
+        facts.other_leaves.add(path)
+
+
+def init_exactness(leaf: LeafPlan, arrays: dict, writes_old: bool) -> str:
+    """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
+    a space of its own: one that writes an old network's space (a residual stream) adds to it."""
+    if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
+        return "none"
+    if leaf.kernel_axes and writes_old:
+        return "none"
+    if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
+        return "none"
+    if "match" in arrays:
+        match = arrays["match"]
+        if (match < 0).any() or len(set(match.tolist())) != leaf.shape[leaf.kernel_axes[0]]:
+            return "none"  # not a permutation-free identity: some unit is not passed through
+    return "function"
+
+
+def summarise_layer(layer: str, inits: set) -> tuple[str, str, str]:
+    names = "/".join(sorted({init for init, _ in inits}))
+    exact = min((e for _, e in inits), key=EXACTNESS.index)
+    return layer, names, exact

@@ -1,0 +1,236 @@
+"""The plan type: what the host computed, per leaf and per space, and its report.
+
+A :class:`Plan` holds, for every leaf of the new tree, its source leaf in the old tree and one
+int32 index array per axis (``-1`` marks a unit the old network lacks), plus the static
+description of how new entries are filled; :func:`flaxsurgery.plan` builds it and
+:func:`flaxsurgery.transplant` applies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from flaxsurgery import init as rules_lib
+
+EXACTNESS = ("none", "greedy", "policy", "function")  # weakest first
+# The value a new unit takes under a "zeros" fill on a one-axis leaf, by the leaf's name: a shift
+# is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisPlan:
+    """How one axis of a new leaf is filled (static; the index arrays live in `Plan.arrays`).
+
+    Attributes:
+      role: ``"input"``, ``"output"`` or ``"spatial"`` (a window or a unit-less axis).
+      gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
+      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"`` (the neutral
+        value), ``"mean"``, ``"zero"`` (a literal 0)): one kind, or several (a ``Concat`` of
+        spaces with different rules), told apart by the per-unit ``kind`` array.
+      scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
+      offset: whether a per-unit ``offset`` is added, after the fills (a new unit's bias).
+      prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
+        ones appended: the usual widening), the gather is a slice and a pad, which XLA fuses
+        better than a general gather.
+      copied: whether some new units gather another unit's values (``copy``, ``split``); the
+        ``own`` array then says which units are new, for optimizer state.
+    """
+
+    role: str
+    gather: bool
+    fills: tuple = ()
+    scaled: bool = False
+    offset: bool = False
+    prefix: int | None = None
+    copied: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+    """What one leaf of the new tree is made of (static).
+
+    Attributes:
+      path: the new leaf's path.
+      source: the old leaf's path, or None for a leaf initialised whole by `init`.
+      init: ``"gather"`` (from `source`), or a layer init (``"identity"``, ``"near_identity"``,
+        ``"fresh"``, ``"zeros"``, ``"zero"``).
+      shape, dtype: the new leaf's.
+      axes: one :class:`AxisPlan` per axis (for ``"gather"``).
+      neutral: the value ``zeros`` means here (None where the leaf's name does not say it and
+        no rule needs it).
+      kernel_axes: for an identity kernel, its (input, output) axes.
+    """
+
+    path: str
+    source: str | None
+    init: str
+    shape: tuple
+    dtype: Any
+    axes: tuple = ()
+    neutral: float | None = 0.0
+    kernel_axes: tuple | None = None
+
+    @property
+    def needs_fresh(self) -> bool:
+        return self.init in ("fresh", "near_identity") or any("fresh" in a.fills for a in self.axes)
+
+    def fill_order(self) -> tuple:
+        """Axes whose new entries are filled, weakest claim first: output, inputs, spatial.
+
+        A new unit's outgoing weights override the incoming rule of the unit it feeds, and
+        spatial padding of a grown conv kernel is always zero.
+        """
+        rank = {"output": 0, "input": 1, "spatial": 2}
+        filled = [i for i, a in enumerate(self.axes) if a.fills]
+        return tuple(sorted(filled, key=lambda i: rank[self.axes[i].role]))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceInfo:
+    """A space's IDs, role and rule, and what the plan preserves of it.
+
+    Attributes:
+      preserves: ``"function"``, ``"greedy"`` or ``"none"``, derived from what the plan does.
+      why: when `preserves` is weaker than the rule promises, the reason.
+    """
+
+    name: str
+    old_ids: tuple
+    new_ids: tuple
+    role: str
+    rule: rules_lib.Rule
+    in_old: bool = True
+    preserves: str = "function"
+    why: str = ""
+
+    def index(self) -> np.ndarray:
+        return self._index
+
+    @functools.cached_property
+    def _index(self) -> np.ndarray:  # computed once: a vocabulary can hold a million IDs
+        index = index_by_id(self.new_ids, self.old_ids)
+        index.flags.writeable = False
+        return index
+
+    def exactness(self) -> str:
+        return self.preserves
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
+
+    Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
+    closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
+    read-only, so a plan cannot be changed after it is built.
+    """
+
+    leaves: tuple
+    arrays: tuple
+    old_shapes: tuple
+    old_treedef: Any
+    new_treedef: Any
+    spaces: tuple
+    layer_inits: tuple
+
+    def tree_flatten(self):
+        static = (self.leaves, self.old_shapes, self.old_treedef, self.new_treedef, self.spaces,
+                  self.layer_inits)
+        return (self.arrays,), static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        leaves, old_shapes, old_treedef, new_treedef, spaces, layer_inits = static
+        return cls(leaves, children[0], old_shapes, old_treedef, new_treedef, spaces, layer_inits)
+
+    def space(self, name: str) -> SpaceInfo:
+        for info in self.spaces:
+            if info.name == name:
+                return info
+        raise ValueError(f"unknown space {name!r}; the plan's spaces are {[s.name for s in self.spaces]}")
+
+    def index(self, space: str) -> np.ndarray:
+        """For each new unit ID of `space`, its position among the old IDs, or -1 if it is new.
+
+        >>> from flaxsurgery import plan
+        >>> p = plan({"w": np.zeros((2, 3), np.float32)}, {"w": np.zeros((3, 3), np.float32)}, {"w": ("in", None)},
+        ...          spaces={"in": (["a", "b"], ["b", "c", "a"])})
+        >>> p.index("in")
+        array([ 1, -1,  0], dtype=int32)
+        """
+        return self.space(space).index()
+
+    def exactness(self) -> str:
+        """The weakest guarantee over every space and new layer: ``"function"`` (outputs on the
+        old units unchanged, identity layers assumed after ReLU), ``"greedy"`` or ``"none"``."""
+        levels = [s.preserves for s in self.spaces] + [e for _, _, e in self.layer_inits]
+        return min(levels, key=EXACTNESS.index, default="function")
+
+    def for_state(self) -> Plan:
+        """The same plan for optimizer statistics (Adam's moments, a momentum trace): every new
+        unit takes the optimizer's own initial value (the fresh state's), whatever its rule, with
+        no copies, scales or offsets (a copied unit's moments would be another unit's; a negative
+        second moment would make the update NaN)."""
+        leaves, arrays = [], []
+        for leaf, arr in zip(self.leaves, self.arrays):
+            if leaf.init != "gather":
+                leaves.append(dataclasses.replace(leaf, init="fresh"))
+                arrays.append({})
+                continue
+            axes, new_arr = [], {}
+            for axis, ax in enumerate(leaf.axes):
+                own = arr.get(f"own{axis}", arr.get(f"src{axis}"))
+                if not ax.gather:
+                    axes.append(ax)
+                    continue
+                new = bool((own < 0).any())
+                axes.append(AxisPlan(ax.role, gather=True, fills=("fresh",) if new else (),
+                                     prefix=prefix_length(own)))
+                new_arr[f"src{axis}"] = own
+            leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
+            arrays.append(new_arr)
+        return dataclasses.replace(self, leaves=tuple(leaves), arrays=tuple(arrays))
+
+    def report(self) -> str:
+        """A human-readable account: per space its units and rule, per new layer its init, and
+        what each preserves (with the reason where it is less than the rule promises)."""
+        lines = ["space             role     old  new  kept added removed  rule               preserves"]
+        for s in self.spaces:
+            if not s.in_old:
+                lines.append(f"{s.name:<17} {s.role:<7}    - {len(s.new_ids):>4}  (a new layer's space)")
+                continue
+            kept = int((s.index() >= 0).sum())
+            lines.append(
+                f"{s.name:<17} {s.role:<7} {len(s.old_ids):>4} {len(s.new_ids):>4} {kept:>5} "
+                f"{len(s.new_ids) - kept:>5} {len(s.old_ids) - kept:>7}  {s.rule.name:<18} "
+                f"{s.preserves}"
+            )
+            if s.why:
+                lines.append(f"  {s.name}: {s.why}")
+        for layer, init, exact in self.layer_inits:
+            if init == "dropped":
+                lines.append(f"dropped old layer {layer}: preserves {exact}")
+                continue
+            note = " (after an idempotent activation such as ReLU)" if init == "identity" else ""
+            lines.append(f"new layer {layer}: {init}, preserves {exact}{note}")
+        lines.append(f"overall: preserves {self.exactness()}")
+        return "\n".join(lines)
+
+
+def index_by_id(ids: Sequence[Hashable], among: Sequence[Hashable]) -> np.ndarray:
+    """int32: each of `ids`' position in `among`, or -1 where `among` lacks it."""
+    position = {uid: i for i, uid in enumerate(among)}
+    return np.fromiter((position.get(uid, -1) for uid in ids), dtype=np.int32, count=len(ids))
+
+
+def prefix_length(src: np.ndarray) -> int | None:
+    """k if `src` is ``0..k-1`` followed only by -1, else None."""
+    k = int((src >= 0).sum())
+    return k if np.array_equal(src[:k], np.arange(k)) and (src[k:] < 0).all() else None
