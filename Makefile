@@ -62,7 +62,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
-	$(BIN)/ruff check flaxsurgery tests examples bench
+	$(BIN)/ruff check flaxsurgery experiments tests examples bench
 
 # Build outputs only: tracked files (results/, bench/results.json) are left alone.
 clean:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from bench.common import record
+from experiments.dqn import main
 from flaxsurgery.rl.defaults import default_config, default_hidden, scaled
 from flaxsurgery.rl.dqn import (
     DQNConfig,
@@ -29,7 +30,6 @@ from flaxsurgery.rl.dqn import (
     td_loss,
 )
 from flaxsurgery.rl.envs import EnvView
-from flaxsurgery.rl.experiment import main
 
 HIDDEN = (16, 16)
 

@@ -8,9 +8,9 @@ default (120-84) trained with the Acrobot defaults (flaxsurgery.rl.defaults).
     python examples/acrobot_add_action.py --seeds 20
 """
 
+from experiments.dqn import ACROBOT_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
-from flaxsurgery.rl.experiment import ACROBOT_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="acrobot_add_action",

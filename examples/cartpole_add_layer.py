@@ -9,9 +9,9 @@ transplant arm was run (docs/experiments.md).
     python examples/cartpole_add_layer.py --seeds 20
 """
 
+from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
-from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="cartpole_add_layer",

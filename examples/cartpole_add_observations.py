@@ -8,9 +8,9 @@ CartPole default (120-84) trained with the CartPole defaults (flaxsurgery.rl.def
     python examples/cartpole_add_observations.py --seeds 20
 """
 
+from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
-from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="cartpole_add_observations",

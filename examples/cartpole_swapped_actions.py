@@ -12,9 +12,9 @@ keep the policy; the point here is what happens when the IDs lie.
     python examples/cartpole_swapped_actions.py --seeds 20
 """
 
+from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
-from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD, Experiment, main
 
 EXPERIMENT = Experiment(
     name="cartpole_swapped_actions",

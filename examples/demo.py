@@ -7,8 +7,8 @@ that reach 475, the paired difference in steps to it) before the tables.
 
 from cartpole_add_observations import EXPERIMENT
 
-from flaxsurgery import results
-from flaxsurgery.rl.experiment import main
+from experiments import results
+from experiments.dqn import main
 
 SEEDS = 10
 

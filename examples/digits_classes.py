@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from flaxsurgery import digits
+from experiments import digits
 
 
 def main(argv=None) -> dict:

@@ -18,15 +18,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxsurgery import results
+from experiments import results
+from experiments.common import Progress
+from experiments.dqn import ACROBOT_THRESHOLD, CARTPOLE_THRESHOLD, population_train
 from flaxsurgery.rl import EnvView, QNetwork
 from flaxsurgery.rl.defaults import default_config, default_hidden
-from flaxsurgery.rl.experiment import (
-    ACROBOT_THRESHOLD,
-    CARTPOLE_THRESHOLD,
-    Progress,
-    population_train,
-)
 
 THRESHOLDS = {"CartPole-v1": CARTPOLE_THRESHOLD, "Acrobot-v1": ACROBOT_THRESHOLD}
 

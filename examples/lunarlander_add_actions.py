@@ -10,8 +10,8 @@ fire_right) in the new one. The new actions' Q-values start as the mean of the o
     python examples/lunarlander_add_actions.py --seeds 5 --steps 100000
 """
 
+from experiments.dqn import Experiment, main
 from flaxsurgery.rl import DQNConfig
-from flaxsurgery.rl.experiment import Experiment, main
 from flaxsurgery.rl.host import HostView, make_host_train
 
 # Fixed before any transplant arm was run: our DQN's defaults, with a larger buffer, 10%

@@ -15,8 +15,8 @@ was chosen from scratch-only runs before any transplant arm was run (docs/minata
     python examples/minatar_add_channel.py --seeds 5
 """
 
+from experiments.dqn import Experiment, main
 from flaxsurgery.rl import ConvQNetwork, DQNConfig, EnvView
-from flaxsurgery.rl.experiment import Experiment, main
 
 # Mean greedy return (bricks hit per episode) counted as learned: four times the level of a
 # fresh network (about 0.5), reached by scratch-only runs in 8,000-14,000 steps.

@@ -14,10 +14,10 @@ moved whole. The new action's logit starts:
 """
 
 import flaxsurgery as fs
+from experiments.dqn import ACROBOT_THRESHOLD
+from experiments.ppo import PPOExperiment, main
 from flaxsurgery.rl import EnvView
-from flaxsurgery.rl.experiment import ACROBOT_THRESHOLD
 from flaxsurgery.rl.ppo import ACTIONS, PPOConfig
-from flaxsurgery.rl.ppo_experiment import PPOExperiment, main
 
 EXPERIMENT = PPOExperiment(
     name="ppo_acrobot_add_action",

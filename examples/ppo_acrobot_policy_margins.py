@@ -13,8 +13,8 @@ import dataclasses
 from ppo_acrobot_add_action import EXPERIMENT as ADD_ACTION
 
 import flaxsurgery as fs
+from experiments.ppo import main
 from flaxsurgery.rl.ppo import ACTIONS
-from flaxsurgery.rl.ppo_experiment import main
 
 MARGINS = (1.0, 3.0, 6.0, 10.0)
 

@@ -8,10 +8,10 @@ and in the critic) to its ID's new position; the rows of x and theta_dot start a
     python examples/ppo_cartpole_add_observations.py --seeds 20
 """
 
+from experiments.dqn import CARTPOLE_THRESHOLD
+from experiments.ppo import PPOExperiment, main
 from flaxsurgery.rl import EnvView
-from flaxsurgery.rl.experiment import CARTPOLE_THRESHOLD
 from flaxsurgery.rl.ppo import PPOConfig
-from flaxsurgery.rl.ppo_experiment import PPOExperiment, main
 
 EXPERIMENT = PPOExperiment(
     name="ppo_cartpole_add_observations",

@@ -11,7 +11,7 @@ critic, and how the new rows' size goes with each seed's final return.
 import numpy as np
 from ppo_cartpole_add_observations import EXPERIMENT
 
-from flaxsurgery.rl.ppo_experiment import main
+from experiments.ppo import main
 
 NEW_FEATURES, OLD_FEATURES = ("x", "theta_dot"), ("x_dot", "theta")
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flaxsurgery import results
+from experiments import results
 
 
 def main(argv=None) -> str:

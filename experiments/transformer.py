@@ -437,7 +437,7 @@ def run(seeds: int, steps: int, learning_rate: float = LEARNING_RATE) -> dict:
 
 def summarise(arms: dict, preserved: list, steps: int, seeds: int, wall_s: float) -> dict:
     """Mean curves with 95% intervals, and the grown arm's paired differences (by seed)."""
-    from flaxsurgery.results import ci95, paired_difference
+    from experiments.results import ci95, paired_difference
 
     evals = [EVAL_EVERY * i for i in range(steps // EVAL_EVERY + 1)]
     summary = {

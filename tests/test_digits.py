@@ -1,4 +1,4 @@
-"""The digit-classes conv transplant (flaxsurgery.digits), on tiny budgets."""
+"""The digit-classes conv transplant (experiments.digits), on tiny budgets."""
 
 import json
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxsurgery import digits
+from experiments import digits
 from flaxsurgery.init import GREEDY_MARGIN
 
 pytest.importorskip("sklearn")

@@ -10,8 +10,8 @@ gym = pytest.importorskip("gymnasium")
 
 import jax
 
+from experiments import dqn as exp
 from flaxsurgery.rl import DQNConfig, QNetwork, host
-from flaxsurgery.rl import experiment as exp
 from flaxsurgery.rl.host import HostView
 
 TINY = DQNConfig(

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
+from experiments import dqn as exp
 from flaxsurgery.rl import ConvQNetwork, DQNConfig, EnvView
-from flaxsurgery.rl import experiment as exp
 
 TINY = DQNConfig(
     total_steps=200, num_envs=2, collect_steps=10, gradient_steps=2, batch_size=8,

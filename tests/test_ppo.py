@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import flaxsurgery as fs
+from experiments import ppo as pex
 from flaxsurgery.rl import EnvView, ppo
-from flaxsurgery.rl import ppo_experiment as pex
 from flaxsurgery.rl.ppo import ACTIONS, VALUE, ActorCritic, PPOConfig, make_train
 
 TINY = PPOConfig(total_steps=256, num_envs=2, rollout_steps=32, update_epochs=2,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from flaxsurgery import results
+from experiments import results
 
 
 def test_summary_statistics():

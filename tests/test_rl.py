@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import flaxsurgery as fs
+from experiments import dqn as exp
 from flaxsurgery.rl import DQNConfig, EnvView, QNetwork, defaults, dqn, envs, make_train
-from flaxsurgery.rl import experiment as exp
 
 TINY = DQNConfig(
     total_steps=400, num_envs=2, collect_steps=10, gradient_steps=5, learning_starts=100,

@@ -1,4 +1,4 @@
-"""Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views, experiments."""
+"""Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views."""
 
 from flaxsurgery.rl.defaults import default_config as default_config
 from flaxsurgery.rl.defaults import default_hidden as default_hidden

@@ -39,6 +39,12 @@ import optax
 from flaxsurgery.rl.envs import EnvView
 
 
+def evaluation_steps(total_steps: int, eval_every: int) -> np.ndarray:
+    """int (total_steps // eval_every + 1,): the step of every evaluation of a run, 0 and each
+    ``eval_every``."""
+    return np.arange(0, total_steps + 1, eval_every)
+
+
 @dataclasses.dataclass(frozen=True)
 class DQNConfig:
     """DQN hyperparameters. Steps count environment transitions of one seed (all its envs).
@@ -111,7 +117,7 @@ class DQNConfig:
     @property
     def eval_steps(self) -> np.ndarray:
         """int (num_evals + 1,): the step of every evaluation, 0 and each ``eval_every``."""
-        return np.arange(0, self.total_steps + 1, self.eval_every)
+        return evaluation_steps(self.total_steps, self.eval_every)
 
 
 class QNetwork(nn.Module):
@@ -350,6 +356,18 @@ def make_learn(
 # ---------------------------------------------------------------------------------- train
 
 
+def start_learner(network: nn.Module, tx: optax.GradientTransformation, obs_shape, key,
+                  init_params=None, init_target=None, init_opt_state=None):
+    """A learner's ``(params, target_params, opt_state)`` at the start of training: the given
+    ones (e.g. a transplant), else the network's own initialisation from ``key``, the target a
+    copy of the parameters, and a fresh optimizer state."""
+    if init_params is None:
+        init_params = network.init(key, jnp.zeros(obs_shape))
+    target = init_params if init_target is None else init_target
+    opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
+    return init_params, target, opt_state
+
+
 def make_train(
     config: DQNConfig,
     view: EnvView,
@@ -422,10 +440,9 @@ def make_train(
 
     def train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained:
         key_init, key_reset, key_run = jax.random.split(key, 3)
-        if init_params is None:
-            init_params = network.init(key_init, jnp.zeros(view.obs_shape))
-        target = init_params if init_target is None else init_target
-        opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
+        init_params, target, opt_state = start_learner(
+            network, tx, view.obs_shape, key_init, init_params, init_target, init_opt_state
+        )
         obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
         state = TrainState(
             params=init_params,

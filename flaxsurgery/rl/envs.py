@@ -66,8 +66,55 @@ def _id_problems(kind: str, ids: tuple[str, ...], known: tuple[str, ...]) -> lis
     return problems
 
 
+class UnitView:
+    """What every view of an environment by unit ID has: the seen units and usable actions
+    (``obs_ids``, ``action_ids``) among the environment's own (``env_obs_ids``,
+    ``env_action_ids``), and the positions that map one onto the other.
+
+    :class:`EnvView` (gymnax) and :class:`~flaxsurgery.rl.host.HostView` (gymnasium) are views.
+    """
+
+    env_id: str
+    obs_ids: tuple[str, ...]
+    action_ids: tuple[str, ...]
+    env_obs_ids: tuple[str, ...]
+    env_action_ids: tuple[str, ...]
+
+    def check_ids(self, problems: list[str] = ()) -> None:
+        """Raise one ValueError that lists ``problems`` and every unknown, duplicate or missing
+        ID of the view."""
+        problems = list(problems)
+        if not problems:
+            problems += _id_problems("observation", self.obs_ids, self.env_obs_ids)
+            problems += _id_problems("action", self.action_ids, self.env_action_ids)
+        if problems:
+            raise ValueError(
+                f"{type(self).__name__}({self.env_id!r}) does not fit the environment:\n  - "
+                + "\n  - ".join(problems)
+            )
+
+    @property
+    def obs_index(self) -> np.ndarray:
+        """int32 (obs_size,): each seen unit's position on the full observation's last axis."""
+        return np.array([self.env_obs_ids.index(i) for i in self.obs_ids], np.int32)
+
+    @property
+    def action_index(self) -> np.ndarray:
+        """int32 (num_actions,): each agent action's environment action."""
+        return np.array([self.env_action_ids.index(i) for i in self.action_ids], np.int32)
+
+    @property
+    def obs_size(self) -> int:
+        """The number of observation units (features or channels) the view shows."""
+        return len(self.obs_ids)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_ids)
+
+
 @dataclasses.dataclass(frozen=True)
-class EnvView:
+class EnvView(UnitView):
     """A gymnax environment restricted to some observation features and actions, by ID.
 
     Attributes:
@@ -92,13 +139,17 @@ class EnvView:
         action_ids = tuple(ACTION_IDS[self.env_id] if self.action_ids is None else self.action_ids)
         object.__setattr__(self, "obs_ids", obs_ids)
         object.__setattr__(self, "action_ids", action_ids)
-        problems = _id_problems("observation", obs_ids, OBS_IDS[self.env_id])
-        problems += _id_problems("action", action_ids, ACTION_IDS[self.env_id])
-        if problems:
-            raise ValueError(
-                f"EnvView({self.env_id!r}) does not fit the environment:\n  - "
-                + "\n  - ".join(problems)
-            )
+        self.check_ids()
+
+    @property
+    def env_obs_ids(self) -> tuple[str, ...]:
+        """The IDs of the environment's observation units, in its order."""
+        return OBS_IDS[self.env_id]
+
+    @property
+    def env_action_ids(self) -> tuple[str, ...]:
+        """The IDs of the environment's actions, in its order."""
+        return ACTION_IDS[self.env_id]
 
     @property
     def env(self):
@@ -111,29 +162,10 @@ class EnvView:
         return _make(self.env_id)[1]
 
     @property
-    def obs_index(self) -> np.ndarray:
-        """int32 (obs_size,): each seen unit's position on the full observation's last axis."""
-        return np.array([OBS_IDS[self.env_id].index(i) for i in self.obs_ids], np.int32)
-
-    @property
-    def action_index(self) -> np.ndarray:
-        """int32 (num_actions,): each agent action's environment action."""
-        return np.array([ACTION_IDS[self.env_id].index(i) for i in self.action_ids], np.int32)
-
-    @property
-    def obs_size(self) -> int:
-        """The number of observation units (features or channels) the view shows."""
-        return len(self.obs_ids)
-
-    @property
     def obs_shape(self) -> tuple[int, ...]:
         """One observation's shape: the environment's, with ``obs_size`` units on the last axis."""
         full_shape = self.env.observation_space(self.env_params).shape
         return (*full_shape[:-1], self.obs_size)
-
-    @property
-    def num_actions(self) -> int:
-        return len(self.action_ids)
 
     @property
     def max_steps(self) -> int:

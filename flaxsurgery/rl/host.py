@@ -53,8 +53,9 @@ from flaxsurgery.rl.dqn import (
     epsilon_greedy,
     make_learn,
     make_optimizer,
+    start_learner,
 )
-from flaxsurgery.rl.envs import _id_problems
+from flaxsurgery.rl.envs import UnitView
 
 # The unit IDs of some gymnasium environments' observations and actions, in their order.
 OBS_IDS: dict[str, tuple[str, ...]] = {
@@ -70,7 +71,7 @@ ACTION_IDS: dict[str, tuple[str, ...]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class HostView:
+class HostView(UnitView):
     """A gymnasium environment restricted to some observation features and actions, by ID.
 
     The counterpart of :class:`~flaxsurgery.rl.EnvView` for environments that step on the host.
@@ -111,37 +112,12 @@ class HostView:
         )
         for field, value in filled.items():  # the view stays hashable
             object.__setattr__(self, field, value)
-        if not problems:
-            problems += _id_problems("observation", self.obs_ids, self.env_obs_ids)
-            problems += _id_problems("action", self.action_ids, self.env_action_ids)
-        if problems:
-            raise ValueError(
-                f"HostView({self.env_id!r}) does not fit the environment:\n  - "
-                + "\n  - ".join(problems)
-            )
-
-    @property
-    def obs_index(self) -> np.ndarray:
-        """int32 (obs_size,): each seen feature's position in the full observation."""
-        return np.array([self.env_obs_ids.index(i) for i in self.obs_ids], np.int32)
-
-    @property
-    def action_index(self) -> np.ndarray:
-        """int32 (num_actions,): each agent action's environment action."""
-        return np.array([self.env_action_ids.index(i) for i in self.action_ids], np.int32)
-
-    @property
-    def obs_size(self) -> int:
-        return len(self.obs_ids)
+        self.check_ids(problems)
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
         """One observation's shape: flat, ``obs_size`` features (as ``EnvView.obs_shape``)."""
         return (self.obs_size,)
-
-    @property
-    def num_actions(self) -> int:
-        return len(self.action_ids)
 
     def observe(self, full_obs: np.ndarray) -> np.ndarray:
         """(..., full_size) -> float32 (..., obs_size): the features this view shows."""
@@ -306,11 +282,10 @@ def make_host_train(
         """One agent's initial state (as :func:`~flaxsurgery.rl.make_train`'s), its empty
         buffer, and the seeds of its environments' first resets."""
         key_init, key_reset, key_run = jax.random.split(key, 3)
-        if init_params is None:
-            init_params = network.init(key_init, jnp.zeros(view.obs_shape))
-        target = init_params if init_target is None else init_target
-        opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
-        agent = HostAgents(init_params, target, opt_state, jnp.int32(0), key_run)
+        params, target, opt_state = start_learner(
+            network, tx, view.obs_shape, key_init, init_params, init_target, init_opt_state
+        )
+        agent = HostAgents(params, target, opt_state, jnp.int32(0), key_run)
         seeds = jax.random.randint(key_reset, (config.num_envs,), 0, 2**31 - 1)
         return agent, buffer_init(config.buffer_size, view.obs_shape), seeds
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flaxsurgery.rl.dqn import evaluate
+from flaxsurgery.rl.dqn import evaluate, evaluation_steps
 from flaxsurgery.rl.envs import EnvView
 
 
@@ -115,7 +115,7 @@ class PPOConfig:
     @property
     def eval_steps(self) -> np.ndarray:
         """int (num_evals + 1,): the step of every evaluation, 0 and each ``eval_every``."""
-        return np.arange(0, self.total_steps + 1, self.eval_every)
+        return evaluation_steps(self.total_steps, self.eval_every)
 
 
 class MLP(nn.Module):

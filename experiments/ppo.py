@@ -21,11 +21,9 @@ final return with paired 95% intervals. Writes ``<out>/<name>/summary.json`` and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
-from flaxsurgery import results
+from experiments import common, results
 from flaxsurgery.rl.envs import EnvView
-from flaxsurgery.rl.experiment import Progress
 from flaxsurgery.rl.ppo import (
     ACTIONS,
     ActorCritic,
@@ -51,37 +48,21 @@ POLICY_SAMPLES = 1_000
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOExperiment:
-    """An old actor-critic, a new one, and the transplanted arms.
+class PPOExperiment(common.ViewChange):
+    """An old actor-critic, a new one, and the transplanted arms: the attributes of
+    :class:`~experiments.common.ViewChange` (``config`` a :class:`~flaxsurgery.rl.PPOConfig`)
+    and ``arms``.
 
     Attributes:
-      name: the results folder's name.
-      old_view: the environment as the old network sees it.
-      new_view: the environment as the new network sees it.
-      old_hidden: the old actor's and critic's hidden widths.
-      new_hidden: the new ones'.
-      config: PPO hyperparameters of every phase; ``total_steps`` is each phase's budget.
-      threshold: the greedy evaluation return counted as solved.
       arms: ``{arm: keyword arguments of flaxsurgery.plan}`` (``preset=``, ``rules=``) of each
         transplanted arm; ``scratch`` is always added.
     """
 
-    name: str
-    old_view: EnvView
-    new_view: EnvView
-    old_hidden: tuple[int, ...]
-    new_hidden: tuple[int, ...]
     config: PPOConfig
-    threshold: float
     arms: Mapping[str, Mapping[str, Any]]
 
-    @property
-    def old_network(self) -> ActorCritic:
-        return ActorCritic(self.old_hidden, self.old_view.num_actions)
-
-    @property
-    def new_network(self) -> ActorCritic:
-        return ActorCritic(self.new_hidden, self.new_view.num_actions)
+    def build(self, hidden: tuple[int, ...], num_actions: int) -> ActorCritic:
+        return ActorCritic(hidden, num_actions)
 
 
 # ---------------------------------------------------------------------------------- surgery
@@ -91,25 +72,7 @@ def make_plan(experiment: PPOExperiment, **plan_kwargs) -> fs.Plan:
     """The plan from the old actor-critic to the new one: layouts traced from the forward pass
     (input ``obs``, actions ``out/0``, value ``out/1``, hidden spaces ``actor/Dense_0``, ...),
     unit IDs of ``obs`` and of the actions from the views."""
-
-    def shapes_and_layout(network: ActorCritic, view: EnvView):
-        sample = jnp.zeros((2, *view.obs_shape))  # a batch of 2 tells the batch axis from units
-        shapes = jax.eval_shape(network.init, jax.random.key(0), sample)
-        return shapes, fs.trace_layout(network.apply, shapes, sample)
-
-    old_shapes, old_layout = shapes_and_layout(experiment.old_network, experiment.old_view)
-    new_shapes, new_layout = shapes_and_layout(experiment.new_network, experiment.new_view)
-    return fs.plan(
-        old_shapes,
-        new_shapes,
-        old_layout,
-        new_layout=new_layout,
-        spaces={
-            "obs": (experiment.old_view.obs_ids, experiment.new_view.obs_ids),
-            ACTIONS: (experiment.old_view.action_ids, experiment.new_view.action_ids),
-        },
-        **plan_kwargs,
-    )
+    return experiment.plan(ACTIONS, **plan_kwargs)
 
 
 def transplant_agents(plan: fs.Plan, old: Trained, fresh_params, fresh_opt_state):
@@ -192,7 +155,7 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
     key_old, key_new, key_init, key_samples = jax.random.split(jax.random.key(seed), 4)
 
     # Phase 1: the old network, on the old view.
-    progress = Progress(name, "old", seeds, config.total_steps)
+    progress = common.Progress(name, "old", seeds, config.total_steps)
     old = population_train(config, experiment.old_view, experiment.old_network, progress)(
         jax.random.split(key_old, seeds)
     )
@@ -204,9 +167,7 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
     # Phase 2: transplant every seed with each arm's plan. Fresh values (and the scratch arm)
     # come from the same per-seed initialisation of the new network.
     new_net, new_view = experiment.new_network, experiment.new_view
-    fresh = jax.vmap(lambda k: new_net.init(k, jnp.zeros(new_view.obs_shape)))(
-        jax.random.split(key_init, seeds)
-    )
+    fresh = common.init_population(new_net, new_view.obs_shape, jax.random.split(key_init, seeds))
     fresh_opt = jax.vmap(tx.init)(fresh)
     starts, policies = {}, {}
     for arm, plan_kwargs in experiment.arms.items():
@@ -227,14 +188,12 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
 
     # Phase 3: the new network from each start, every arm's seed i on the same key.
     arms = list(starts)
-    progress = Progress(name, " + ".join(arms), len(arms) * seeds, config.total_steps)
-    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *starts.values())
-    keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(arms))
+    progress = common.Progress(name, " + ".join(arms), len(arms) * seeds, config.total_steps)
+    stacked, keys = common.stack_arms(starts, key_new, seeds)
     new = population_train(config, new_view, new_net, progress)(keys, *stacked)
-    returns = np.asarray(new.returns).reshape(len(arms), seeds, -1)
-    params = {arm: jax.tree.map(lambda leaf, i=i: leaf[i * seeds:(i + 1) * seeds], new.params)
-              for i, arm in enumerate(arms)}
-    return ({"old": np.asarray(old.returns), **dict(zip(arms, returns))}, policies,
+    returns = common.split_arms(arms, np.asarray(new.returns), seeds)
+    params = common.split_arms(arms, new.params, seeds)
+    return ({"old": np.asarray(old.returns), **returns}, policies,
             {"old": old.params, **params})
 
 
@@ -242,23 +201,9 @@ def run(experiment: PPOExperiment, seeds: int = 20, seed: int = 0) -> tuple[dict
 
 
 def steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: float):
-    """Per seed, the first evaluation step whose return reaches ``threshold``.
-
-    Returns:
-      ``(steps, reached)``: float (seeds,) steps, a seed that never reaches it counted at the
-      last evaluation (the budget; censored), and bool (seeds,) whether it reached it.
-    """
-    hit = returns >= threshold
-    reached = hit.any(axis=1)
-    first = np.where(reached, steps[np.argmax(hit, axis=1)], steps[-1])
-    return first.astype(float), reached
-
-
-def interval(values: np.ndarray) -> dict:
-    """Mean of ``values`` (seeds,) with its 95% Student-t interval."""
-    half = float(results.ci95(values)) if np.ptp(values) > 0 else 0.0
-    return {"mean": float(values.mean()), "ci95": [float(values.mean()) - half,
-                                                   float(values.mean()) + half]}
+    """:func:`experiments.results.seed_steps_to_threshold`, a seed that never reaches
+    ``threshold`` counted at the budget (the last evaluation)."""
+    return results.seed_steps_to_threshold(steps, returns, threshold, censored_at=steps[-1])
 
 
 def summarise(experiment: PPOExperiment, returns: dict, policies: dict, wall_s: float) -> dict:
@@ -294,7 +239,7 @@ def summarise(experiment: PPOExperiment, returns: dict, policies: dict, wall_s: 
         paired[arm] = {
             **results.paired_difference(returns[arm], returns["scratch"]),
             "steps_to_threshold": {
-                **interval(arm_steps - scratch_steps),
+                **results.interval((arm_steps - scratch_steps).astype(float)),
                 "censored_arm": int((~arm_reached).sum()),
                 "censored_scratch": int((~scratch_reached).sum()),
             },
@@ -361,14 +306,9 @@ def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> tuple[
     Returns:
       ``(summary, params)``: :func:`summarise`'s summary and every arm's final parameters.
     """
-    parser = argparse.ArgumentParser(description=f"PPO transplant experiment {experiment.name}.")
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per arm (at least 2)")
-    parser.add_argument("--steps", type=int, default=experiment.config.total_steps,
-                        help="environment steps per phase (a multiple of the rollout size)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
-    args = parser.parse_args(argv)
-    if args.seeds < 2:
-        parser.error("--seeds must be at least 2 (the 95%% interval needs two)")
+    args = common.parse_args(f"PPO transplant experiment {experiment.name}.", argv, seeds=20,
+                      steps=experiment.config.total_steps,
+                      steps_help="environment steps per phase (a multiple of the rollout size)")
     config = experiment.config
     evaluations = config.total_steps // config.eval_every
     # Keep the number of evaluations; each interval a whole number of rollouts.

@@ -1,7 +1,7 @@
 """Experiment results: per-arm statistics over seeds, markdown tables and learning-curve plots.
 
-Shared by the RL experiments (:mod:`flaxsurgery.rl.experiment`) and the digits classifier
-(:mod:`flaxsurgery.digits`): both write the same ``summary.json`` format, where "return" is
+Shared by the RL experiments (:mod:`experiments.dqn`) and the digits classifier
+(:mod:`experiments.digits`): both write the same ``summary.json`` format, where "return" is
 whatever the curve measures (greedy return, test accuracy). SciPy and matplotlib are imported
 only where they are used.
 """
@@ -22,17 +22,20 @@ def ci95(values: np.ndarray) -> np.ndarray:
     return stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
 
 
-def seed_steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: float):
+def seed_steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: float,
+                            censored_at: int | None = None):
     """Each seed's first evaluation step whose return reaches ``threshold``, censored.
 
-    A seed that never reaches it within the run counts as reaching it at the next evaluation
-    after the run, ``steps[-1] + (steps[-1] - steps[-2])``: the earliest step it could have,
-    so its value is a lower bound on the truth.
+    A seed that never reaches it within the run counts as reaching it at ``censored_at``; by
+    default the next evaluation after the run, ``steps[-1] + (steps[-1] - steps[-2])``: the
+    earliest step it could have, so its value is a lower bound on the truth. (The PPO
+    experiments count it at the budget, ``steps[-1]``.)
 
     Args:
       steps: int (evaluations,), increasing and evenly spaced.
       returns: (seeds, evaluations).
       threshold: the return counted as solved.
+      censored_at: the step counted for a seed that never reaches ``threshold``.
 
     Returns:
       ``(values, reached)``: int (seeds,) steps, censored where ``reached`` (bool (seeds,))
@@ -40,7 +43,8 @@ def seed_steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: f
     """
     above = returns >= threshold
     reached = above.any(axis=1)
-    censored_at = steps[-1] + (steps[-1] - steps[-2])
+    if censored_at is None:
+        censored_at = steps[-1] + (steps[-1] - steps[-2])
     values = np.where(reached, steps[np.argmax(above, axis=1)], censored_at)
     return values.astype(np.int64), reached
 
@@ -80,9 +84,11 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
     }
 
 
-def _interval(d: np.ndarray) -> dict:
-    half = float(ci95(d))
-    return {"mean": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half]}
+def interval(values: np.ndarray) -> dict:
+    """Mean of ``values`` (seeds,) with its 95% Student-t interval (zero wide where all agree)."""
+    half = float(ci95(values)) if np.ptp(values) > 0 else 0.0
+    mean = float(values.mean())
+    return {"mean": mean, "ci95": [mean - half, mean + half]}
 
 
 def paired_difference(
@@ -98,13 +104,13 @@ def paired_difference(
     censored on one side has a difference that is a bound: where only scratch is censored the
     arm's true lead is at least what is counted; where only the arm is, its true delay is.
     """
-    out = {"auc": _interval(arm.mean(axis=1) - scratch.mean(axis=1)),
-           "final": _interval(arm[:, -1] - scratch[:, -1])}
+    out = {"auc": interval(arm.mean(axis=1) - scratch.mean(axis=1)),
+           "final": interval(arm[:, -1] - scratch[:, -1])}
     if steps is not None:
         arm_steps, arm_reached = seed_steps_to_threshold(steps, arm, threshold)
         scratch_steps, scratch_reached = seed_steps_to_threshold(steps, scratch, threshold)
         out["steps_to_threshold"] = {
-            **_interval((arm_steps - scratch_steps).astype(float)),
+            **interval((arm_steps - scratch_steps).astype(float)),
             "censored": {"arm_only": int((~arm_reached & scratch_reached).sum()),
                          "scratch_only": int((arm_reached & ~scratch_reached).sum()),
                          "both": int((~arm_reached & ~scratch_reached).sum())},

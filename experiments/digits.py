@@ -19,7 +19,7 @@ The handwritten digits are scikit-learn's own (``sklearn.datasets.load_digits``:
    seed ``i`` of every arm on the same minibatch key.
 
 The layouts come from :func:`flaxsurgery.trace_layout`. scikit-learn is imported only when the
-data are loaded, so ``import flaxsurgery.digits`` needs none of it.
+data are loaded, so ``import experiments.digits`` needs none of it.
 
 Example:
   >>> import jax
@@ -47,12 +47,12 @@ import numpy as np
 import optax
 
 import flaxsurgery as fs
-from flaxsurgery import results
+from experiments import results
+from experiments.common import ARMS, PRESETS, init_population, plan_between, split_arms, stack_arms
+from flaxsurgery.rl.dqn import evaluation_steps
 
 OLD_CLASSES = (0, 1, 2, 3)
 NEW_CLASSES = (4, 5, 6, 7, 8, 9)
-ARMS = ("old", "transplant", "transplant_seed", "scratch")
-PRESETS = {"transplant": "preserving", "transplant_seed": "seed"}
 THRESHOLD = 0.9  # test accuracy counted as "learned"; docs/digits.md says why
 DATASET = "sklearn.datasets.load_digits (8x8 handwritten digits)"
 
@@ -84,7 +84,7 @@ class Config:
     @property
     def eval_steps(self) -> np.ndarray:
         """int (evaluations,): the step of every evaluation, 0 and each ``eval_every``."""
-        return np.arange(0, self.steps + 1, self.eval_every)
+        return evaluation_steps(self.steps, self.eval_every)
 
 
 class CNN(nn.Module):
@@ -155,7 +155,7 @@ class Trained(NamedTuple):
 
 def init_params(network: CNN, keys: jax.Array) -> Any:
     """One initialisation per key, stacked on a leading seed axis."""
-    return jax.vmap(lambda k: network.init(k, jnp.zeros((1, 8, 8, 1))))(keys)
+    return init_population(network, (1, 8, 8, 1), keys)
 
 
 def make_train(config: Config, network: CNN, data: Split):
@@ -212,18 +212,8 @@ def make_plan(preset: str, old_classes: Sequence[int] = OLD_CLASSES,
       out: 4 old units removed: their contribution is lost
     overall: preserves none
     """
-    sample = jnp.zeros((2, 8, 8, 1))
-    old_net, new_net = CNN(len(old_classes)), CNN(len(new_classes))
-    old = jax.eval_shape(old_net.init, jax.random.key(0), sample)
-    new = jax.eval_shape(new_net.init, jax.random.key(0), sample)
-    return fs.plan(
-        old,
-        new,
-        fs.trace_layout(old_net.apply, old, sample),
-        new_layout=fs.trace_layout(new_net.apply, new, sample),
-        spaces={"out": (list(old_classes), list(new_classes))},
-        preset=preset,
-    )
+    return plan_between((CNN(len(old_classes)), (8, 8, 1)), (CNN(len(new_classes)), (8, 8, 1)),
+                        {"out": (list(old_classes), list(new_classes))}, preset=preset)
 
 
 def transplant_population(plan: fs.Plan, old_params: Any, fresh_params: Any) -> Any:
@@ -268,13 +258,12 @@ def run(config: Config, seeds: int = 20, seed: int = 0, verbose: bool = True) ->
     # Phase 3: the new CNN on digits 4-9 from every start, seed i of every arm on one key.
     start = time.perf_counter()
     arms = list(starts)
-    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *starts.values())
-    keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(arms))
+    stacked, keys = stack_arms(starts, key_new, seeds)
     new = jax.jit(jax.vmap(make_train(config, new_net, new_data)))(keys, stacked)
-    accuracy = np.asarray(new.accuracy).reshape(len(arms), seeds, -1)
+    accuracy = split_arms(arms, np.asarray(new.accuracy), seeds)
     say(f"[digits_classes] {' + '.join(arms)}: {len(arms) * seeds} runs, {config.steps} steps, "
         f"{time.perf_counter() - start:.0f}s", flush=True)
-    return {"old": np.asarray(old.accuracy), **dict(zip(arms, accuracy))}
+    return {"old": np.asarray(old.accuracy), **accuracy}
 
 
 # ---------------------------------------------------------------------------------- report
@@ -283,7 +272,7 @@ def run(config: Config, seeds: int = 20, seed: int = 0, verbose: bool = True) ->
 def summarise(config: Config, accuracy: dict, wall_s: float, seed: int = 0) -> dict:
     """The RL experiments' ``summary.json`` format, with test accuracy as the "return".
 
-    Per arm the statistics of :func:`flaxsurgery.results.summarise_arm`: mean and 95%
+    Per arm the statistics of :func:`experiments.results.summarise_arm`: mean and 95%
     half-width per evaluation, first and final accuracy, AUC (the mean test accuracy over the
     phase's evaluations) with its 95% interval over seeds, and the first evaluated step whose
     mean accuracy reaches :data:`THRESHOLD`.

@@ -1,4 +1,4 @@
-"""Transplant experiments: train an old agent, change its network, train on from the transplant.
+"""DQN transplant experiments: train an old agent, change its network, train on from the transplant.
 
 An :class:`Experiment` is an old network with the environment view it was trained on, a new
 network with its view, and the spec between them (unit IDs of the views, a layer map). A run:
@@ -20,7 +20,6 @@ table of the arms.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,32 +27,32 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
-from flaxsurgery import results
+from experiments import results
+from experiments.common import (
+    ARMS,
+    PRESETS,
+    Progress,
+    ViewChange,
+    init_population,
+    parse_args,
+    split_arms,
+    stack_arms,
+)
 from flaxsurgery.rl.defaults import scaled
 from flaxsurgery.rl.dqn import DQNConfig, QNetwork, Trained, make_optimizer, make_train
 from flaxsurgery.rl.envs import EnvView
 
-ARMS = ("old", "transplant", "transplant_seed", "scratch")
-PRESETS = {"transplant": "preserving", "transplant_seed": "seed"}
-
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-    """An old agent, a new one, and the spec between them.
+class Experiment(ViewChange):
+    """An old Q-network, a new one, and the spec between them: the attributes of
+    :class:`~experiments.common.ViewChange` (``config`` a :class:`~flaxsurgery.rl.DQNConfig`)
+    and these.
 
     Attributes:
-      name: the results folder's name.
-      old_view: the environment as the old network sees it (an ``EnvView``, or a ``HostView``
-        with the host trainer).
-      new_view: the environment as the new network sees it.
-      old_hidden: the old network's hidden widths.
-      new_hidden: the new network's hidden widths.
-      config: DQN hyperparameters of every phase; ``total_steps`` is the budget of each phase.
-      threshold: the mean evaluation return counted as solved.
       layer_map: ``{new layer path: old layer path or None}`` for networks whose layers do not
         pair by name (an inserted layer); see :func:`flaxsurgery.plan`.
       network: builds a Q-network from ``(hidden widths, number of actions)``: the MLP
@@ -62,24 +61,13 @@ class Experiment:
         for every honest experiment. A failure case uses it to keep IDs whose meaning changed.
     """
 
-    name: str
-    old_view: EnvView
-    new_view: EnvView
-    old_hidden: tuple[int, ...]
-    new_hidden: tuple[int, ...]
     config: DQNConfig
-    threshold: float
     layer_map: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     network: Callable[[tuple[int, ...], int], nn.Module] = QNetwork
     spaces: Mapping[str, tuple[Sequence, Sequence]] = dataclasses.field(default_factory=dict)
 
-    @property
-    def old_network(self) -> nn.Module:
-        return self.network(self.old_hidden, self.old_view.num_actions)
-
-    @property
-    def new_network(self) -> nn.Module:
-        return self.network(self.new_hidden, self.new_view.num_actions)
+    def build(self, hidden: tuple[int, ...], num_actions: int) -> nn.Module:
+        return self.network(hidden, num_actions)
 
 
 # The mean evaluation return that counts as solving each environment.
@@ -95,27 +83,8 @@ def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
     traced from the networks' forward passes: input space ``obs``, hidden spaces named after
     the layer that outputs them, output space ``out``. The views give the IDs of ``obs`` and
     ``out`` unless ``experiment.spaces`` says otherwise."""
-
-    def shapes_and_layout(network: nn.Module, view: EnvView):
-        sample = jnp.zeros((2, *view.obs_shape))  # a batch of 2 tells the batch axis from units
-        shapes = jax.eval_shape(network.init, jax.random.key(0), sample)
-        return shapes, fs.trace_layout(network.apply, shapes, sample)
-
-    old_shapes, old_layout = shapes_and_layout(experiment.old_network, experiment.old_view)
-    new_shapes, new_layout = shapes_and_layout(experiment.new_network, experiment.new_view)
-    return fs.plan(
-        old_shapes,
-        new_shapes,
-        old_layout,
-        new_layout=new_layout,
-        spaces={
-            "obs": (experiment.old_view.obs_ids, experiment.new_view.obs_ids),
-            "out": (experiment.old_view.action_ids, experiment.new_view.action_ids),
-            **experiment.spaces,
-        },
-        layer_map=dict(experiment.layer_map),
-        preset=preset,
-    )
+    return experiment.plan("out", experiment.spaces, layer_map=dict(experiment.layer_map),
+                           preset=preset)
 
 
 def transplant_agents(plan: fs.Plan, old: Trained, fresh_params, fresh_opt_state):
@@ -170,20 +139,6 @@ def population_train(
     return jax.jit(jax.vmap(make_train(config, view, network, progress)))
 
 
-class Progress:
-    """Host-side progress line of one training phase, called once per evaluation."""
-
-    def __init__(self, experiment: str, phase: str, seeds: int, total_steps: int):
-        self.prefix = f"[{experiment}] {phase}: {seeds} seeds"
-        self.total_steps = total_steps
-        self.start = time.perf_counter()
-        print(f"{self.prefix}, compiling and training {total_steps:,} steps", flush=True)
-
-    def __call__(self, step) -> None:
-        elapsed = time.perf_counter() - self.start
-        print(f"{self.prefix}, step {int(step):,}/{self.total_steps:,}, {elapsed:.0f}s", flush=True)
-
-
 def run(
     experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train
 ) -> dict:
@@ -206,9 +161,7 @@ def run(
     # Phase 2: transplant every seed, with each plan. Fresh values (and the scratch arm) come
     # from the same per-seed initialisation of the new network.
     new_net, new_view = experiment.new_network, experiment.new_view
-    fresh = jax.vmap(lambda k: new_net.init(k, jnp.zeros(new_view.obs_shape)))(
-        jax.random.split(key_init, seeds)
-    )
+    fresh = init_population(new_net, new_view.obs_shape, jax.random.split(key_init, seeds))
     fresh_opt = jax.vmap(tx.init)(fresh)
     starts = {}  # arm -> (params, target_params, opt_state), leading seed axis
     for arm, preset in PRESETS.items():
@@ -227,12 +180,9 @@ def run(
     new_arms = list(starts)
     progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
     train_new = trainer(config, new_view, new_net, progress)
-    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *starts.values())
-    keys = jnp.concatenate([jax.random.split(key_new, seeds)] * len(new_arms))
+    stacked, keys = stack_arms(starts, key_new, seeds)
     new = train_new(keys, *stacked)
-
-    returns = np.asarray(new.returns).reshape(len(new_arms), seeds, -1)
-    return {"old": np.asarray(old.returns), **dict(zip(new_arms, returns))}
+    return {"old": np.asarray(old.returns), **split_arms(new_arms, np.asarray(new.returns), seeds)}
 
 
 # ---------------------------------------------------------------------------------- report
@@ -287,21 +237,12 @@ def main(
 ) -> dict:
     """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``; ``trainer``
     as in :func:`run`."""
-    parser = argparse.ArgumentParser(description=f"Transplant experiment {experiment.name}.")
-    parser.add_argument(
-        "--seeds", type=int, default=default_seeds, help="seeds per arm (at least 2)"
+    args = parse_args(
+        f"Transplant experiment {experiment.name}.", argv, seeds=default_seeds,
+        steps=experiment.config.total_steps,
+        steps_help="environment steps per phase (keeps the number of evaluations and the shares"
+        " of the run that explore and that wait for learning to start)",
     )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=experiment.config.total_steps,
-        help="environment steps per phase (keeps the number of evaluations and the shares of the"
-        " run that explore and that wait for learning to start)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
-    args = parser.parse_args(argv)
-    if args.seeds < 2:
-        parser.error("--seeds must be at least 2 (the 95%% interval needs two)")
     if args.steps != experiment.config.total_steps:
         experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
