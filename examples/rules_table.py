@@ -23,8 +23,11 @@ def main(argv=None) -> str:
     if not paths:
         parser.error(f"no */summary.json under {args.results}")
     summaries = [json.loads(path.read_text()) for path in paths]
-    # Transplant experiments only: the defaults' scratch-only runs have no old agent.
-    summaries = [s for s in summaries if "old" in s["arms"]]
+    # The DQN and digits transplant experiments: the defaults' scratch-only runs have no old
+    # agent, and PPO's and the transformer's summaries have arms of their own (docs/ppo.md,
+    # docs/transformer.md tabulate them).
+    summaries = [s for s in summaries if {"old", "transplant", "transplant_seed"} <= set(s["arms"])
+                 and s.get("learner", "dqn") != "ppo"]
     table = (results.headline_table if args.headline else results.rules_table)(summaries)
     print(table)
     return table

@@ -867,7 +867,7 @@ def trace_layout(
     >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((4, 3)))
     >>> trace_layout(model.apply, variables, jnp.zeros((4, 3)), input_names=["obs"])
     {'params/layers_0/bias': ('layers_0',), 'params/layers_0/kernel': ('obs', 'layers_0'), \
-'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out')}
+'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out'), OUTPUTS: ('out',)}
     """
     return traced_model(fn, *args, input_names=input_names).layout
 
