@@ -34,11 +34,12 @@ def subplan(plan: Plan, paths: Iterable[str]) -> Plan:
       ValueError: if a path is not a new leaf of `plan`.
 
     >>> import flaxsurgery as fs
-    >>> old = {"a": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
-    >>> new = {"a": np.ones((2, 4), np.float32), "b": np.zeros(4, np.float32)}
-    >>> p = fs.plan(old, new, {"a": (None, "h"), "b": ("h",)}, spaces={"h": (3, 4)}, rules={"h": fs.zeros()})
-    >>> part = subplan(p, ["b"])
-    >>> fs.transplant({"b": old["b"] + 2}, part)["b"]
+    >>> old = {"kernel": np.ones((2, 3), np.float32), "bias": np.zeros(3, np.float32)}
+    >>> new = {"kernel": np.ones((2, 4), np.float32), "bias": np.zeros(4, np.float32)}
+    >>> layout = {"kernel": (None, "h"), "bias": ("h",)}
+    >>> p = fs.plan(old, new, layout, spaces={"h": (3, 4)}, rules={"h": fs.zeros()})
+    >>> part = subplan(p, ["bias"])
+    >>> fs.transplant({"bias": old["bias"] + 2}, part)["bias"]
     Array([2., 2., 2., 0.], dtype=float32)
     """
     wanted = set(paths)
