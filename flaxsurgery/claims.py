@@ -38,6 +38,9 @@ def space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
 def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
     nominal = rule.exactness(role)
+    if role == "output" and rule.incoming in ("mean", "copy") and nominal == "none":
+        return "none", (f"offset {rule.offset:g} is not negative, so a tie (above 0, any input) can go "
+                        f"to a new action; use an offset below -{rules_lib.GREEDY_MARGIN:g}")
     if role != "output" or nominal not in ("greedy", "policy"):
         return nominal, ""
     facts = ctx.facts.get(name, SpaceFacts())
