@@ -139,7 +139,11 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
     may be ``ShapeDtypeStruct`` trees, as from a checkpoint's metadata).
 
     Returns:
-      (the plan, the input spaces' names).
+      (the plan, the input spaces' names). What the plan preserves is its report's.
+
+    Raises:
+      ValueError: as :func:`flaxsurgery.plan`; when the new model does not run on the new
+        samples (naming a `spaces` key that is no input); for an ambiguous layer pairing.
     """
     old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
     names = old_traced.input_names

@@ -106,8 +106,9 @@ def transplant_state(
 
     problems: list[str] = []
     owners = {path: _owner(path, new_index, by_path) for path in fresh_leaves}
-    holders = {"/".join(o.prefix[:-1]) for o in owners.values()
-               if o is not None and _kind(o, owners, kinds) != "params"}
+    fields_at = {o.prefix for o in owners.values() if o is not None}
+    kind_of = {path: _kind(o, fields_at, kinds) for path, o in owners.items() if o is not None}
+    holders = {"/".join(owners[path].prefix[:-1]) for path, kind in kind_of.items() if kind != "params"}
     used: set[str] = set()
     result: dict[str, Any] = {}
     factored: dict[tuple, dict] = {}
@@ -116,7 +117,7 @@ def transplant_state(
         if owner is None:
             result[path] = _other_leaf(path, fresh, old_leaves, reset, holders, used, problems)
             continue
-        kind = _kind(owner, owners, kinds)
+        kind = kind_of[path]
         if kind == "factored":
             factored.setdefault((owner.prefix[:-1], owner.new_path, owner.old_suffix), {})[owner.field] = path
             continue
@@ -185,22 +186,17 @@ def _owner(path: str, index: dict, by_path: dict | None) -> _Owner | None:
     return None
 
 
-def _kind(owner: _Owner, owners: dict, kinds: dict) -> str | None:
+def _kind(owner: _Owner, fields_at: set, kinds: dict) -> str | None:
     field = owner.field
     if field in kinds:
         return kinds[field]
     if field in PARAMETER_FIELDS:
         return "params"
-    if field in ("v_row", "v_col") or field == "v" and _has_sibling(owner, "v_row", owners):
+    if field in ("v_row", "v_col") or field == "v" and owner.prefix[:-1] + ("v_row",) in fields_at:
         return "factored"
     if field in STATISTIC_FIELDS or field == "v":
         return "statistic"
     return None
-
-
-def _has_sibling(owner: _Owner, field: str, owners: dict) -> bool:
-    parent = owner.prefix[:-1]
-    return any(o is not None and o.prefix == parent + (field,) for o in owners.values())
 
 
 def _dtype(leaf: Any) -> Any:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax.numpy as jnp
 
-
-class MLP(nn.Module):
-    features: tuple
-
-    @nn.compact
-    def __call__(self, x):
-        for f in self.features[:-1]:
-            x = nn.relu(nn.Dense(f)(x))
-        return nn.Dense(self.features[-1])(x)
+from tests.support import MLP
 
 
 def factory(features: tuple, inputs: int):

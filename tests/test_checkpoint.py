@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,17 +12,7 @@ import pytest
 import flaxsurgery as fs
 from flaxsurgery import checkpoint
 from flaxsurgery.groups import leaf_groups, subplan
-
-
-class MLP(nn.Module):
-    features: tuple
-
-    @nn.compact
-    def __call__(self, x):
-        for f in self.features[:-1]:
-            x = nn.relu(nn.Dense(f)(x))
-        return nn.Dense(self.features[-1])(x)
-
+from tests.support import MLP
 
 OLD_MODEL, NEW_MODEL = MLP((16, 16, 3)), MLP((20, 16, 4))
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import flaxsurgery as fs
 from tests.reference import reference_leaf
-from tests.support import examples
+from tests.support import MLP, examples
 
 FILLS = {  # (incoming, outgoing) of each rule, for the reference
     "fresh": ("fresh", "fresh"),
@@ -24,15 +24,6 @@ FILLS = {  # (incoming, outgoing) of each rule, for the reference
 }
 RULES = {"fresh": fs.fresh(), "zeros": fs.zeros(), "fresh_in_zero_out": fs.fresh_in_zero_out(), "mean": fs.mean()}
 
-
-class MLP(nn.Module):
-    features: tuple
-
-    @nn.compact
-    def __call__(self, x):
-        for f in self.features[:-1]:
-            x = nn.relu(nn.Dense(f)(x))
-        return nn.Dense(self.features[-1])(x)
 
 
 class CNN(nn.Module):
