@@ -6,13 +6,14 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 """
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
-from flaxsurgery.init import Rule, copy, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
 from flaxsurgery.plans import Plan
+from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.spec import Spec, plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
 from flaxsurgery.transplant import transplant
+from flaxsurgery.units import Fill
 from flaxsurgery.verify import VerifyReport, map_units, verify
 
 __all__ = (
@@ -20,6 +21,7 @@ __all__ = (
     "OUTPUTS",
     "WINDOW",
     "Concat",
+    "Fill",
     "Flat",
     "Grid",
     "Plan",
@@ -28,7 +30,7 @@ __all__ = (
     "Surgery",
     "VerifyReport",
     "chain_layout",
-    "copy",
+    "copy_of",
     "fresh",
     "fresh_in_zero_out",
     "map_units",

@@ -18,11 +18,12 @@ import numpy as np
 
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.plans import Plan, index_by_id
+from flaxsurgery.plans import Plan
 from flaxsurgery.spec import NEUTRAL_BY_NAME, roles_of
 from flaxsurgery.spec import plan as make_plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import argument_names, traced_model
+from flaxsurgery.units import index_by_id
 from flaxsurgery.verify import VerifyReport, verify
 
 # Running statistics of an observation normaliser: the value a new feature starts from.

@@ -11,24 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxsurgery import init as rules_lib
+from flaxsurgery import rules as rules_lib
 from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, leaf_entries
 from flaxsurgery.paths import layer_of
-
-MAX_SHOWN = 8  # IDs shown in an error message before "..."
-
-
-def show(value: Any, limit: int = MAX_SHOWN) -> str:
-    """``repr`` for error messages: never raises, and long sequences are cut after `limit`."""
-    if isinstance(value, (list, tuple)) and len(value) > limit:
-        return "[" + ", ".join(show(v) for v in value[:limit]) + f", ... ({len(value)} in all)]"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a user's ID may have any __repr__
-        return f"<{type(value).__name__} whose repr fails>"
-    return text if len(text) <= 200 else text[:200] + "..."
+from flaxsurgery.units import MAX_SHOWN, show
 
 
 @dataclasses.dataclass

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from flaxsurgery import init as rules_lib
+from flaxsurgery import rules as rules_lib
 from flaxsurgery.layout import carries_units, output_axis, spaces_in
 from flaxsurgery.paths import leaf_name
-from flaxsurgery.plans import EXACTNESS, LeafArrays, LeafPlan, SpaceInfo
+from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
+from flaxsurgery.rules import EXACTNESS
 
 # One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
 BIAS_NAMES = ("bias", "b", "beta")
@@ -37,12 +38,9 @@ def space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
 
 def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
-    nominal = rule.exactness(role)
-    if role == "output" and rule.incoming in ("mean", "copy") and nominal == "none":
-        return "none", (f"offset {rule.offset:g} is not negative, so a tie (above 0, any input) can go "
-                        f"to a new action; use an offset below -{rules_lib.GREEDY_MARGIN:g}")
+    nominal, why = rule.promise(role)
     if role != "output" or nominal not in ("greedy", "policy"):
-        return nominal, ""
+        return nominal, why
     facts = ctx.facts.get(name, SpaceFacts())
     if facts.input_leaves:
         return "none", (f"leaves {sorted(facts.input_leaves)} also carry the output units on an input "

@@ -21,7 +21,7 @@ The spec (JSON, or YAML with PyYAML) holds :func:`flaxsurgery.plan`'s arguments:
 
 Space names are the model's traced ones (``flaxsurgery inspect CKPT --model ...`` lists them).
 Rules are a rule's name, or ``{name: {keyword: value}}`` (``zeros``, ``fresh``,
-``fresh_in_zero_out``, ``mean``, ``copy``, ``split``). Errors exit with status 1 and the list
+``fresh_in_zero_out``, ``mean``, ``copy_of``, ``split``). Errors exit with status 1 and the list
 of problems.
 """
 
@@ -38,14 +38,14 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from flaxsurgery import init as rules_lib
+from flaxsurgery import rules as rules_lib
 from flaxsurgery.agents import plan_models  # layers paired by forward order, as surgery does
 from flaxsurgery.paths import flatten
 from flaxsurgery.plans import Plan
 from flaxsurgery.trace import trace_layout
 
 RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,
-         "mean": rules_lib.mean, "copy": rules_lib.copy, "split": rules_lib.split}
+         "mean": rules_lib.mean, "copy_of": rules_lib.copy_of, "split": rules_lib.split}
 SPEC_KEYS = ("spaces", "rules", "layer_map", "preset", "drop", "leaf_rules")
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 
-from flaxsurgery import init as rules_lib
+from flaxsurgery import rules as rules_lib
+from flaxsurgery.rules import EXACTNESS, Exactness, Role
+from flaxsurgery.units import Fill, index_by_id, prefix_length
 
-EXACTNESS = ("none", "greedy", "policy", "function")  # weakest first
-# The value a new unit takes under a "zeros" fill on a one-axis leaf, by the leaf's name: a shift
-# is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
+# How an axis of a new leaf relates to its units: it holds their incoming weights (the leaf's
+# output axis), their outgoing weights (an input axis), or no units (a window, a kept axis).
+Side = Literal["incoming", "outgoing", "unitless"]
 
 
 class AxisArrays(NamedTuple):
@@ -55,11 +56,12 @@ class AxisPlan:
     """How one axis of a new leaf is filled (static; the index arrays live in `Plan.arrays`).
 
     Attributes:
-      role: ``"input"``, ``"output"`` or ``"spatial"`` (a window or a unit-less axis).
+      side: ``"incoming"`` (the leaf's output axis: its units' incoming weights),
+        ``"outgoing"`` (an input axis) or ``"unitless"`` (a window, or an axis without units).
       gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
-      fills: how entries whose ``src`` is -1 start (``"fresh"``, ``"zeros"`` (the neutral
-        value), ``"mean"``, ``"zero"`` (a literal 0)): one kind, or several (a ``Concat`` of
-        spaces with different rules), told apart by the per-unit ``kind`` array.
+      fills: how entries whose ``src`` is -1 start (:class:`~flaxsurgery.units.Fill`): one kind,
+        or several (a ``Concat`` of spaces with different rules), told apart by the per-unit
+        ``kind`` array.
       scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
       offset: whether a per-unit ``offset`` is added, after the fills (a new unit's bias).
       prefix: when ``src`` is ``0, 1, ..., prefix-1`` then only -1 (units kept in order, new
@@ -69,9 +71,9 @@ class AxisPlan:
         ``own`` array then says which units are new, for optimizer state.
     """
 
-    role: str
+    side: Side
     gather: bool
-    fills: tuple = ()
+    fills: tuple[Fill, ...] = ()
     scaled: bool = False
     offset: bool = False
     prefix: int | None = None
@@ -86,7 +88,7 @@ class LeafPlan:
       path: the new leaf's path.
       source: the old leaf's path, or None for a leaf initialised whole by `init`.
       init: ``"gather"`` (from `source`), or a layer init (``"identity"``, ``"near_identity"``,
-        ``"fresh"``, ``"zeros"``, ``"zero"``).
+        ``"fresh"``, ``"zeros"``: :data:`~flaxsurgery.rules.LayerInit`).
       shape, dtype: the new leaf's.
       axes: one :class:`AxisPlan` per axis (for ``"gather"``).
       neutral: the value ``zeros`` means here (None where the leaf's name does not say it and
@@ -105,17 +107,17 @@ class LeafPlan:
 
     @property
     def needs_fresh(self) -> bool:
-        return self.init in ("fresh", "near_identity") or any("fresh" in a.fills for a in self.axes)
+        return self.init in ("fresh", "near_identity") or any(Fill.FRESH in a.fills for a in self.axes)
 
     def fill_order(self) -> tuple:
-        """Axes whose new entries are filled, weakest claim first: output, inputs, spatial.
+        """Axes whose new entries are filled, weakest claim first: incoming, outgoing, unitless.
 
         A new unit's outgoing weights override the incoming rule of the unit it feeds, and
         spatial padding of a grown conv kernel is always zero.
         """
-        rank = {"output": 0, "input": 1, "spatial": 2}
+        rank = {"incoming": 0, "outgoing": 1, "unitless": 2}
         filled = [i for i, a in enumerate(self.axes) if a.fills]
-        return tuple(sorted(filled, key=lambda i: rank[self.axes[i].role]))
+        return tuple(sorted(filled, key=lambda i: rank[self.axes[i].side]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +125,19 @@ class SpaceInfo:
     """A space's IDs, role and rule, and what the plan preserves of it.
 
     Attributes:
-      preserves: ``"function"``, ``"greedy"`` or ``"none"``, derived from what the plan does.
+      role: the part the space plays: ``"input"``, ``"hidden"`` or ``"output"``.
+      preserves: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``, derived from what
+        the plan does.
       why: when `preserves` is weaker than the rule promises, the reason.
     """
 
     name: str
     old_ids: tuple
     new_ids: tuple
-    role: str
+    role: Role
     rule: rules_lib.Rule
     in_old: bool = True
-    preserves: str = "function"
+    preserves: Exactness = "function"
     why: str = ""
 
     def index(self) -> np.ndarray:
@@ -219,7 +223,7 @@ class Plan:
                     continue
                 own = units.src if units.own is None else units.own
                 new = bool((own < 0).any())
-                axes.append(AxisPlan(ax.role, gather=True, fills=("fresh",) if new else (),
+                axes.append(AxisPlan(ax.side, gather=True, fills=(Fill.FRESH,) if new else (),
                                      prefix=prefix_length(own)))
                 new_arr.append(AxisArrays(own))
             leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
@@ -250,15 +254,3 @@ class Plan:
             lines.append(f"new layer {layer}: {init}, preserves {exact}{note}")
         lines.append(f"overall: preserves {self.exactness()}")
         return "\n".join(lines)
-
-
-def index_by_id(ids: Sequence[Hashable], among: Sequence[Hashable]) -> np.ndarray:
-    """int32: each of `ids`' position in `among`, or -1 where `among` lacks it."""
-    position = {uid: i for i, uid in enumerate(among)}
-    return np.fromiter((position.get(uid, -1) for uid in ids), dtype=np.int32, count=len(ids))
-
-
-def prefix_length(src: np.ndarray) -> int | None:
-    """k if `src` is ``0..k-1`` followed only by -1, else None."""
-    k = int((src >= 0).sum())
-    return k if np.array_equal(src[:k], np.arange(k)) and (src[k:] < 0).all() else None

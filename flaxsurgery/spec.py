@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxsurgery import init as rules_lib
+from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
 from flaxsurgery.claims import (
     BIAS_NAMES,
@@ -40,15 +40,8 @@ from flaxsurgery.layout import (
     spaces_in,
 )
 from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.plans import (
-    AxisArrays,
-    AxisPlan,
-    LeafArrays,
-    LeafPlan,
-    Plan,
-    index_by_id,
-    prefix_length,
-)
+from flaxsurgery.plans import AxisArrays, AxisPlan, LeafArrays, LeafPlan, Plan
+from flaxsurgery.units import Fill, Units, index_by_id, kept, no_fill, prefix_length
 
 IdSpec = int | Sequence[Hashable]
 NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.0,
@@ -209,10 +202,7 @@ def _raise(problems: list[str]) -> None:
     raise ValueError("the transplant spec does not fit the parameters:\n  - " + "\n  - ".join(problems))
 
 
-# ----------------------------------------------------------------------------- input checks
-
-
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- sizes
 
 
 def _entry_size(entry, sizes) -> int | None:
@@ -343,20 +333,8 @@ def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rul
         rule = given.get(name)
         chosen[name] = rule if isinstance(rule, rules_lib.Rule) else preset.rule_for(role)
     for name, rule in chosen.items():
-        if name not in ids:
-            continue
-        old_ids, new_ids = ids[name]
-        old_set = set(old_ids)
-        added = [u for u in new_ids if u not in old_set]
-        if added and not old_ids and "mean" in (rule.incoming, rule.outgoing):
-            problems.append(f"space {name!r}: rule {rule.name} takes the mean over the old units, but "
-                            f"the old network has none; choose another rule for it in rules=")
-        if rule.incoming != "copy":
-            continue
-        missing = sorted({show(rule.source_of(u)) for u in added if rule.source_of(u) not in old_set})
-        if missing:
-            problems.append(f"space {name!r}: {rule.name} names source IDs [{', '.join(missing)}] that "
-                            f"are not old units of the space (old IDs: {show(list(old_ids))})")
+        if name in ids:
+            problems.extend(rule.problems(name, ids[name]))
     return chosen
 
 
@@ -450,9 +428,6 @@ def _layer_map_hint(old_axes, new_axes, old_roles, new_roles) -> str:
     return " (confirm a pairing by name with {layer: layer})"
 
 
-# ----------------------------------------------------------------------------- what is preserved
-
-
 # ----------------------------------------------------------------------------- leaf plans
 
 
@@ -498,17 +473,6 @@ def _read_only(arrays: LeafArrays) -> LeafArrays:
     return arrays
 
 
-@dataclasses.dataclass
-class _Units:
-    """Per-unit arrays of one axis (host side): where each new unit comes from and how it starts."""
-
-    src: np.ndarray  # int32 index into the old axis, -1 for a unit that is filled
-    fill: np.ndarray  # object: the fill kind of each new unit, None where src >= 0
-    scale: np.ndarray | None = None  # float32 multiplier (Net2Net split)
-    offset: np.ndarray | None = None  # float32 addend (a new unit's bias)
-    own: np.ndarray | None = None  # int32 index of the unit itself, -1 if new (when src copies)
-
-
 def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     """The plan of a new leaf that takes its values from an old leaf."""
     new_shape, dtype = _shape_dtype(new)
@@ -525,21 +489,21 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     for axis, (old_spec, new_spec) in enumerate(zip(old_axes, new_axes)):
         where = f"leaf {path!r} axis {axis} (source {source!r})"
         if not carries_units(new_spec) and not carries_units(old_spec):
-            units, role = _unitless_units(old_spec, new_spec, old_shape[axis], new_shape[axis], ctx, where), "spatial"
+            units, side = _unitless_units(old_spec, new_spec, old_shape[axis], new_shape[axis], ctx, where), "unitless"
         else:
-            role = "output" if axis == out else "input"
-            units = _entry_units(old_spec, new_spec, role, path, ctx, where)
+            side = "incoming" if axis == out else "outgoing"
+            units = _entry_units(old_spec, new_spec, side, path, ctx, where)
             ctx.self_paired.update(set(spaces_in(old_spec)) & set(spaces_in(new_spec)))
         if units is None:
             continue
-        if "mean" in set(units.fill) and not isinstance(new_spec, str):
+        if Fill.MEAN in set(units.fill) and not isinstance(new_spec, str):
             ctx.problems.append(f"{where}: rule mean needs a plain space, not {new_spec!r}")
-        ax, arr = _axis_plan(role, units, old_shape[axis])
+        ax, arr = _axis_plan(side, units, old_shape[axis])
         axes.append(ax)
         arrays.append(arr)
     if len(axes) != len(new_shape):
         return leaf, LeafArrays()
-    if leaf.neutral is None and any("zeros" in ax.fills for ax in axes):
+    if leaf.neutral is None and any(Fill.NEUTRAL in ax.fills for ax in axes):
         ctx.problems.append(
             f"leaf {path!r}: new units take the neutral value, but the name {leaf_name(path)!r} does "
             f"not say whether that is 0 (a shift: bias, mean) or 1 (a scale: scale, var, std); "
@@ -548,35 +512,31 @@ def _gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
     return dataclasses.replace(leaf, axes=tuple(axes)), LeafArrays(tuple(arrays))
 
 
-def _axis_plan(role: str, units: _Units, old_size: int) -> tuple[AxisPlan, AxisArrays | None]:
+def _axis_plan(side: str, units: Units, old_size: int) -> tuple[AxisPlan, AxisArrays | None]:
     """The static AxisPlan and the arrays of one axis; an unchanged axis needs neither."""
     fills = tuple(dict.fromkeys(f for f in units.fill[units.src < 0] if f is not None))
     if not fills and units.scale is None and units.offset is None and units.own is None \
             and len(units.src) == old_size and np.array_equal(units.src, np.arange(old_size)):
-        return AxisPlan(role, gather=False), None
+        return AxisPlan(side, gather=False), None
     kind = np.array([fills.index(f) if f else -1 for f in units.fill], np.int32) if len(fills) > 1 else None
     arrays = AxisArrays(units.src, kind, units.scale, units.offset, units.own)
-    ax = AxisPlan(role, gather=True, fills=fills, scaled=units.scale is not None,
+    ax = AxisPlan(side, gather=True, fills=fills, scaled=units.scale is not None,
                   offset=units.offset is not None, prefix=prefix_length(units.src),
                   copied=units.own is not None)
     return ax, arrays
 
 
-def _no_fill(n: int) -> np.ndarray:
-    return np.full(n, None, dtype=object)
-
-
-def _unitless_units(old_spec, new_spec, old_size, new_size, ctx, where) -> _Units | None:
+def _unitless_units(old_spec, new_spec, old_size, new_size, ctx, where) -> Units | None:
     """An axis without units: kept as it is; only a window may grow or shrink (around its centre)."""
     if old_size == new_size:
-        return _Units(np.arange(new_size, dtype=np.int32), _no_fill(new_size))
+        return kept(np.arange(new_size, dtype=np.int32))
     if old_spec is WINDOW and new_spec is WINDOW:
         shift = (new_size - 1) // 2 - (old_size - 1) // 2  # the tap SAME padding centres on
         src = np.arange(new_size) - shift
         src = np.where((src >= 0) & (src < old_size), src, -1).astype(np.int32)
-        fill = _no_fill(new_size)
-        fill[src < 0] = "zero"
-        return _Units(src, fill)
+        fill = no_fill(new_size)
+        fill[src < 0] = Fill.ZERO
+        return Units(src, fill)
     said = {None: "None (no units, or the leaf is not in the layout)", WINDOW: "WINDOW"}
     ctx.problems.append(
         f"{where}: size changes from {old_size} to {new_size}, but the layout says "
@@ -586,19 +546,19 @@ def _unitless_units(old_spec, new_spec, old_size, new_size, ctx, where) -> _Unit
     return None
 
 
-def _entry_units(old_spec, new_spec, role, path, ctx, where) -> _Units | None:
+def _entry_units(old_spec, new_spec, side, path, ctx, where) -> Units | None:
     """The units of an axis entry, recursively through Grid and Concat; None on a mismatch."""
     old_spec, new_spec = as_grid(old_spec), as_grid(new_spec)
     if isinstance(new_spec, str) and isinstance(old_spec, str):
-        return _space_units(old_spec, new_spec, role, path, ctx)
+        return _space_units(old_spec, new_spec, side, path, ctx)
     if isinstance(new_spec, int) and new_spec == old_spec:
-        return _Units(np.arange(new_spec, dtype=np.int32), _no_fill(new_spec))
+        return kept(np.arange(new_spec, dtype=np.int32))
     if type(old_spec) is not type(new_spec) or not isinstance(new_spec, (Concat, Grid)) \
             or len(old_spec.parts) != len(new_spec.parts):
         ctx.problems.append(f"{where}: old axis is {old_spec!r} but new axis is {new_spec!r}; only "
                             f"the units of a space can change, not the axis's structure")
         return None
-    parts = [_entry_units(o, n, role, path, ctx, where) for o, n in zip(old_spec.parts, new_spec.parts)]
+    parts = [_entry_units(o, n, side, path, ctx, where) for o, n in zip(old_spec.parts, new_spec.parts)]
     if any(p is None for p in parts):
         return None
     old_sizes = [_entry_size(o, {k: len(v[0]) for k, v in ctx.ids.items()}) for o in old_spec.parts]
@@ -606,7 +566,7 @@ def _entry_units(old_spec, new_spec, role, path, ctx, where) -> _Units | None:
     return combine(parts, old_sizes)
 
 
-def _concat_units(parts: list, old_sizes: list) -> _Units:
+def _concat_units(parts: list, old_sizes: list) -> Units:
     """Segments end to end: each segment's old indices shifted by the old segments before it."""
     starts = np.cumsum([0] + old_sizes[:-1])
 
@@ -618,13 +578,13 @@ def _concat_units(parts: list, old_sizes: list) -> _Units:
                                for a, p, start in zip(arrays, parts, starts)]).astype(np.int32)
 
     sizes = [len(p.src) for p in parts]
-    return _Units(shifted([p.src for p in parts]), np.concatenate([p.fill for p in parts]),
+    return Units(shifted([p.src for p in parts]), np.concatenate([p.fill for p in parts]),
                   _joined([p.scale for p in parts], sizes, 1.0, np.concatenate),
                   _joined([p.offset for p in parts], sizes, 0.0, np.concatenate),
                   shifted([p.own for p in parts]))
 
 
-def _grid_units(parts: list, old_sizes: list) -> _Units:
+def _grid_units(parts: list, old_sizes: list) -> Units:
     """Row-major product, last part fastest: a unit is new if any of its parts' units is."""
 
     def product(indices):
@@ -634,7 +594,7 @@ def _grid_units(parts: list, old_sizes: list) -> _Units:
                              index[:, None] * old_size + part_index[None, :], -1).reshape(-1)
         return index.astype(np.int32)
 
-    fill = _no_fill(1)
+    fill = no_fill(1)
     for part in parts:
         # The fastest new part decides the fill (as the last new input axis does for a leaf).
         fill = np.where(part.fill[None, :] != None, part.fill[None, :], fill[:, None]).reshape(-1)
@@ -649,7 +609,7 @@ def _grid_units(parts: list, old_sizes: list) -> _Units:
         return grid
 
     own = None if all(p.own is None for p in parts) else product([p.src if p.own is None else p.own for p in parts])
-    return _Units(product([p.src for p in parts]), fill, outer([p.scale for p in parts], 1.0, np.multiply),
+    return Units(product([p.src for p in parts]), fill, outer([p.scale for p in parts], 1.0, np.multiply),
                   outer([p.offset for p in parts], 0.0, np.add), own)
 
 
@@ -659,35 +619,13 @@ def _joined(values, sizes, neutral, join):
     return join([np.full(n, neutral, np.float32) if v is None else v for v, n in zip(values, sizes)])
 
 
-def _space_units(old_space: str, new_space: str, role: str, path: str, ctx) -> _Units:
-    """Index, fill, scale and offset of a space's units, by unit ID and the space's rule."""
-    old_ids = ctx.ids[old_space][0]
-    new_ids = ctx.ids[new_space][1]
-    rule = ctx.rules[new_space]
+def _space_units(old_space: str, new_space: str, side: str, path: str, ctx) -> Units:
+    """A space's units on one axis: kept by unit ID, new ones as the space's rule says."""
     src = ctx.index(old_space, new_space)
-    added = src < 0
-    fill = _no_fill(len(src))
-    if not added.any():
-        return _Units(src, fill)
-    takes_offset = role == "output" and rule.offset and leaf_name(path) in BIAS_NAMES
-    offset = np.where(added, rule.offset, 0.0).astype(np.float32) if takes_offset else None
-    if rule.incoming != "copy":
-        fill[added] = rule.incoming if role == "output" else rule.outgoing
-        return _Units(src, fill, offset=offset)
-
-    from_unit = index_by_id([rule.source_of(uid) for uid in new_ids], old_ids)
-    if (from_unit[added] < 0).any():  # reported by _space_rules
-        return _Units(src, fill)
-    copied = np.where(added, from_unit, src).astype(np.int32)
-    if role == "output":
-        return _Units(copied, fill, offset=offset, own=src)
-    if rule.outgoing != "split":  # copy: a new unit's outgoing weights start at zero
-        fill[added] = "zeros"
-        return _Units(src, fill)
-    # Net2Net split: the source unit keeps 1 - ratio * (its number of splits) of its outgoing weights.
-    splits = np.bincount(from_unit[added], minlength=len(old_ids))
-    scale = np.where(added, rule.ratio, 1.0 - rule.ratio * splits[np.maximum(src, 0)]).astype(np.float32)
-    return _Units(copied, fill, scale=scale, own=src)
+    if not (src < 0).any():
+        return kept(src)
+    on_bias = side == "incoming" and leaf_name(path) in BIAS_NAMES
+    return ctx.rules[new_space].units(src, side, (ctx.ids[old_space][0], ctx.ids[new_space][1]), on_bias)
 
 
 def _init_leaf(path, new, new_axes, init, ctx):

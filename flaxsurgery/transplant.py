@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxsurgery.init import NEAR_IDENTITY_NOISE
 from flaxsurgery.paths import flatten
 from flaxsurgery.plans import LeafArrays, LeafPlan, Plan
+from flaxsurgery.rules import NEAR_IDENTITY_NOISE
 from flaxsurgery.spec import Spec
+from flaxsurgery.units import Fill
 
 
 def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) -> Any:
@@ -39,7 +40,7 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
       ValueError: if a tree does not match the plan (naming every leaf that differs), or if the
         plan needs fresh values and `fresh_tree` is None.
 
-    What is preserved is the plan's: see ``plan.report()`` and :mod:`flaxsurgery.init`.
+    What is preserved is the plan's: see ``plan.report()`` and :mod:`flaxsurgery.rules`.
 
     >>> import flaxsurgery as fs
     >>> old = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -149,13 +150,13 @@ def _gather(x: jax.Array, leaf: LeafPlan, arrays: LeafArrays, skip: int | None =
     return x
 
 
-def _fill(kind: str, leaf: LeafPlan, axis: int, arrays: LeafArrays, old: Any, fresh: Any) -> Any:
+def _fill(kind: Fill, leaf: LeafPlan, axis: int, arrays: LeafArrays, old: Any, fresh: Any) -> Any:
     """Values of fill `kind` for new entries along `axis`, broadcastable to the leaf."""
-    if kind == "fresh":
+    if kind is Fill.FRESH:
         return fresh
-    if kind == "zeros":  # the neutral value: 1 for a scale, 0 elsewhere
+    if kind is Fill.NEUTRAL:  # 1 for a scale, 0 elsewhere
         return jnp.asarray(leaf.neutral, leaf.dtype)
-    if kind == "zero":
+    if kind is Fill.ZERO:
         return jnp.asarray(0, leaf.dtype)
     # mean: over the old units of this axis, the other axes gathered and scaled as usual (a split
     # unit's halves must average to what the unit contributed).
@@ -170,8 +171,6 @@ def _init_leaf(leaf: LeafPlan, arrays: LeafArrays, fresh: Any) -> jax.Array:
     """A leaf with no source: identity (near-identity) kernel, neutral vector, fresh or zeros."""
     if leaf.init == "fresh":
         return jnp.asarray(fresh).astype(leaf.dtype)
-    if leaf.init == "zero":
-        return jnp.zeros(leaf.shape, leaf.dtype)
     if leaf.kernel_axes is None:  # identity of a bias or norm vector, or zeros: the neutral value
         return jnp.full(leaf.shape, leaf.neutral, leaf.dtype)
     kernel = _identity_kernel(leaf, arrays.match)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from tests.support import MLP
+from tests.conftest import MLP
 
 
 def factory(features: tuple, inputs: int):

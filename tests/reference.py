@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flaxsurgery.units import Fill
+
 
 def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neutral=0.0):
     """One leaf transplanted entry by entry.
@@ -12,8 +14,8 @@ def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neut
       old, fresh: the old leaf and the new network's fresh leaf (NumPy).
       old_axes, new_axes: the leaf's layout entries (space names, None or WINDOW; no Flat).
       old_ids, new_ids: {space: list of IDs}.
-      rules: {space: (incoming, outgoing)} fill names: "fresh", "zeros" or "mean".
-      neutral: the value "zeros" means for this leaf.
+      rules: {space: rule}, a rule's ``incoming`` and ``outgoing`` fills (FRESH, NEUTRAL or MEAN).
+      neutral: the value Fill.NEUTRAL means for this leaf.
     """
     out = np.empty(fresh.shape, fresh.dtype)
     mapped = [a for a, s in enumerate(new_axes) if isinstance(s, str)]
@@ -34,9 +36,9 @@ def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neut
             else:
                 source.append(None)
                 if axis == out_axis:
-                    new_out = (axis, rules[space][0])
+                    new_out = (axis, rules[space].incoming)
                 else:  # the last new input axis claims the entry, as in transplant
-                    new_in = (axis, rules[space][1])
+                    new_in = (axis, rules[space].outgoing)
         if spatial_pad:
             out[idx] = 0.0
             continue
@@ -45,11 +47,11 @@ def reference_leaf(old, fresh, old_axes, new_axes, old_ids, new_ids, rules, neut
             out[idx] = old[tuple(source)]
             continue
         axis, fill = claim
-        if fill == "fresh":
+        if fill is Fill.FRESH:
             out[idx] = fresh[idx]
-        elif fill == "zeros":
+        elif fill is Fill.NEUTRAL:
             out[idx] = neutral
-        else:  # mean over the old units of `axis`
+        else:  # Fill.MEAN: the mean over the old units of `axis`
             values = []
             for k in range(old.shape[axis]):
                 at = list(source)

@@ -12,7 +12,7 @@ import pytest
 import flaxsurgery as fs
 from flaxsurgery import checkpoint
 from flaxsurgery.groups import leaf_groups, subplan
-from tests.support import MLP
+from tests.conftest import MLP
 
 OLD_MODEL, NEW_MODEL = MLP((16, 16, 3)), MLP((20, 16, 4))
 
@@ -32,7 +32,7 @@ def setup(tmp_path):
 
 def make_plan(old_tree, fresh, layout, new_layout):
     return fs.plan(old_tree, jax.eval_shape(lambda: fresh), layout, new_layout=new_layout,
-                   spaces={"x": (5, 6), "out": (3, 4)})
+                   spaces={"obs": (5, 6), "out": (3, 4)})
 
 
 def assert_trees_equal(got, want):

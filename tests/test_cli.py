@@ -20,7 +20,7 @@ from tests import cli_models
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMMAND = shutil.which("flaxsurgery", path=os.path.dirname(sys.executable)) or "flaxsurgery"
 INPUTS = ["cart_x", "cart_v", "theta", "theta_v", "bias"]
-SPEC = {"spaces": {"x": [INPUTS, INPUTS[:2] + ["wind"] + INPUTS[2:]], "out": [3, 4]},
+SPEC = {"spaces": {"obs": [INPUTS, INPUTS[:2] + ["wind"] + INPUTS[2:]], "out": [3, 4]},
         "rules": {"Dense_0": "fresh_in_zero_out", "out": {"mean": {"offset": -0.001}}}}
 
 
@@ -45,7 +45,7 @@ def test_inspect_lists_leaves_and_spaces(old):
     assert "params/Dense_0/kernel" in plain.stdout and "(5, 16)" in plain.stdout and "float32" in plain.stdout
     traced = run("inspect", str(path), "--model", "tests.cli_models:small")
     assert traced.returncode == 0, traced.stderr
-    assert "spaces: " in traced.stdout and "x (5)" in traced.stdout and "out (3)" in traced.stdout
+    assert "spaces: " in traced.stdout and "obs (5)" in traced.stdout and "out (3)" in traced.stdout
 
 
 def test_plan_and_apply(old, tmp_path):
@@ -76,14 +76,14 @@ def test_plan_and_apply(old, tmp_path):
 def test_errors_exit_nonzero_with_every_problem(old, tmp_path):
     path, _, _ = old
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"spaces": {"x": [5]}, "rules": {"out": "sideways"}}))
+    bad.write_text(json.dumps({"spaces": {"obs": [5]}, "rules": {"out": "sideways"}}))
     models = ["--old", "tests.cli_models:small", "--new", "tests.cli_models:grown", "--spec", str(bad)]
     result = run("plan", str(path), *models)
     assert result.returncode == 1
-    assert "space 'x' must be" in result.stderr and "unknown rule 'sideways'" in result.stderr
+    assert "space 'obs' must be" in result.stderr and "unknown rule 'sideways'" in result.stderr
 
     unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps({"spaces": {"obs": [5, 6]}}))
+    unknown.write_text(json.dumps({"spaces": {"inputs": [5, 6]}}))
     result = run("apply", str(path), str(tmp_path / "never"), *models[:4], "--spec", str(unknown))
-    assert result.returncode == 1 and "unknown space 'obs'" in result.stderr
+    assert result.returncode == 1 and "unknown space 'inputs'" in result.stderr
     assert not (tmp_path / "never").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import digits
-from flaxsurgery.init import GREEDY_MARGIN
+from flaxsurgery.rules import GREEDY_MARGIN
 
 pytest.importorskip("sklearn")
 

@@ -85,8 +85,8 @@ def test_dtype_conflict():
 
 
 def test_copy_source_must_be_an_old_unit():
-    with pytest.raises(ValueError, match=re.escape("space 'out': copy names source IDs ['up']")):
-        fs.plan(mlp(), mlp(n_out=3), LAYOUT, spaces={"out": (["l", "r"], ["l", "r", "n"])}, rules={"out": fs.copy("up")})
+    with pytest.raises(ValueError, match=re.escape("space 'out': copy_of names source IDs ['up']")):
+        fs.plan(mlp(), mlp(n_out=3), LAYOUT, spaces={"out": (["l", "r"], ["l", "r", "n"])}, rules={"out": fs.copy_of("up")})
 
 
 def test_every_problem_is_listed_at_once():

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flaxsurgery as fs
-from flaxsurgery.init import GREEDY_MARGIN
 from flaxsurgery.paths import flatten
-from tests.support import examples
+from flaxsurgery.rules import GREEDY_MARGIN
+from tests.conftest import examples
 
 
 class Net(nn.Module):
@@ -317,20 +317,20 @@ def test_an_unknown_parameter_shaped_field_is_rejected_by_name():
     np.testing.assert_array_equal(moved["polyak"]["Dense_0"]["kernel"], fs.transplant(old, plan, fresh)["Dense_0"]["kernel"])
 
 
-@pytest.mark.parametrize("rule", [fs.copy("l", offset=-1.0), fs.split("l")])
+@pytest.mark.parametrize("rule", [fs.copy_of("l", offset=-1.0), fs.split("l")])
 def test_copied_and_split_units_start_with_fresh_moments(rule):
     opt = optax.adam(1e-2)
     old, state = trained_state(opt, mlp_params(6, 2, 2, 0))
     fresh = mlp_params(6, 2, 2, 1)
-    space = "out" if rule.name == "copy" else "h"
-    ids = (["l", "r"], ["l", "r", "n"]) if rule.name == "copy" else (list(range(6)), list(range(6)) + ["n"])
-    fresh = mlp_params(6, 3, 2, 1) if rule.name == "copy" else mlp_params(7, 2, 2, 1)
+    space = "out" if rule.name == "copy_of" else "h"
+    ids = (["l", "r"], ["l", "r", "n"]) if rule.name == "copy_of" else (list(range(6)), list(range(6)) + ["n"])
+    fresh = mlp_params(6, 3, 2, 1) if rule.name == "copy_of" else mlp_params(7, 2, 2, 1)
     layout = fs.chain_layout(["obs", "h", "out"], ["Dense_0", "Dense_1"], prefix="")
     rule = fs.split(0) if rule.name == "split" else rule
     plan = fs.plan(old, fresh, layout, spaces={space: ids}, rules={space: rule})
     new_state = fs.transplant_state(state, plan, opt.init(fresh))
     mu = new_state[0].mu
-    if rule.name == "copy":
+    if rule.name == "copy_of":
         np.testing.assert_array_equal(mu["Dense_1"]["kernel"][:, 2], 0.0)
     else:  # neither the new unit's moments nor a scaled copy of its source's
         np.testing.assert_array_equal(mu["Dense_0"]["kernel"][:, 6], 0.0)
@@ -572,8 +572,8 @@ def test_a_plans_arrays_are_read_only():
 
 RULE_CHOICES = {
     "mean+": lambda: fs.mean(offset=0.5), "mean-": lambda: fs.mean(offset=-1e-3), "mean0": fs.mean,
-    "mean_policy": lambda: fs.mean(offset=-20.0), "copy-": lambda: fs.copy("a0", offset=-0.5),
-    "copy+": lambda: fs.copy("a0", offset=0.5), "zeros": fs.zeros, "fresh": fs.fresh,
+    "mean_policy": lambda: fs.mean(offset=-20.0), "copy-": lambda: fs.copy_of("a0", offset=-0.5),
+    "copy+": lambda: fs.copy_of("a0", offset=0.5), "zeros": fs.zeros, "fresh": fs.fresh,
 }
 
 

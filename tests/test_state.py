@@ -112,7 +112,7 @@ def test_new_units_start_with_zero_moments_whatever_their_rule():
     opt = optax.adam(1e-3)
     _, old_state = opt.update(ones_like(old), opt.init(old), old)
     spaces = {"out": (["a", "b"], ["a", "b", "c"])}
-    for rule in (fs.mean(offset=-1.0), fs.copy("a", offset=-1.0)):
+    for rule in (fs.mean(offset=-1.0), fs.copy_of("a", offset=-1.0)):
         plan = fs.plan(old, fresh, mlp_layout(2), spaces=spaces, rules={"out": rule})
         state = fs.transplant_state(old_state, plan, opt.init(fresh))
         for moment in (state[0].mu, state[0].nu):

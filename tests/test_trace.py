@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 import flaxsurgery as fs
-from flaxsurgery.init import GREEDY_MARGIN
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW
+from flaxsurgery.rules import GREEDY_MARGIN
 from flaxsurgery.trace import Concat, Flat, trace_layout
+from tests.conftest import MLP
 
 KEY, FRESH_KEY = jax.random.key(0), jax.random.key(1)
 
@@ -38,17 +39,6 @@ def traced_transplant(old_model, new_model, old_inputs, new_inputs, spaces=None,
 
 
 # ------------------------------------------------------------------------------------ models
-
-
-class MLP(nn.Module):
-    features: tuple = (8, 8, 2)
-
-    @nn.compact
-    def __call__(self, obs):
-        x = obs
-        for f in self.features[:-1]:
-            x = nn.relu(nn.Dense(f)(x))
-        return nn.Dense(self.features[-1])(x)
 
 
 class CNN(nn.Module):

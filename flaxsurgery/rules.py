@@ -1,0 +1,368 @@
+"""Rules for what is new: new units of a space, and new layers.
+
+A unit has *incoming* weights (where its space is a leaf's output axis: a kernel's column, its
+bias, its norm scale) and *outgoing* weights (where its space is an input axis: a kernel's row,
+an embedding's row). A :class:`Rule` is one object that says everything about itself: the
+host-side arrays of a space's units on either side (:meth:`Rule.units`), the device-side
+:class:`~flaxsurgery.units.Fill` of each side, what it needs of the IDs (:meth:`Rule.problems`)
+and what it promises (:meth:`Rule.promise`). A new rule is a subclass here and a test.
+
+What each rule promises, for the role its space plays in the network (a plan checks the promise
+on its trees and reports what holds: see ``Plan.report()``):
+
+=======================  ==========================================  ==========================
+rule                     inputs / hidden units                       outputs (actions)
+=======================  ==========================================  ==========================
+``fresh()``              neither (the seeds' rule)                   neither
+``zeros()``              function exactly (outgoing weights are 0)   neither: a zero Q-value
+                                                                     wins the argmax when every
+                                                                     old Q is negative
+``fresh_in_zero_out()``  function exactly                            neither
+``mean(offset)``         function exactly (outgoing weights are 0)   greedy action when
+                                                                     ``offset`` is below
+                                                                     ``-GREEDY_MARGIN``; the
+                                                                     sampled policy too when it
+                                                                     is below ``-POLICY_MARGIN``
+``copy_of(k, offset)``   function exactly (outgoing weights are 0)   as ``mean``
+``split(k, ratio)``      function exactly (Net2Net: the new unit     neither
+                         computes unit k's value; k's outgoing
+                         weights are shared ``1-ratio : ratio``)
+=======================  ==========================================  ==========================
+
+An output promise holds only where the offset lands on the output layer's bias (a leaf named
+``bias``, ``b`` or ``beta``) and no other one-axis leaf (a norm's scale) carries the actions;
+otherwise the plan reports "none". No promise holds for a space the forward pass mixes (a
+LayerNorm's statistics, a softmax inside the model): see ``flaxsurgery.layout.MIXING``.
+
+``zeros`` means the neutral value (:attr:`Fill.NEUTRAL`): 0 for weights and for one-axis leaves
+named ``bias``/``mean`` (...), 1 for ``scale``, ``var``, ``std`` (...), so a new BatchNorm
+feature passes its input through unchanged; a one-axis leaf of another name must be told
+(``plan(neutral=...)``). Exactness for ``split`` holds for element-wise activations and
+BatchNorm, not LayerNorm (whose statistics span the features).
+
+New layers (no source in the old network) start from a layer init: ``"identity"`` (kernel 1
+where the input unit's ID equals the output unit's ID, a conv kernel's centre tap only; bias 0;
+norm scale and variance 1), which preserves the function after an idempotent activation such as
+ReLU; ``"near_identity"`` (identity plus ``0.01`` times the fresh kernel: the seeds' rule, not
+exact); ``"fresh"``; ``"zeros"`` (the neutral value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import ClassVar, Literal, get_args
+
+import jax.numpy as jnp
+import numpy as np
+
+from flaxsurgery.units import Fill, Units, index_by_id, no_fill, show
+
+Role = Literal["input", "hidden", "output"]  # the part a space plays in the network
+Side = Literal["incoming", "outgoing"]  # which of its units' weights an axis holds
+Exactness = Literal["none", "greedy", "policy", "function"]  # weakest first
+EXACTNESS: tuple = get_args(Exactness)
+LayerInit = Literal["identity", "near_identity", "fresh", "zeros"]
+LAYER_INITS: tuple = get_args(LayerInit)
+NEAR_IDENTITY_NOISE = 0.01
+# Below the mean of the old Q-values by more than float32 rounding of Q-values up to ~1e4.
+GREEDY_MARGIN = 1e-3
+# New actions' logits this far below the mean of the old ones: a new action's probability is at
+# most exp(-20) ~ 2e-9 of the most likely old action's, so the sampled policy is kept (KL < 1e-8
+# per new action). An on-policy learner then almost never tries the new action (docs/agents.md).
+POLICY_MARGIN = 20.0
+
+Source = Hashable | Mapping
+
+
+class Rule:
+    """How the new units of one space start. Subclasses set ``name``, ``incoming`` and
+    ``outgoing`` (the :class:`Fill` of each side of a new unit) and override what differs.
+
+    Attributes:
+      name: the constructor's name, for reports.
+      incoming: the fill of a new unit's incoming weights (output axes).
+      outgoing: the fill of a new unit's outgoing weights (input axes).
+      offset: added to a new unit's bias (output spaces only).
+    """
+
+    name: ClassVar[str]
+    incoming: Fill
+    outgoing: Fill
+    offset: float = 0.0
+
+    def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
+        """The host-side arrays of a space's units on one axis.
+
+        Args:
+          src: each new unit's index among the old units, -1 where it is new.
+          side: which weights of the units the axis holds.
+          ids: the space's (old IDs, new IDs).
+          on_bias: whether the axis is an output layer's bias (where an offset lands).
+        """
+        added = src < 0
+        fill = no_fill(len(src))
+        fill[added] = self.incoming if side == "incoming" else self.outgoing
+        return Units(src, fill, offset=self._offsets(added, side, on_bias))
+
+    def _offsets(self, added: np.ndarray, side: Side, on_bias: bool) -> np.ndarray | None:
+        if side != "incoming" or not on_bias or not self.offset:
+            return None
+        return np.where(added, self.offset, 0.0).astype(np.float32)
+
+    def problems(self, space: str, ids: tuple) -> list[str]:
+        """What this rule cannot do with a space's IDs (old, new), as error lines."""
+        old_ids, new_ids = ids
+        added = len(set(new_ids) - set(old_ids))
+        if added and not old_ids and Fill.MEAN in (self.incoming, self.outgoing):
+            return [(f"space {space!r}: rule {self.name} takes the mean over the old units, but the "
+                    f"old network has none; choose another rule for it in rules=")]
+        return []
+
+    def promise(self, role: Role) -> tuple[Exactness, str]:
+        """What this rule promises for a space of `role`, and why not more where it is "none" for
+        a reason the user can change. A plan checks the promise on its trees (where an offset
+        lands, the dtype's rounding) and reports what holds."""
+        if role != "output" and self.outgoing is Fill.NEUTRAL:
+            return "function", ""
+        return "none", ""
+
+    def exactness(self, role: Role) -> Exactness:
+        """The level of :meth:`promise`: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``."""
+        return self.promise(role)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fresh(Rule):
+    name: ClassVar[str] = "fresh"
+    incoming: ClassVar[Fill] = Fill.FRESH
+    outgoing: ClassVar[Fill] = Fill.FRESH
+
+
+@dataclasses.dataclass(frozen=True)
+class Zeros(Rule):
+    name: ClassVar[str] = "zeros"
+    incoming: ClassVar[Fill] = Fill.NEUTRAL
+    outgoing: ClassVar[Fill] = Fill.NEUTRAL
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshInZeroOut(Rule):
+    name: ClassVar[str] = "fresh_in_zero_out"
+    incoming: ClassVar[Fill] = Fill.FRESH
+    outgoing: ClassVar[Fill] = Fill.NEUTRAL
+
+
+class _Margin:
+    """A rule whose new output units sit `offset` below the old ones: the greedy action (and,
+    far enough below, the sampled policy) is kept when the offset is negative."""
+
+    def promise(self, role: Role) -> tuple[Exactness, str]:
+        if role != "output":
+            return super().promise(role)
+        if self.offset < 0:
+            return ("policy" if -self.offset >= POLICY_MARGIN else "greedy"), ""
+        return "none", (f"offset {self.offset:g} is not negative, so a tie (above 0, any input) can "
+                        f"go to a new action; use an offset below -{GREEDY_MARGIN:g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mean(_Margin, Rule):
+    outgoing: Fill = Fill.NEUTRAL
+    offset: float = 0.0
+    name: ClassVar[str] = "mean"
+    incoming: ClassVar[Fill] = Fill.MEAN
+
+
+class _FromSource(Rule):
+    """A rule whose new units take another (old) unit's incoming weights: `source`."""
+
+    source: Source
+
+    def __hash__(self):
+        source = self.source
+        if isinstance(source, Mapping):
+            source = tuple(sorted(source.items(), key=repr))
+        return hash((type(self), source, self.offset, getattr(self, "ratio", None)))
+
+    def source_of(self, new_id: Hashable) -> Hashable:
+        """The old unit a new unit copies or splits, by the new unit's ID."""
+        if isinstance(self.source, Mapping):
+            return self.source.get(new_id)
+        return self.source
+
+    def problems(self, space: str, ids: tuple) -> list[str]:
+        old_ids, new_ids = ids
+        old_set = set(old_ids)
+        missing = sorted({show(self.source_of(u)) for u in new_ids
+                          if u not in old_set and self.source_of(u) not in old_set})
+        if not missing:
+            return []
+        return [(f"space {space!r}: {self.name} names source IDs [{', '.join(missing)}] that are not "
+                f"old units of the space (old IDs: {show(list(old_ids))})")]
+
+    def sources(self, src: np.ndarray, ids: tuple) -> np.ndarray:
+        """Each unit's index among the old units: its own, or for a new unit its source's."""
+        old_ids, new_ids = ids
+        from_unit = index_by_id([self.source_of(u) for u in new_ids], old_ids)
+        return np.where(src < 0, from_unit, src).astype(np.int32)
+
+    def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
+        if side == "incoming":  # the source's incoming weights; `own` marks the copies
+            return Units(self.sources(src, ids), no_fill(len(src)),
+                         offset=self._offsets(src < 0, side, on_bias), own=src)
+        return super().units(src, side, ids, on_bias)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class Copy(_Margin, _FromSource):
+    source: Source = None
+    offset: float = 0.0
+    name: ClassVar[str] = "copy_of"
+    incoming: ClassVar[Fill] = Fill.FRESH  # not used: every new unit has a source
+    outgoing: ClassVar[Fill] = Fill.NEUTRAL
+    __hash__ = _FromSource.__hash__
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class Split(_FromSource):
+    source: Source = None
+    ratio: float = 0.4
+    name: ClassVar[str] = "split"
+    incoming: ClassVar[Fill] = Fill.FRESH  # not used: every new unit has a source
+    outgoing: ClassVar[Fill] = Fill.NEUTRAL  # not used: outgoing weights are shared
+    __hash__ = _FromSource.__hash__
+
+    def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
+        if side == "incoming":
+            return super().units(src, side, ids, on_bias)
+        # The source unit keeps 1 - ratio * (its number of splits) of its outgoing weights.
+        copied = self.sources(src, ids)
+        added = src < 0
+        splits = np.bincount(copied[added], minlength=len(ids[0]))
+        scale = np.where(added, self.ratio, 1.0 - self.ratio * splits[np.maximum(src, 0)])
+        return Units(copied, no_fill(len(src)), scale=scale.astype(np.float32), own=src)
+
+
+def fresh() -> Rule:
+    """New units keep the new network's own initialisation (the seeds' rule). Preserves neither
+    the function nor the greedy action.
+
+    >>> fresh().exactness("hidden")
+    'none'
+    """
+    return Fresh()
+
+
+def zeros() -> Rule:
+    """Incoming and outgoing weights at the neutral value (0; a norm's scale and variance 1).
+    Preserves the function for inputs and hidden units; for outputs it preserves neither (a zero
+    Q wins when rewards are negative). A hidden unit that starts all-zero stays dead under ReLU:
+    prefer :func:`fresh_in_zero_out` for hidden units.
+
+    >>> zeros().exactness("input"), zeros().exactness("output")
+    ('function', 'none')
+    """
+    return Zeros()
+
+
+def fresh_in_zero_out() -> Rule:
+    """Fresh incoming weights, zero outgoing weights (OpenAI Five's rule for new hidden units).
+    Preserves the function exactly; gradients reach the new unit through its outgoing weights.
+
+    >>> fresh_in_zero_out().exactness("hidden")
+    'function'
+    """
+    return FreshInZeroOut()
+
+
+_OUTGOING = {"zeros": Fill.NEUTRAL, "fresh": Fill.FRESH, "mean": Fill.MEAN}
+
+
+def mean(outgoing: str = "zeros", offset: float = 0.0) -> Rule:
+    """Incoming weights (and bias) are the mean over the old units, `offset` added to the bias.
+    For a new action the Q-value is the mean of the old Q-values plus `offset`, never above their
+    max: preserves the greedy action. With ``offset=0`` a tie (one old action, or old Q-values
+    equal up to float rounding) can still go to the new action; a small negative offset rules
+    that out (the "preserving" preset uses ``-GREEDY_MARGIN``). For inputs and hidden units
+    (with zero outgoing weights) preserves the function. ``outgoing="mean"`` makes a new
+    embedding token the mean of the old tokens.
+
+    Args:
+      outgoing: how a new unit's outgoing weights start: ``"zeros"`` (the neutral value),
+        ``"fresh"`` or ``"mean"``.
+      offset: added to a new output unit's bias.
+
+    >>> mean().exactness("output"), mean(offset=-1e-3).exactness("output")
+    ('none', 'greedy')
+    """
+    if outgoing not in _OUTGOING:
+        raise ValueError(f"mean(outgoing=...) must be one of {tuple(_OUTGOING)}, got {outgoing!r}")
+    return Mean(outgoing=_OUTGOING[outgoing], offset=float(offset))
+
+
+def copy_of(source: Source, offset: float = 0.0) -> Rule:
+    """Incoming weights copied from old unit `source`, `offset` added to its bias, outgoing zero.
+    For a new action with ``offset < 0`` its Q is below the copied action's, so the greedy action
+    is kept exactly; with ``offset >= 0`` neither is kept.
+
+    Args:
+      source: the old unit ID to copy, or a mapping new unit ID -> old unit ID.
+      offset: added to the copied bias.
+
+    >>> copy_of("left", offset=-1.0).exactness("output")
+    'greedy'
+    """
+    return Copy(source=source, offset=float(offset))
+
+
+def split(source: Source, ratio: float = 0.4) -> Rule:
+    """Net2Net widening: the new unit copies `source`'s incoming weights, and `source`'s outgoing
+    weights are shared between them, ``ratio`` to the new unit and the rest to the source, so the
+    function is exact while the unequal shares break the symmetry between the two.
+
+    Args:
+      source: the old unit ID to split, or a mapping new unit ID -> old unit ID.
+      ratio: the new unit's share, in (0, 1).
+
+    >>> split(3).exactness("hidden")
+    'function'
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"split ratio must lie in (0, 1), got {ratio}")
+    return Split(source=source, ratio=float(ratio))
+
+
+def greedy_margin(dtypes) -> float:
+    """How far below the old values a new action's value must start for a tie in `dtypes` never to
+    go to it: :data:`GREEDY_MARGIN` for float32, scaled by the coarsest dtype's rounding."""
+    eps = max((float(jnp.finfo(d).eps) for d in dtypes if jnp.issubdtype(d, jnp.floating)),
+              default=float(jnp.finfo(jnp.float32).eps))
+    return GREEDY_MARGIN * eps / float(jnp.finfo(jnp.float32).eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Default rules by a space's role, and the init of new layers."""
+
+    input: Rule
+    hidden: Rule
+    output: Rule
+    layer: LayerInit
+
+    def rule_for(self, role: Role) -> Rule:
+        return getattr(self, role)
+
+
+PresetName = Literal["preserving", "policy", "seed"]
+PRESETS: dict[PresetName, Preset] = {
+    # Function-preserving: new inputs ignored, new hidden units silent, new actions never greedy.
+    "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-GREEDY_MARGIN),
+                         layer="identity"),
+    # As preserving, for stochastic policies: new actions' logits far below the old ones, so the
+    # sampled policy (not only the greedy action) is kept.
+    "policy": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-POLICY_MARGIN),
+                     layer="identity"),
+    # The original paper's rules: new units fresh, new layers near-identity.
+    "seed": Preset(input=fresh(), hidden=fresh(), output=fresh(), layer="near_identity"),
+}
