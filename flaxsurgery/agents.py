@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
+from flaxsurgery.leaves import NEUTRAL_BY_NAME
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan
-from flaxsurgery.spec import NEUTRAL_BY_NAME, roles_of
+from flaxsurgery.spaces import roles_of
 from flaxsurgery.spec import plan as make_plan
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import argument_names, traced_model
