@@ -81,14 +81,15 @@ class Rule:
 
     Attributes:
       name: the constructor's name, for reports.
-      incoming: the fill of a new unit's incoming weights (output axes).
-      outgoing: the fill of a new unit's outgoing weights (input axes).
+      incoming: the fill of a new unit's incoming weights (output axes); None where the rule
+        takes them from another unit.
+      outgoing: the fill of a new unit's outgoing weights (input axes); None likewise.
       offset: added to a new unit's bias (output spaces only).
     """
 
     name: ClassVar[str]
-    incoming: Fill
-    outgoing: Fill
+    incoming: Fill | None
+    outgoing: Fill | None
     offset: float = 0.0
 
     def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
@@ -219,7 +220,7 @@ class Copy(_Margin, _FromSource):
     source: Source = None
     offset: float = 0.0
     name: ClassVar[str] = "copy_of"
-    incoming: ClassVar[Fill] = Fill.FRESH  # not used: every new unit has a source
+    incoming: ClassVar[None] = None  # every new unit's incoming weights are its source's
     outgoing: ClassVar[Fill] = Fill.NEUTRAL
     __hash__ = _FromSource.__hash__
 
@@ -229,9 +230,12 @@ class Split(_FromSource):
     source: Source = None
     ratio: float = 0.4
     name: ClassVar[str] = "split"
-    incoming: ClassVar[Fill] = Fill.FRESH  # not used: every new unit has a source
-    outgoing: ClassVar[Fill] = Fill.NEUTRAL  # not used: outgoing weights are shared
+    incoming: ClassVar[None] = None  # every new unit's incoming weights are its source's
+    outgoing: ClassVar[None] = None  # the source's outgoing weights are shared with it
     __hash__ = _FromSource.__hash__
+
+    def promise(self, role: Role) -> tuple[Exactness, str]:
+        return ("none" if role == "output" else "function"), ""
 
     def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
         if side == "incoming":
