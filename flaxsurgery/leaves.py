@@ -35,6 +35,10 @@ NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.
 
 @dataclasses.dataclass
 class Context:
+    """What planning shares across leaves: each space's (old, new) IDs and rule, the problems
+    found so far, the neutral values given; and what it learns on the way: facts for the claims,
+    cached ID indices, and the spaces an old leaf carries into the same space."""
+
     ids: dict
     rules: dict
     problems: list
