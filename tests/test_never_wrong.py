@@ -591,8 +591,8 @@ def surgery_case(draw):
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(surgery_case())
-def test_whatever_the_report_claims_verify_confirms(case):
+@given(case=surgery_case())
+def test_whatever_the_report_claims_verify_confirms(case, transplant):
     old_m = Net(case["hidden"], case["actions"], case["norm"], case["out_bias"])
     new_m = Net(case["hidden"] + case["add_hidden"], case["actions"] + case["add_actions"], case["norm"], case["out_bias"])
     n_old, n_new = case["n_obs"], case["n_obs"] + case["add_obs"]
@@ -618,7 +618,7 @@ def test_whatever_the_report_claims_verify_confirms(case):
                        spaces={"obs": (obs_old, obs_new), "out": (old_actions, new_actions)}, rules=rules)
     except ValueError:
         return  # raising is always allowed; a wrong claim never is
-    new = fs.transplant(old, plan, fresh)
+    new = transplant(old, plan, fresh)
     x = jax.random.normal(jax.random.key(case["seed"] + 7), (128, n_old))
     check_claims(plan, lambda v: old_m.apply(old, v), lambda v: new_m.apply(new, v), x)
     opt = OPTIMIZERS[case["optimizer"]]()
