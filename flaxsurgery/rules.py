@@ -56,7 +56,7 @@ from typing import ClassVar, Literal, get_args
 import jax.numpy as jnp
 import numpy as np
 
-from flaxsurgery.units import Fill, Units, index_by_id, no_fill, show
+from flaxsurgery.units import Fill, Units, index_by_id, kept, no_fill, show
 
 Role = Literal["input", "hidden", "output"]  # the part a space plays in the network
 Side = Literal["incoming", "outgoing"]  # which of its units' weights an axis holds
@@ -203,16 +203,22 @@ class _FromSource(Rule):
                 f"old units of the space (old IDs: {show(list(old_ids))})")]
 
     def sources(self, src: np.ndarray, ids: tuple) -> np.ndarray:
-        """Each unit's index among the old units: its own, or for a new unit its source's."""
+        """Each unit's index among the old units: its own, or for a new unit its source's (-1
+        where that is not an old unit, which :meth:`problems` reports)."""
         old_ids, new_ids = ids
         from_unit = index_by_id([self.source_of(u) for u in new_ids], old_ids)
         return np.where(src < 0, from_unit, src).astype(np.int32)
 
     def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
+        copied = self.sources(src, ids)
+        if (copied < 0).any():  # a source that is not an old unit: the plan raises
+            return kept(src)
         if side == "incoming":  # the source's incoming weights; `own` marks the copies
-            return Units(self.sources(src, ids), no_fill(len(src)),
-                         offset=self._offsets(src < 0, side, on_bias), own=src)
-        return super().units(src, side, ids, on_bias)
+            return Units(copied, no_fill(len(src)), offset=self._offsets(src < 0, side, on_bias), own=src)
+        return self._outgoing_units(src, copied, ids)
+
+    def _outgoing_units(self, src: np.ndarray, copied: np.ndarray, ids: tuple) -> Units:
+        return super().units(src, "outgoing", ids, on_bias=False)
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -237,11 +243,8 @@ class Split(_FromSource):
     def promise(self, role: Role) -> tuple[Exactness, str]:
         return ("none" if role == "output" else "function"), ""
 
-    def units(self, src: np.ndarray, side: Side, ids: tuple, on_bias: bool) -> Units:
-        if side == "incoming":
-            return super().units(src, side, ids, on_bias)
+    def _outgoing_units(self, src: np.ndarray, copied: np.ndarray, ids: tuple) -> Units:
         # The source unit keeps 1 - ratio * (its number of splits) of its outgoing weights.
-        copied = self.sources(src, ids)
         added = src < 0
         splits = np.bincount(copied[added], minlength=len(ids[0]))
         scale = np.where(added, self.ratio, 1.0 - self.ratio * splits[np.maximum(src, 0)])

@@ -89,6 +89,11 @@ def test_copy_source_must_be_an_old_unit():
         fs.plan(mlp(), mlp(n_out=3), LAYOUT, spaces={"out": (["l", "r"], ["l", "r", "n"])}, rules={"out": fs.copy_of("up")})
 
 
+def test_split_source_must_be_an_old_unit():
+    with pytest.raises(ValueError, match=re.escape("space 'h': split names source IDs ['zz']")):
+        fs.plan(mlp(), mlp(hidden=4), LAYOUT, spaces={"h": ([0, 1, 2], [0, 1, 2, "n"])}, rules={"h": fs.split("zz")})
+
+
 def test_every_problem_is_listed_at_once():
     bad_layout = {**LAYOUT, "Dense_0/bias": ("h", None)}
     with pytest.raises(ValueError) as excinfo:
