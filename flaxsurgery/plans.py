@@ -16,12 +16,12 @@ import jax
 import numpy as np
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.rules import EXACTNESS, Exactness, Role
+from flaxsurgery.rules import EXACTNESS, Exactness, Role, Side
 from flaxsurgery.units import Fill, index_by_id, prefix_length
 
-# How an axis of a new leaf relates to its units: it holds their incoming weights (the leaf's
-# output axis), their outgoing weights (an input axis), or no units (a window, a kept axis).
-Side = Literal["incoming", "outgoing", "unitless"]
+# How an axis of a new leaf relates to its units: a rule's side (their incoming weights on the
+# leaf's output axis, their outgoing weights on an input axis), or no units (a window, a kept axis).
+AxisSide = Side | Literal["unitless"]
 
 
 class AxisArrays(NamedTuple):
@@ -71,7 +71,7 @@ class AxisPlan:
         ``own`` array then says which units are new, for optimizer state.
     """
 
-    side: Side
+    side: AxisSide
     gather: bool
     fills: tuple[Fill, ...] = ()
     scaled: bool = False

@@ -300,6 +300,9 @@ def mean(outgoing: str = "zeros", offset: float = 0.0) -> Rule:
         ``"fresh"`` or ``"mean"``.
       offset: added to a new output unit's bias.
 
+    Raises:
+      ValueError: for another `outgoing`.
+
     >>> mean().exactness("output"), mean(offset=-1e-3).exactness("output")
     ('none', 'greedy')
     """
@@ -331,6 +334,9 @@ def split(source: Source, ratio: float = 0.4) -> Rule:
     Args:
       source: the old unit ID to split, or a mapping new unit ID -> old unit ID.
       ratio: the new unit's share, in (0, 1).
+
+    Raises:
+      ValueError: for a ratio outside (0, 1).
 
     >>> split(3).exactness("hidden")
     'function'

@@ -1,4 +1,5 @@
-"""Per-unit host arrays of one axis: where each new unit comes from and how it starts.
+"""Per-unit host arrays of one axis: where each new unit comes from and how it starts; and how
+unit IDs are indexed and shown in error messages.
 
 A rule (:mod:`flaxsurgery.rules`) turns a space's unit IDs into :class:`Units`; planning
 combines them through composite axes and stores them in a plan as
