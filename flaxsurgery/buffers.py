@@ -496,6 +496,10 @@ def _move_flashbax(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery:
     if keep is None:
         experience = jax.tree_util.tree_unflatten(treedef, list(moved.values()))
         return BufferSurgery(_replace(buffer, experience=experience), jnp.int32(0))
+    if hasattr(buffer, "sum_tree_state"):
+        raise ValueError("the plan removes actions, and this prioritised flashbax buffer keeps a "
+                         "priority per slot (sum_tree_state) that compaction would not move; "
+                         "empty the buffer, or keep the removed actions in the new network")
     if rows != 1:
         raise ValueError(f"items=True: a flashbax item buffer has one row (add_batch_size 1), "
                          f"this buffer has {rows}; its rows share one write position, so they "

@@ -48,37 +48,44 @@ def reference_features(row, old_ids, new_ids, fill):
     return np.array([by_id.get(uid, fill.get(uid, 0.0)) for uid in new_ids], np.float32)
 
 
-def reference_buffer(buffer, obs=OBS, actions=ACTIONS, fill=None):
-    """The moved ring, built transition by transition: {field: array}, count, dropped."""
+def reference_ring(data, write, size, obs=OBS, actions=ACTIONS, fill=None):
+    """A moved ring, built transition by transition.
+
+    Args:
+      data: {field: array (capacity, ...)}; write: the next slot written; size: slots stored.
+
+    Returns:
+      ({field: array}, kept count, dropped count, whether anything was dropped).
+    """
     fill = fill or {}
-    data = {k: np.asarray(v) for k, v in buffer.data._asdict().items()}
-    capacity, count = len(data["reward"]), int(buffer.count)
-    size = min(count, capacity)
-    oldest = count % capacity if count >= capacity else 0
-    ages = [(oldest + a) % capacity for a in range(size)]
+    capacity = len(next(iter(data.values())))
+    ages = [(write - size + a) % capacity for a in range(size)]
 
     def moved(slot):
         row = {k: v[slot] for k, v in data.items()}
+        for name in ("obs", "next_obs"):
+            if name in row:
+                row[name] = reference_features(row[name], obs[0], obs[1], fill)
         action_id = actions[0][row["action"]]
-        new_action = actions[1].index(action_id) if action_id in actions[1] else None
-        row["obs"] = reference_features(row["obs"], obs[0], obs[1], fill)
-        row["next_obs"] = reference_features(row["next_obs"], obs[0], obs[1], fill)
-        row["action"] = new_action
+        row["action"] = actions[1].index(action_id) if action_id in actions[1] else None
         return row
 
     rows = [moved(slot) for slot in range(capacity)]
     kept = [slot for slot in ages if rows[slot]["action"] is not None]
-    out = {k: [] for k in data}
-    if len(kept) == size:  # nothing dropped: the same layout and count
-        order, new_count = list(range(capacity)), count
-    else:  # the kept ones first, oldest first; later slots keep their own content
-        order, new_count = kept + list(range(len(kept), capacity)), len(kept)
-    for slot in order:
-        for k in data:
-            value = rows[slot][k]
-            out[k].append(0 if value is None else value)
-    return ({k: np.asarray(v, data[k].dtype) for k, v in out.items()}, new_count,
-            size - len(kept))
+    # Nothing dropped: the same layout. Else the kept ones first, oldest first; later slots keep
+    # their own content.
+    order = list(range(capacity)) if len(kept) == size else kept + list(range(len(kept), capacity))
+    out = {k: np.asarray([0 if rows[slot][k] is None else rows[slot][k] for slot in order],
+                         data[k].dtype) for k in data}
+    return out, len(kept), size - len(kept)
+
+
+def reference_buffer(buffer, **kwargs):
+    """The moved DQN ring: {field: array}, count, dropped."""
+    data = {k: np.asarray(v) for k, v in buffer.data._asdict().items()}
+    capacity, count = len(data["reward"]), int(buffer.count)
+    out, kept, dropped = reference_ring(data, count % capacity, min(count, capacity), **kwargs)
+    return out, count if dropped == 0 else kept, dropped
 
 
 def assert_matches_reference(result, buffer, **kwargs):
@@ -255,3 +262,123 @@ def test_caller_buffer_unchanged():
     before = jax.tree.map(np.array, buffer)
     fs.transplant_buffer(buffer, make_plan())
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, buffer), before)
+
+
+# ----------------------------------------------------------------------------- flashbax
+
+
+def timestep(n_obs=3):
+    return {"obs": jnp.zeros(n_obs), "action": jnp.int32(0), "reward": jnp.float32(0.0),
+            "done": jnp.bool_(False)}
+
+
+def filled_flashbax(buffer, adds, rows, seed=0, n_obs=3, seq=1):
+    """A flashbax state after `adds` add calls of `rows` x `seq` random steps."""
+    state = buffer.init(timestep(n_obs))
+    rng = np.random.default_rng(seed)
+    for _ in range(adds):
+        batch = {"obs": jnp.asarray(rng.normal(size=(rows, seq, n_obs)), jnp.float32),
+                 "action": jnp.asarray(rng.integers(0, 3, (rows, seq)), jnp.int32),
+                 "reward": jnp.asarray(rng.normal(size=(rows, seq)), jnp.float32),
+                 "done": jnp.asarray(rng.random((rows, seq)) < 0.2)}
+        state = buffer.add(state, batch)
+    return state
+
+
+def flashbax_rows(state):
+    """{field: array (time, ...)} of each add-batch row."""
+    experience = {k: np.asarray(v) for k, v in state.experience.items()}
+    return [{k: v[r] for k, v in experience.items()} for r in range(experience["reward"].shape[0])]
+
+
+def assert_flashbax_matches_reference(result, state, actions):
+    capacity = state.experience["reward"].shape[1]
+    write, full = int(state.current_index), bool(state.is_full)
+    size = capacity if full else write
+    dropped = 0
+    for r, (row, got) in enumerate(zip(flashbax_rows(state), flashbax_rows(result.buffer))):
+        expected, kept, row_dropped = reference_ring(row, write, size, actions=actions)
+        dropped += row_dropped
+        stored = slice(None) if row_dropped == 0 else slice(0, kept)
+        for name in expected:
+            np.testing.assert_array_equal(got[name][stored], expected[name][stored],
+                                          err_msg=f"row {r} {name}")
+            assert got[name].dtype == expected[name].dtype
+        if row_dropped:
+            assert int(result.buffer.current_index) == kept and not bool(result.buffer.is_full)
+    if dropped == 0:
+        assert int(result.buffer.current_index) == write and bool(result.buffer.is_full) == full
+    assert int(result.dropped) == dropped
+    assert type(result.buffer) is type(state)
+
+
+GROWN = (["left", "stay", "right"], ["right", "stay", "left", "jump"])  # no action removed
+
+
+@pytest.mark.parametrize("how", MOVE)
+@pytest.mark.parametrize("adds", [2, 9])  # part-filled, wrapped
+def test_flashbax_flat_buffer_matches_reference(how, adds):
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_flat_buffer(max_length=12, min_length=2, sample_batch_size=4,
+                                  add_sequences=True, add_batch_size=2)
+    state = filled_flashbax(buffer, adds, rows=2)
+    result = MOVE[how](state, make_plan(actions=GROWN))
+    assert_flashbax_matches_reference(result, state, GROWN)
+    sample = buffer.sample(result.buffer, jax.random.key(0)).experience
+    assert sample.first["obs"].shape == (4, 4)  # it samples as a buffer of the new agent
+
+
+@pytest.mark.parametrize("how", MOVE)
+def test_flashbax_trajectory_buffer_matches_reference(how):
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_trajectory_buffer(max_length_time_axis=8, min_length_time_axis=3,
+                                        sample_batch_size=2, add_batch_size=3,
+                                        sample_sequence_length=3, period=1)
+    state = filled_flashbax(buffer, 5, rows=3, seq=2)
+    assert_flashbax_matches_reference(MOVE[how](state, make_plan(actions=GROWN)), state, GROWN)
+
+
+def test_flashbax_sequences_refuse_to_drop_actions():
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_flat_buffer(max_length=12, min_length=2, sample_batch_size=4,
+                                  add_sequences=True, add_batch_size=2)
+    state = filled_flashbax(buffer, 3, rows=2)
+    with pytest.raises(ValueError, match=r"removes actions \['stay'\].*sequences of steps"):
+        fs.transplant_buffer(state, make_plan())
+
+
+@pytest.mark.parametrize("how", MOVE)
+@pytest.mark.parametrize("adds", [1, 4])  # part-filled, wrapped
+def test_flashbax_item_buffer_drops_removed_actions(how, adds):
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_item_buffer(max_length=10, min_length=1, sample_batch_size=2,
+                                  add_sequences=True, add_batches=True)
+    state = filled_flashbax(buffer, adds, rows=3, seed=adds)
+    experience = {**state.experience, "action": state.experience["action"].at[0, 0].set(1)}
+    state = state.replace(experience=experience)  # slot 0 is stored: one "stay" at least
+    result = MOVE[how](state, make_plan(), items=True)
+    assert_flashbax_matches_reference(result, state, ACTIONS)
+    assert int(result.dropped) > 0
+
+
+def test_flashbax_item_buffers_of_a_population_under_jit_and_vmap():
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_item_buffer(max_length=10, min_length=1, sample_batch_size=2,
+                                  add_sequences=True, add_batches=True)
+    states = [filled_flashbax(buffer, adds, rows=3, seed=adds) for adds in (1, 2, 5)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    plan = make_plan()
+    moved = jax.jit(jax.vmap(lambda s: fs.transplant_buffer(s, plan, items=True)))(stacked)
+    for i, state in enumerate(states):
+        assert_flashbax_matches_reference(jax.tree.map(lambda x, i=i: x[i], moved), state, ACTIONS)
+
+
+def test_flashbax_prioritised_item_buffer_refuses_to_drop():
+    fbx = pytest.importorskip("flashbax")
+    buffer = fbx.make_prioritised_item_buffer(max_length=8, min_length=1, sample_batch_size=2,
+                                              add_sequences=True, add_batches=True)
+    state = filled_flashbax(buffer, 2, rows=2)
+    with pytest.raises(ValueError, match=r"prioritised flashbax buffer keeps a priority per slot"):
+        fs.transplant_buffer(state, make_plan(), items=True)
+    moved = fs.transplant_buffer(state, make_plan(actions=GROWN)).buffer  # nothing to drop
+    assert moved.sum_tree_state is state.sum_tree_state
