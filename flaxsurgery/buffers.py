@@ -409,7 +409,8 @@ def _adapter_of(buffer: Any) -> _Adapter:
     if _has(buffer, "experience", "current_index", "is_full"):
         return _Adapter("flashbax buffer", 2, True, lambda b: flatten(b.experience)[0],
                         _move_flashbax)
-    if _has(buffer, "observations", "actions", "pos", "full", "buffer_size"):
+    if _has(buffer, "observations", "actions", "pos", "full", "buffer_size") and not isinstance(
+            buffer.observations, Mapping):
         return _Adapter("SB3 replay buffer", 2,
                         getattr(buffer, "optimize_memory_usage", False),
                         _sb3_fields, _move_sb3)
@@ -524,32 +525,47 @@ def _sb3_fields(buffer) -> dict:
 
 def _move_sb3(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery:
     """SB3's ``ReplayBuffer``: NumPy arrays ``(buffer_size, n_envs, ...)``; ``pos`` the next row
-    written, ``full`` once it has wrapped. Returns a moved copy; the caller's is unchanged."""
+    written, ``full`` once it has wrapped. Returns a moved copy; the caller's is unchanged.
+
+    Rows hold one transition per environment and share ``pos``, so after a drop the kept
+    transitions (oldest first, row by row) fill whole rows: the oldest ``kept % n_envs`` of them
+    are dropped too, and counted.
+    """
     capacity = int(buffer.buffer_size)
     size = capacity if buffer.full else int(buffer.pos)
     n_envs = np.shape(leaves["observations"])[1]
     stored = np.broadcast_to((np.arange(capacity) < size)[:, None], (capacity, n_envs))
     moved, keep = _moved_leaves(np, leaves, moves, fills, plan, stored)
+    moved = {name: value if name in moves else np.array(value, copy=True)
+             for name, value in moved.items()}
     out = pycopy.copy(buffer)
-    if keep is None:
-        for name, value in moved.items():
-            setattr(out, name, value if name in moves else np.array(value, copy=True))
-        return BufferSurgery(out, jnp.int32(0))
-    # Oldest first: rows from the write position when full, then environments within a row.
-    order = (np.arange(size) + (int(buffer.pos) if buffer.full else 0)) % capacity
-    keep_rows = keep[order]  # (size, n_envs)
-    flat_kept = np.flatnonzero(keep_rows.reshape(-1))
+    order = (np.arange(size) + (int(buffer.pos) if buffer.full else 0)) % capacity  # oldest first
+    flat_kept = np.arange(size * n_envs) if keep is None else np.flatnonzero(keep[order])
     whole = len(flat_kept) // n_envs * n_envs
-    if whole == size * n_envs:  # nothing dropped: as it was
+    if whole < size * n_envs:
+        chosen = flat_kept[len(flat_kept) - whole:]  # the newest whole rows' worth
+        rows, envs = order[chosen // n_envs], chosen % n_envs
         for name, value in moved.items():
-            setattr(out, name, value if name in moves else np.array(value, copy=True))
-        return BufferSurgery(out, jnp.int32(0))
-    chosen = flat_kept[len(flat_kept) - whole:]  # the newest whole rows' worth
-    rows, envs = order[chosen // n_envs], chosen % n_envs
+            compacted = value[rows, envs].reshape((whole // n_envs, n_envs) + value.shape[2:])
+            value[:whole // n_envs] = compacted
+        out.pos, out.full = whole // n_envs, False
     for name, value in moved.items():
-        new = np.array(value, copy=True)
-        new[:whole // n_envs] = value[rows, envs].reshape((whole // n_envs, n_envs) + value.shape[2:])
-        setattr(out, name, new)
-    out.pos = whole // n_envs
-    out.full = False
-    return BufferSurgery(out, jnp.int32(size * n_envs - whole))
+        setattr(out, name, value)
+    return BufferSurgery(_sb3_spaces(out, buffer, plan, moves), jnp.int32(size * n_envs - whole))
+
+
+def _sb3_spaces(out, buffer, plan: Plan, moves: Mapping):
+    """The copy's observation and action spaces, for the new agent: a ``Box``'s kept features
+    keep their bounds by ID, new ones are unbounded; a ``Discrete`` has the new action count."""
+    obs_move, action_move = moves.get("observations"), moves.get("actions")
+    space = buffer.observation_space
+    if obs_move is not None and hasattr(space, "low") and hasattr(space, "high"):
+        index = plan.space(obs_move.space).index()
+        bounds = [np.where(index >= 0, np.take(np.asarray(b), np.maximum(index, 0), axis=-1), inf)
+                  for b, inf in ((space.low, -np.inf), (space.high, np.inf))]
+        out.observation_space = type(space)(low=bounds[0], high=bounds[1], dtype=space.dtype)
+        out.obs_shape = out.observation_space.shape
+    actions = buffer.action_space
+    if action_move is not None and hasattr(actions, "n") and int(getattr(actions, "start", 0)) == 0:
+        out.action_space = type(actions)(len(plan.space(action_move.space).new_ids))
+    return out
