@@ -382,3 +382,36 @@ def test_flashbax_prioritised_item_buffer_refuses_to_drop():
         fs.transplant_buffer(state, make_plan(), items=True)
     moved = fs.transplant_buffer(state, make_plan(actions=GROWN)).buffer  # nothing to drop
     assert moved.sum_tree_state is state.sum_tree_state
+
+
+# ----------------------------------------------------------------------------- fs.surgery
+
+
+def test_surgery_moves_the_buffer_with_the_agent_and_q_of_stored_actions_is_kept():
+    from tests.conftest import MLP
+
+    obs = (["x_dot", "theta"], ["x", "x_dot", "theta", "theta_dot"])
+    actions = (["left", "right"], ["right", "noop", "left"])
+    old_m, new_m = MLP((16, 2)), MLP((16, 3))
+    old = old_m.init(jax.random.key(0), jnp.zeros((2, 2)))
+    fresh = new_m.init(jax.random.key(1), jnp.zeros((2, 4)))
+    buffer = filled_buffer(capacity=16, added=20, obs_ids=obs[0], n_actions=2)
+    stats = {"mean": jnp.array([0.5, -0.5]), "var": jnp.array([2.0, 3.0]), "count": jnp.float32(7)}
+    result = fs.surgery(old_m, old, new_m, fresh, buffer.data.obs[:8],
+                        spaces={"obs": obs, "out": actions}, normalizer=stats, buffer=buffer)
+    moved = result.buffer.buffer
+    assert int(result.buffer.dropped) == 0 and int(moved.count) == 20
+    np.testing.assert_array_equal(np.asarray(moved.data.obs)[:, [0, 3]], 0.0)  # moved mean is 0
+    q_old = result.old_fn(buffer.data.obs)[jnp.arange(16), buffer.data.action]
+    q_new = result.new_fn(moved.data.obs)[jnp.arange(16), moved.data.action]
+    np.testing.assert_allclose(q_new, q_old, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(moved.data.action, 2 - 2 * np.asarray(buffer.data.action))
+    assert result.verify(buffer.data.obs).max_abs_diff <= 1e-5
+
+
+def test_surgery_without_a_buffer_returns_none():
+    from tests.conftest import MLP
+
+    m = MLP((4, 2))
+    v = m.init(jax.random.key(0), jnp.zeros((2, 3)))
+    assert fs.surgery(m, v, m, v, jnp.ones((2, 3))).buffer is None
