@@ -11,7 +11,7 @@ import json
 import pathlib
 import time
 
-from bench import checkpoint_bench, dqn_bench, sharding_bench, transplant_bench
+from bench import buffer_bench, checkpoint_bench, dqn_bench, sharding_bench, transplant_bench
 
 SUITES = {
     "transplant": transplant_bench.bench_transplant,
@@ -23,6 +23,8 @@ SUITES = {
     "dqn_vs_sb3": dqn_bench.bench_dqn_vs_sb3,
     "experiment_wall": dqn_bench.bench_experiment_wall,
     "checkpoint": checkpoint_bench.bench_checkpoint,
+    "buffer_move": buffer_bench.bench_buffer_move,
+    "dqn_flashbax": buffer_bench.bench_dqn_flashbax,
     "sharded": sharding_bench.bench_sharded,
 }
 
