@@ -23,7 +23,7 @@ from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.spaces import roles_of
 from flaxsurgery.spec import plan as make_plan
-from flaxsurgery.state import transplant_state
+from flaxsurgery.state import ScheduleValue, schedule_values, transplant_state
 from flaxsurgery.trace import argument_names, traced_model
 from flaxsurgery.units import index_by_id
 from flaxsurgery.verify import VerifyReport, verify
@@ -43,6 +43,9 @@ class Surgery(NamedTuple):
       input_space: the name of the (first) input's space.
       buffer: the moved replay buffer and the transitions it dropped (a
         :class:`~flaxsurgery.BufferSurgery`; None if no buffer was given).
+      schedules: what each schedule given to :func:`surgery` does when training continues (a
+        :class:`~flaxsurgery.state.ScheduleValue` each: its value at the new state's count, at
+        the kept and at a reset count, and whether it has reached its end).
     """
 
     state: Any
@@ -52,6 +55,7 @@ class Surgery(NamedTuple):
     new_fn: Callable
     input_space: str
     buffer: BufferSurgery | None = None
+    schedules: tuple[ScheduleValue, ...] = ()
 
     def verify(self, *samples: Any, outputs: str | None = None) -> VerifyReport:
         """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`."""
@@ -81,6 +85,7 @@ def surgery(
     normalizer: Any = None,
     buffer: Any = None,
     buffer_options: Mapping[str, Any] | None = None,
+    schedules: Mapping[str, Any] | None = None,
 ) -> Surgery:
     """Moves a trained agent into a new architecture, in one call.
 
@@ -107,7 +112,8 @@ def surgery(
       output: selects the array that carries units from the model's output (the logits of a
         categorical, the loc of a Gaussian, one element of a tuple).
       input_names: names for the input spaces (default: the model's argument names).
-      reset: as :func:`flaxsurgery.transplant_state`: which counters restart.
+      reset: as :func:`flaxsurgery.transplant_state`: which counters restart, by kind
+        (``"schedule"``, ``"bias_correction"``, ``"all"``) or by path (``"n_updates"``).
       kinds: as :func:`flaxsurgery.transplant_state`: how unknown parameter-shaped fields move.
       normalizer: observation-normalisation statistics to move along the first input's space
         (see :func:`transplant_normalizer`; `neutral` applies to them too).
@@ -116,10 +122,14 @@ def surgery(
         normaliser's mean when `normalizer` is given, else 0.
       buffer_options: more keyword arguments of :func:`flaxsurgery.transplant_buffer`
         (``fields=``, ``output_space=``, ``new_features=``, ``items=``).
+      schedules: ``{name: schedule}`` or ``{name: (schedule, counter path)}``: the schedules of
+        the continuing run (a learning rate on optax's schedule ``count``, epsilon on the
+        agent's step counter); the result says where each starts
+        (:func:`flaxsurgery.state.schedule_values`).
 
     Returns:
-      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, ``.buffer`` and
-      ``.verify(samples)``.
+      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, ``.buffer``,
+      ``.schedules`` and ``.verify(samples)``.
 
     Raises:
       ValueError: every problem at once, as :func:`flaxsurgery.plan` does; for a layer pairing
@@ -140,11 +150,12 @@ def surgery(
     if buffer is not None:
         options = {"input_space": names[0], "normalizer": moved, **(buffer_options or {})}
         moved_buffer = transplant_buffer(buffer, plan, **options)
+    values = () if not schedules else schedule_values(old_state, state, new_state, plan, schedules)
     new_vars_out = variables_of(state)
     return Surgery(
         state=state, plan=plan, normalizer=moved,
         old_fn=lambda *x: old_apply(old_vars, *x), new_fn=lambda *x: new_apply(new_vars_out, *x),
-        input_space=names[0], buffer=moved_buffer,
+        input_space=names[0], buffer=moved_buffer, schedules=values,
     )
 
 

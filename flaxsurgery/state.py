@@ -80,7 +80,9 @@ def transplant_state(
         holds moments: Adam's bias correction starts again; docs/agents.md says what that does
         to the kept units' updates),
         ``"schedule"`` (any other ``count``: learning-rate and hyperparameter schedules start
-        again), ``"all"`` (every leaf that is not parameter-shaped, from `fresh_state`).
+        again), ``"all"`` (every leaf that is not parameter-shaped, from `fresh_state`), and
+        any leaf that is not parameter-shaped named by its path in the state (``"n_updates"``,
+        ``"opt_state/1/count"``; a path matches a leaf whose path ends with it).
       kinds: ``{field: "params" | "statistic"}`` for parameter-shaped fields this function does
         not know.
 
@@ -89,17 +91,16 @@ def transplant_state(
 
     Raises:
       ValueError: naming every leaf that cannot be moved: a parameter-shaped leaf in an unknown
-        field, a leaf the old state lacks, shapes that do not fit.
+        field, a leaf the old state lacks, shapes that do not fit; a `reset` entry that is
+        neither a kind nor the path of a leaf that is not parameter-shaped.
     """
-    unknown = sorted(set(reset) - set(RESETS))
-    if unknown or isinstance(reset, str):
-        raise ValueError(f"reset takes a collection of {RESETS}, got {show(reset)}")
     kinds = dict(kinds or {})
     old_leaves, _ = flatten(old_state)
     fresh_leaves, treedef = flatten(fresh_state)
     new_index = _suffix_index([leaf.path for leaf in plan.leaves])
     old_index = _suffix_index([path for path, _, _ in plan.old_shapes])
     by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(plan.leaves, plan.arrays)}
+    reset = _reset_paths(reset, fresh_leaves, new_index)
     stats = plan.for_state()
     stat_by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(stats.leaves, stats.arrays)}
     old_shapes = {path: (shape, dtype) for path, shape, dtype in plan.old_shapes}
@@ -147,6 +148,46 @@ def transplant_state(
     if problems:
         raise ValueError("the state does not fit the plan:\n  - " + "\n  - ".join(problems))
     return jax.tree_util.tree_unflatten(treedef, [result[path] for path in fresh_leaves])
+
+
+# ----------------------------------------------------------------------------- counters
+
+
+def _reset_paths(reset: Collection[str], fresh_leaves: Mapping, new_index: dict) -> frozenset:
+    """`reset` with every path resolved to the full paths of the leaves it names; the kinds
+    (``"schedule"``, ...) as they are."""
+    if isinstance(reset, str) or not all(isinstance(r, str) for r in reset):
+        raise ValueError(f"reset takes a collection of {RESETS} or counter paths, got {show(reset)}")
+    counters = [p for p in fresh_leaves if _owner(p, new_index, None) is None]
+    resolved, problems = set(), []
+    for name in reset:
+        if name in RESETS:
+            resolved.add(name)
+            continue
+        matches = [p for p in counters if p == name or p.endswith("/" + name)]
+        if not matches:
+            problems.append(f"reset names {name!r}, which is neither one of {RESETS} nor the path "
+                            f"of a counter in the state (its leaves that are not parameter-shaped: "
+                            f"{show(counters)})")
+        resolved.update(matches)
+    if problems:
+        raise ValueError("reset does not fit the state:\n  - " + "\n  - ".join(problems))
+    return frozenset(resolved)
+
+
+def schedule_counters(state: Any, plan: Plan) -> list[str]:
+    """The paths of optax's schedule counters in `state`: every leaf named ``count`` whose
+    parent holds no parameter-shaped statistics (a ``scale_by_schedule`` or
+    ``inject_hyperparams`` state; Adam's ``count`` sits beside its moments)."""
+    leaves, _ = flatten(state)
+    index = _suffix_index([leaf.path for leaf in plan.leaves])
+    holders = set()
+    for path in leaves:
+        owner = _owner(path, index, None)
+        if owner is not None and owner.field not in PARAMETER_FIELDS:
+            holders.add("/".join(owner.prefix[:-1]))
+    return [p for p in leaves
+            if p.rpartition("/")[2] == "count" and p.rpartition("/")[0] not in holders]
 
 
 # ----------------------------------------------------------------------------- matching
@@ -227,7 +268,7 @@ def _other_leaf(path, fresh, old_leaves, reset, holders, used, problems):
     parent, _, name = path.rpartition("/")
     if path in old_leaves:
         used.add(path)
-    if "all" in reset or name == "count" and (
+    if path in reset or "all" in reset or name == "count" and (
             "bias_correction" in reset and parent in holders or "schedule" in reset and parent not in holders):
         return fresh
     if path not in old_leaves:
@@ -310,3 +351,101 @@ def _factoring_fits(shape: tuple, stats: dict) -> bool:
     return (tuple(np.shape(stats["v_row"])) == tuple(np.delete(shape, d0))
             and tuple(np.shape(stats["v_col"])) == tuple(np.delete(shape, d1)))
 
+
+
+# ----------------------------------------------------------------------------- schedules
+
+ENDED = 0.01  # a schedule whose value is below 1% of its start has reached its end
+
+
+class ScheduleValue(NamedTuple):
+    """What a schedule does when training continues after surgery.
+
+    Attributes:
+      name: the schedule's name, as given (``"learning_rate"``, ``"epsilon"``).
+      counter: the path of the counter it runs on in the state.
+      count: the counter in the new state (kept, or restarted by ``reset=``).
+      value: the schedule at `count`: what the continuing run starts from.
+      kept_value: the schedule at the old state's count (the counter kept).
+      reset_value: the schedule at the fresh state's count (the counter restarted).
+      ended: `value` is below 1% of `reset_value` (an annealed learning rate at its end): the
+        continuing run barely moves.
+      restart: the ``reset=`` that restarts it.
+    """
+
+    name: str
+    counter: str
+    count: Any
+    value: Any
+    kept_value: Any
+    reset_value: Any
+    ended: bool
+    restart: tuple
+
+    def __str__(self) -> str:
+        note = (f"; it has reached its end: reset={self.restart} restarts it at "
+                f"{_shown(self.reset_value)}" if self.ended else "")
+        return (f"{self.name} on {self.counter} = {_shown(self.count)}: {_shown(self.value)} "
+                f"(kept {_shown(self.kept_value)}, reset {_shown(self.reset_value)}){note}")
+
+
+def _shown(x: Any) -> str:
+    x = np.asarray(x)
+    return f"{x.item():.4g}" if x.size == 1 else np.array2string(x, precision=4, threshold=6)
+
+
+def schedule_values(old_state: Any, new_state: Any, fresh_state: Any, plan: Plan,
+                    schedules: Mapping[str, Any]) -> tuple[ScheduleValue, ...]:
+    """Each schedule's value where the continuing run starts, with the counter kept and reset.
+
+    Args:
+      old_state, new_state, fresh_state: the old state, the moved one, and the fresh one (the
+        states :func:`transplant_state` took and returned).
+      plan: the parameters' plan.
+      schedules: ``{name: schedule}`` for a schedule of optax's schedule counter (the state's
+        ``count`` beside no moments; where several hold the same count, as
+        ``inject_hyperparams``' do, the shortest path), or ``{name: (schedule, counter path)}`` for one that
+        runs on another counter (``("steps",)``, ``"n_updates"``); a schedule maps a count to
+        its value (an optax schedule, or any function).
+
+    Raises:
+      ValueError: for a counter path the state lacks, or a schedule given alone when the state
+        has no optax schedule counter or several.
+    """
+    old_leaves, _ = flatten(old_state)
+    new_leaves, _ = flatten(new_state)
+    fresh_leaves, _ = flatten(fresh_state)
+    values, problems = [], []
+    for name, given in schedules.items():
+        fn, counter = given if isinstance(given, tuple) else (given, None)
+        path = _counter_path(counter, new_state, new_leaves, plan, problems, name)
+        if path is None:
+            continue
+        if path not in old_leaves:
+            problems.append(f"schedule {name!r}: old_state lacks its counter {path!r}")
+            continue
+        count = new_leaves[path]
+        value, kept, start = (np.asarray(fn(c)) for c in (count, old_leaves[path], fresh_leaves[path]))
+        ended = bool(np.any(value < ENDED * start))
+        restart = ("schedule",) if path in schedule_counters(new_state, plan) else (path,)
+        values.append(ScheduleValue(name, path, np.asarray(count), value, kept, start, ended, restart))
+    if problems:
+        raise ValueError("the schedules do not fit the state:\n  - " + "\n  - ".join(problems))
+    return tuple(values)
+
+
+def _counter_path(counter, state, leaves, plan, problems, name) -> str | None:
+    if counter is None:
+        found = sorted(schedule_counters(state, plan), key=len)
+        values = {np.asarray(leaves[p]).tobytes() for p in found}
+        if len(found) == 1 or found and len(values) == 1:  # inject_hyperparams keeps two, equal
+            return found[0]
+        problems.append(f"schedule {name!r}: the state has {len(found)} optax schedule counters "
+                        f"{found}; name its counter with {{{name!r}: (schedule, 'path')}}")
+        return None
+    matches = [p for p in leaves if p == counter or p.endswith("/" + counter)]
+    if len(matches) != 1:
+        problems.append(f"schedule {name!r} runs on counter {counter!r}, which matches "
+                        f"{len(matches)} leaves of the state ({show(matches)}); name one path")
+        return None
+    return matches[0]
