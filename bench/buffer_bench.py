@@ -84,11 +84,13 @@ def flashbax_buffer_functions(config: dqn.DQNConfig):
     import flashbax as fbx
 
     per_env = config.buffer_size // config.num_envs
+    traced = []
     flat = fbx.make_flat_buffer(max_length=config.buffer_size, min_length=config.batch_size,
                                 sample_batch_size=config.gradient_steps * config.batch_size,
                                 add_sequences=True, add_batch_size=config.num_envs)
 
     def buffer_init(capacity, obs_shape):
+        traced.append(capacity)  # the DQN was traced with this buffer, not its own
         item = Transition(jnp.zeros(obs_shape), jnp.int32(0), jnp.float32(0.0),
                           jnp.zeros(obs_shape), jnp.bool_(False))
         return flat.init(item)
@@ -106,7 +108,7 @@ def flashbax_buffer_functions(config: dqn.DQNConfig):
         return jnp.where(state.is_full, per_env, state.current_index) * config.num_envs
 
     return {"buffer_init": buffer_init, "buffer_add": buffer_add, "buffer_sample": buffer_sample,
-            "buffer_size": buffer_size}
+            "buffer_size": buffer_size}, traced
 
 
 @contextlib.contextmanager
@@ -131,9 +133,12 @@ def bench_dqn_flashbax(quick: bool) -> list[dict]:
     network = QNetwork(HIDDEN, view.num_actions)
     ours = steps_per_second(lambda k: make_train(config, view, network)(k).returns, 20,
                             total_steps)
-    with dqn_buffer(flashbax_buffer_functions(config)):
+    functions, traced = flashbax_buffer_functions(config)
+    with dqn_buffer(functions):
         theirs = steps_per_second(lambda k: make_train(config, view, network)(k).returns, 20,
                                   total_steps)
+    if not traced:
+        raise RuntimeError("the DQN was not traced with the flashbax buffer")
     return [record("dqn_flashbax_vs_own_buffer", "throughput", theirs, ours, "steps/s", seeds=20,
                    total_steps=total_steps, env="CartPole-v1", hidden=str(HIDDEN),
                    buffer="flashbax flat buffer (add_batch_size=num_envs)",
