@@ -66,6 +66,15 @@ def bench_buffer_move(quick: bool) -> list[dict]:
     common = {"transitions": capacity, "dropped": dropped, "obs": "4 -> 6", "actions": "3 -> 2"}
     rows = [record("buffer_move_vs_copy", "time", t_move, t_copy, "s", compile_s=compile_s,
                    target="<= 2", **common)]
+    # The same move with no action removed: nothing dropped, so no compaction.
+    kept_actions = (ACTIONS[0], ["right", "left", "noop", "jump"])
+    grown = fs.plan(old, {"w": np.zeros((6, 4), np.float32)}, {"w": ("obs", "out")},
+                    spaces={"obs": OBS, "out": kept_actions})
+    move_grown = jax.jit(lambda b: fs.transplant_buffer(b, grown)).lower(buffer).compile()
+    t_grown = seconds(lambda: move_grown(buffer), repeats)
+    rows.append(record("buffer_move_no_drop_vs_copy", "time", t_grown, t_copy, "s",
+                       target="<= 2", transitions=capacity, dropped=0, obs="4 -> 6",
+                       actions="3 -> 4"))
     ours, baseline = peak_bytes(moved_compiled), peak_bytes(copy_compiled)
     if ours is not None and baseline:
         rows.append(record("buffer_move_peak_memory", "bytes", ours, baseline, "bytes",
