@@ -15,6 +15,10 @@ at a truncation (the time limit) the value of the real next observation,
 ``info["final_observation"]``, is used; at a termination zero. The recursion is cut at every
 episode end, terminated or truncated, since the next step belongs to another episode.
 
+A run can continue another: ``train``'s ``init_*`` arguments take what an old run's
+:class:`Trained` holds (parameters, Adam's state, the observation normaliser's statistics, the
+step-size schedule's count), moved through a surgery where the network changed.
+
 Example:
   >>> import jax
   >>> from flaxsurgery.rl import EnvView
