@@ -1,5 +1,7 @@
 """The gymnax PPO and its transplants, on tiny budgets (a few hundred steps, two seeds)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +198,116 @@ def test_steps_to_threshold_censors_never_reaching_seeds_at_the_budget():
     first, reached = pex.steps_to_threshold(steps, returns, threshold=5.0)
     np.testing.assert_array_equal(first, [100, 300, 0])
     np.testing.assert_array_equal(reached, [True, False, True])
+
+
+# ---------------------------------------------------------------------------------- continuation
+
+
+def test_step_size_stays_at_zero_past_the_end_of_the_schedule():
+    # A continued run's count goes on past num_updates: the step size must not turn negative.
+    for updates in (TINY.num_updates, TINY.num_updates + 1, 3 * TINY.num_updates):
+        assert float(ppo.step_size(TINY, jnp.int32(updates))) == 0.0
+
+
+def test_normalizer_statistics_match_numpy_over_every_batch_seen():
+    config = PPOConfig(normalize_obs=True)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (5, 3)).astype(np.float32) for _ in range(4)]
+    stats = ppo.fresh_normalizer((3,))
+    for batch in batches:
+        stats = ppo.update_normalizer(config, stats, jnp.asarray(batch))
+    seen = np.concatenate(batches)
+    np.testing.assert_allclose(stats.mean, seen.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(stats.var, seen.var(axis=0), rtol=1e-3)
+    assert float(stats.count) == pytest.approx(20.0, abs=1e-3)
+    standard = np.asarray(ppo.normalize(config, stats, jnp.asarray(seen)))
+    np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-3)
+    # Off, the statistics are carried unchanged and the observations pass through.
+    off = PPOConfig()
+    assert ppo.update_normalizer(off, stats, jnp.asarray(seen)) is stats
+    np.testing.assert_array_equal(ppo.normalize(off, stats, jnp.asarray(seen)), seen)
+
+
+def test_moved_normalizer_keeps_the_networks_function_on_added_observations():
+    # CartPole (x_dot, theta) -> (x, x_dot, theta, theta_dot): the preserving plan's zero rows
+    # and the moved statistics (a new feature at mean 0, variance 1) give the new agent the old
+    # one's logits and value.
+    config = PPOConfig(normalize_obs=True)
+    old_view = EnvView("CartPole-v1", obs_ids=("x_dot", "theta"))
+    experiment = pex.PPOExperiment(
+        name="tiny", old_view=old_view, new_view=EnvView("CartPole-v1"), old_hidden=(8,),
+        new_hidden=(8,), config=config, threshold=475.0, arms={},
+    )
+    plan = pex.make_plan(experiment, preset="preserving")
+    old_params = experiment.old_network.init(jax.random.key(1), jnp.zeros((2,)))
+    new_params = fs.transplant(old_params, plan,
+                               experiment.new_network.init(jax.random.key(2), jnp.zeros((4,))))
+    x = np.random.default_rng(0).normal(1.0, 3.0, (100, 4)).astype(np.float32)  # full obs
+    stats = ppo.update_normalizer(config, ppo.fresh_normalizer((2,)), old_view.observe(x))
+    moved = fs.transplant_normalizer(stats, plan, "obs")
+    np.testing.assert_array_equal(moved.mean, [0.0, stats.mean[0], stats.mean[1], 0.0])
+    np.testing.assert_array_equal(moved.var, [1.0, stats.var[0], stats.var[1], 1.0])
+    assert float(moved.count) == float(stats.count)
+    for output, space in ((0, ACTIONS), (1, VALUE)):
+        check = fs.verify(
+            lambda v, o=output: experiment.old_network.apply(old_params, v)[o],
+            lambda v, o=output: experiment.new_network.apply(new_params, v)[o],
+            ppo.normalize(config, stats, old_view.observe(x)), plan, outputs=space,
+            x_new=ppo.normalize(config, moved, x),
+        )
+        assert check.max_abs_diff < 1e-6
+
+
+def test_continued_run_keeps_its_count_and_at_the_schedule_end_does_not_move(old_acrobot):
+    experiment, old = old_acrobot
+    train = jax.jit(jax.vmap(make_train(TINY, experiment.old_view, experiment.old_network)))
+    keys = jax.random.split(jax.random.key(3), SEEDS)
+    assert np.all(np.asarray(old.updates) == TINY.num_updates)
+    kept = train(keys, old.params, old.opt_state, old.normalizer, old.updates)
+    np.testing.assert_array_equal(kept.updates, 2 * TINY.num_updates)
+    # Step size 0 all phase: the parameters stay exactly where the old run left them.
+    for a, b in zip(jax.tree.leaves(kept.params), jax.tree.leaves(old.params)):
+        np.testing.assert_array_equal(a, b)
+    restarted = train(keys, old.params, old.opt_state, old.normalizer, jnp.zeros_like(old.updates))
+    np.testing.assert_array_equal(restarted.updates, TINY.num_updates)
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(restarted.params),
+                                                    jax.tree.leaves(old.params))]
+    assert any(moved)
+
+
+def test_continue_arms_start_where_the_old_agent_ended_and_restart_does_not():
+    config = dataclasses.replace(TINY, normalize_obs=True)
+    mean = {"rules": {ACTIONS: fs.mean(offset=-1e-3)}}
+    experiment = dataclasses.replace(
+        tiny_acrobot(), config=config, control=True, restart="restart",
+        arms={"restart": mean, "continue": pex.Continue(mean, keep_schedule=False),
+              "kept": pex.Continue(mean, keep_schedule=True)},
+    )
+    returns, starts, _ = pex.run(experiment, seeds=SEEDS)
+    # The greedy action is kept and the moved statistics normalise as the old ones did, so the
+    # first evaluation (fixed keys) replays the old agent's last one; the control is the old
+    # agent itself.
+    for arm in ("continue", "kept", "control"):
+        np.testing.assert_array_equal(returns[arm][:, 0], returns["old"][:, -1])
+    assert starts["restart"]["start"] == {"kind": "restart", "normalizer": "fresh",
+                                          "updates": [0],
+                                          "step_size": [pytest.approx(config.learning_rate)]}
+    assert starts["continue"]["start"]["normalizer"] == "moved"
+    assert starts["continue"]["start"]["updates"] == [0]
+    assert starts["kept"]["start"]["updates"] == [config.num_updates]
+    assert starts["kept"]["start"]["step_size"] == [0.0]
+    assert starts["control"]["start"]["normalizer"] == "its own"
+    summary = pex.summarise(experiment, returns, starts, wall_s=0.0)
+    assert set(summary["paired_vs_restart"]) == {"continue", "kept", "control"}
+    assert set(summary["paired_vs_scratch"]) == {"restart", "continue", "kept", "control"}
+    table = pex.restart_table(summary)
+    assert table.splitlines()[2].startswith("| restart | fresh | 0 / 0.00025 |")
+    assert len(table.splitlines()) == 2 + 4
+
+
+def test_experiment_names_a_restarted_arm_it_has():
+    mean = {"rules": {ACTIONS: fs.mean(offset=-1e-3)}}
+    with pytest.raises(ValueError, match="restart='nope' is not one of the arms"):
+        dataclasses.replace(tiny_acrobot(), arms={"mean": mean}, restart="nope")
+    with pytest.raises(ValueError, match="names a Continue arm"):
+        dataclasses.replace(tiny_acrobot(), arms={"c": pex.Continue(mean, True)}, restart="c")

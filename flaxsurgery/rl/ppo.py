@@ -15,6 +15,10 @@ at a truncation (the time limit) the value of the real next observation,
 ``info["final_observation"]``, is used; at a termination zero. The recursion is cut at every
 episode end, terminated or truncated, since the next step belongs to another episode.
 
+A run can continue another: ``train``'s ``init_*`` arguments take what an old run's
+:class:`Trained` holds (parameters, Adam's state, the observation normaliser's statistics, the
+step-size schedule's count), moved through a surgery where the network changed.
+
 Example:
   >>> import jax
   >>> from flaxsurgery.rl import EnvView
@@ -58,14 +62,19 @@ class PPOConfig:
       num_minibatches: minibatches per epoch (the rollout's ``num_envs * rollout_steps``
         transitions, shuffled).
       learning_rate: Adam's step size at the start of the run.
-      anneal_lr: decay the step size linearly to zero over the run's updates (counted by the
-        run itself, so a transplanted agent's run anneals from the start again).
+      anneal_lr: decay the step size linearly to zero over the run's updates (counted from 0,
+        or from ``train``'s ``init_updates``: a continued run's count goes on from where the old
+        run stopped; past the end the step size stays at zero).
       gamma: discount.
       gae_lambda: the advantage's lambda.
       clip_eps: the policy ratio's (and the value change's) clip range.
       ent_coef: weight of the entropy bonus.
       vf_coef: weight of the value loss.
       max_grad_norm: global gradient norm clip.
+      normalize_obs: feed the networks observations standardised by running statistics of every
+        observation the rollouts have seen (:class:`ObsNormalizer`), clipped to
+        ``[-obs_clip, obs_clip]``; off, the statistics are carried but not used.
+      obs_clip: the clip of a standardised observation.
       eval_every: environment steps between greedy evaluations.
       eval_episodes: episodes per evaluation (fixed keys, the same for every seed and arm).
       eval_seed: seed of the evaluation keys.
@@ -84,6 +93,8 @@ class PPOConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    normalize_obs: bool = False
+    obs_clip: float = 10.0
     eval_every: int = 10_240
     eval_episodes: int = 10
     eval_seed: int = 0
@@ -184,21 +195,39 @@ class Batch(NamedTuple):
     target: jax.Array  # advantage + value: the value's regression target
 
 
+class ObsNormalizer(NamedTuple):
+    """Running statistics of the observations (leaves ``obs_shape``, ``count`` a scalar).
+
+    The field names are those :func:`flaxsurgery.transplant_normalizer` knows: a new feature
+    starts at ``mean`` 0 and ``var`` 1, and the shared ``count`` is kept.
+    """
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array  # () float32: observations seen (a tiny start, so the first update rules)
+
+
 class TrainState(NamedTuple):
     params: Any
     opt_state: optax.OptState
     env_state: Any  # (num_envs, ...)
-    obs: jax.Array  # (num_envs, *obs_shape)
+    obs: jax.Array  # (num_envs, *obs_shape), as the environment gives it
+    normalizer: ObsNormalizer
     updates: jax.Array  # () int32, PPO updates applied so far (the step-size schedule)
     key: jax.Array
 
 
 class Trained(NamedTuple):
-    """What ``train`` returns; with ``vmap`` every leaf gains a leading seed axis."""
+    """What ``train`` returns; with ``vmap`` every leaf gains a leading seed axis.
+
+    ``params``, ``opt_state``, ``normalizer`` and ``updates`` are what a continued run starts
+    from (``train``'s ``init_*`` arguments)."""
 
     params: Any
     opt_state: optax.OptState
     returns: jax.Array  # (num_evals + 1,) mean greedy return at each of config.eval_steps
+    normalizer: ObsNormalizer
+    updates: jax.Array  # () int32, the schedule's count at the end of the run
 
 
 # ---------------------------------------------------------------------------------- pieces
@@ -216,10 +245,42 @@ def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
 
 
 def step_size(config: PPOConfig, updates: jax.Array) -> jax.Array:
-    """The step size after ``updates`` updates: constant, or linear to zero over the run."""
+    """The step size after ``updates`` updates: constant, or linear to zero over
+    ``config.num_updates`` and zero after (a continued count past the end never turns the step
+    size negative)."""
     if not config.anneal_lr:
         return jnp.float32(config.learning_rate)
-    return config.learning_rate * (1.0 - updates / config.num_updates)
+    return config.learning_rate * jnp.maximum(0.0, 1.0 - updates / config.num_updates)
+
+
+def fresh_normalizer(obs_shape: Sequence[int]) -> ObsNormalizer:
+    """Statistics that have seen nothing: mean 0, variance 1, a count of 1e-4 (as gym's
+    ``NormalizeObservation``), so the first batch sets them."""
+    return ObsNormalizer(jnp.zeros(obs_shape), jnp.ones(obs_shape), jnp.float32(1e-4))
+
+
+def update_normalizer(config: PPOConfig, stats: ObsNormalizer, obs: jax.Array) -> ObsNormalizer:
+    """The statistics with a batch ``obs`` (batch, *obs_shape) added (Chan et al.'s parallel
+    update of mean and variance); unchanged when ``config.normalize_obs`` is off."""
+    if not config.normalize_obs:
+        return stats
+    batch_mean, batch_var = obs.mean(axis=0), obs.var(axis=0)
+    batch_count = obs.shape[0]
+    total = stats.count + batch_count
+    delta = batch_mean - stats.mean
+    mean = stats.mean + delta * batch_count / total
+    summed = stats.var * stats.count + batch_var * batch_count + (
+        delta**2 * stats.count * batch_count / total)
+    return ObsNormalizer(mean, summed / total, total)
+
+
+def normalize(config: PPOConfig, stats: ObsNormalizer, obs: jax.Array) -> jax.Array:
+    """What the networks see of ``obs``: standardised by ``stats`` and clipped, or ``obs``
+    itself when ``config.normalize_obs`` is off."""
+    if not config.normalize_obs:
+        return obs
+    standard = (obs - stats.mean) / jnp.sqrt(stats.var + 1e-8)
+    return jnp.clip(standard, -config.obs_clip, config.obs_clip)
 
 
 def advantages(config: PPOConfig, rollout: Transition) -> jax.Array:
@@ -260,9 +321,10 @@ def ppo_loss(config: PPOConfig, apply: Callable, params, batch: Batch) -> jax.Ar
     return actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
 
 
-def greedy_apply(network: nn.Module) -> Callable:
-    """``(variables, obs) -> logits``: the actor alone, for greedy evaluation."""
-    return lambda variables, obs: network.apply(variables, obs)[0]
+def greedy_apply(config: PPOConfig, network: nn.Module) -> Callable:
+    """``((variables, normalizer), obs) -> logits``: the actor alone on the normalised
+    observation, for greedy evaluation (the statistics frozen)."""
+    return lambda agent, obs: network.apply(agent[0], normalize(config, agent[1], obs))[0]
 
 
 def policy_kl(old_logits: jax.Array, new_logits: jax.Array, index: np.ndarray) -> jax.Array:
@@ -283,15 +345,21 @@ def policy_kl(old_logits: jax.Array, new_logits: jax.Array, index: np.ndarray) -
 
 
 def make_rollout(config: PPOConfig, view: EnvView, apply: Callable) -> Callable:
-    """Build ``rollout(params, env_state, obs, key) -> ((env_state, obs), Transition)``:
-    ``rollout_steps`` steps of every environment with sampled actions; the transitions' leaves
-    are (rollout_steps, num_envs, ...)."""
+    """Build ``rollout(params, env_state, obs, key, normalizer=None) -> ((env_state, obs,
+    normalizer), Transition)``: ``rollout_steps`` steps of every environment with sampled
+    actions; the transitions' leaves are (rollout_steps, num_envs, ...).
+
+    ``obs`` are the environment's observations; every step first adds them to the normaliser's
+    statistics (by default :func:`fresh_normalizer`), then the networks see them normalised
+    (:func:`normalize`), and the transitions store what the networks saw."""
 
     def env_step(params, carry, key) -> tuple[tuple, Transition]:
         """Step every environment once with a sampled action."""
-        env_state, obs = carry
+        env_state, obs, stats = carry
         key_action, key_env = jax.random.split(key)
-        logits, value = apply(params, obs)  # (num_envs, A), (num_envs, 1)
+        stats = update_normalizer(config, stats, obs)
+        seen = normalize(config, stats, obs)
+        logits, value = apply(params, seen)  # (num_envs, A), (num_envs, 1)
         action = jax.random.categorical(key_action, logits)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
         env_keys = jax.random.split(key_env, config.num_envs)
@@ -299,15 +367,17 @@ def make_rollout(config: PPOConfig, view: EnvView, apply: Callable) -> Callable:
             env_keys, env_state, action
         )
         # The real next observation: next_obs except where an episode ended (then a reset's).
-        _, next_value = apply(params, info["final_observation"])
-        transition = Transition(obs, action, log_prob, value[:, 0], reward, next_value[:, 0],
+        _, next_value = apply(params, normalize(config, stats, info["final_observation"]))
+        transition = Transition(seen, action, log_prob, value[:, 0], reward, next_value[:, 0],
                                 terminated, truncated)
-        return (env_state, next_obs), transition
+        return (env_state, next_obs, stats), transition
 
-    def rollout(params, env_state, obs, key):
+    def rollout(params, env_state, obs, key, normalizer=None):
+        if normalizer is None:
+            normalizer = fresh_normalizer(obs.shape[1:])
         return jax.lax.scan(
             lambda carry, k: env_step(params, carry, k),
-            (env_state, obs),
+            (env_state, obs, normalizer),
             jax.random.split(key, config.rollout_steps),
         )
 
@@ -334,9 +404,12 @@ def make_train(
         evaluation (through ``jax.debug.callback``, once per evaluation even under ``vmap``).
 
     Returns:
-      ``train(key, init_params=None, init_opt_state=None) -> Trained``. ``init_params`` (e.g. a
-      transplant) replaces the network's own initialisation, ``init_opt_state`` a fresh Adam
-      state.
+      ``train(key, init_params=None, init_opt_state=None, init_normalizer=None,
+      init_updates=None) -> Trained``. ``init_params`` (e.g. a transplant) replaces the
+      network's own initialisation, ``init_opt_state`` a fresh Adam state, ``init_normalizer``
+      (e.g. :func:`flaxsurgery.transplant_normalizer` of an old run's) :func:`fresh_normalizer`'s
+      statistics, and ``init_updates`` (an old run's ``Trained.updates``, to continue its
+      step-size schedule) the count 0.
     """
     tx = make_optimizer(config)
     apply = network.apply
@@ -345,6 +418,7 @@ def make_train(
     minibatch = config.batch_size // config.num_minibatches
     loss_grad = jax.grad(lambda p, b: ppo_loss(config, apply, p, b))
     collect = make_rollout(config, view, apply)
+    greedy = greedy_apply(config, network)
 
     def minibatch_step(carry, batch: Batch):
         params, opt_state, lr = carry
@@ -367,7 +441,8 @@ def make_train(
     def update(state: TrainState, _) -> tuple[TrainState, None]:
         """A rollout, its advantages, then ``update_epochs`` epochs of PPO steps."""
         key, key_rollout, key_epochs = jax.random.split(state.key, 3)
-        (env_state, obs), rollout = collect(state.params, state.env_state, state.obs, key_rollout)
+        (env_state, obs, normalizer), rollout = collect(
+            state.params, state.env_state, state.obs, key_rollout, state.normalizer)
         advantage = advantages(config, rollout)
         batch = Batch(rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage,
                       advantage + rollout.value)
@@ -377,27 +452,34 @@ def make_train(
             epoch, (state.params, state.opt_state, lr, batch),
             jax.random.split(key_epochs, config.update_epochs),
         )
-        return TrainState(params, opt_state, env_state, obs, state.updates + 1, key), None
+        return TrainState(params, opt_state, env_state, obs, normalizer, state.updates + 1,
+                          key), None
 
     def interval(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
         """Train ``eval_every`` steps, then evaluate greedily; ``step`` is where it ends."""
         state, _ = jax.lax.scan(update, state, None, length=updates_per_interval)
-        returns = evaluate(view, greedy_apply(network), state.params, eval_keys)
+        returns = evaluate(view, greedy, (state.params, state.normalizer), eval_keys)
         if progress is not None:
             # ``step`` comes from the scan's (unbatched) xs: one call per evaluation.
             jax.debug.callback(progress, step)
         return state, returns
 
-    def train(key, init_params=None, init_opt_state=None) -> Trained:
+    def train(key, init_params=None, init_opt_state=None, init_normalizer=None,
+              init_updates=None) -> Trained:
         key_init, key_reset, key_run = jax.random.split(key, 3)
         if init_params is None:
             init_params = network.init(key_init, jnp.zeros(view.obs_shape))
         opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
+        if init_normalizer is None:
+            init_normalizer = fresh_normalizer(view.obs_shape)
+        updates = jnp.int32(0) if init_updates is None else jnp.asarray(init_updates, jnp.int32)
         obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
-        state = TrainState(init_params, opt_state, env_state, obs, jnp.int32(0), key_run)
-        first = evaluate(view, greedy_apply(network), init_params, eval_keys)
+        state = TrainState(init_params, opt_state, env_state, obs, init_normalizer, updates,
+                           key_run)
+        first = evaluate(view, greedy, (init_params, init_normalizer), eval_keys)
         state, returns = jax.lax.scan(interval, state, jnp.asarray(config.eval_steps[1:]))
         returns = jnp.concatenate([first[None], returns])  # (num_evals + 1,)
-        return Trained(state.params, state.opt_state, returns)
+        return Trained(state.params, state.opt_state, returns, state.normalizer, state.updates)
 
     return train
+
