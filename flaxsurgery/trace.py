@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core as jcore
 
+from flaxsurgery.forward import trace_forward
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
@@ -886,21 +887,7 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
     apply, variables, inputs, names = _bind(fn, args, input_names)
     leaves = _leaves_named("", variables)
     leaves = [(path.lstrip("/"), leaf) for path, leaf in leaves]
-    try:
-        closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(variables, *inputs)
-    except TypeError as error:
-        raise ValueError(
-            f"trace_layout: the forward pass could not be traced ({error}). If the model returns "
-            f"something that is not arrays (a distribution, a custom object), trace a function "
-            f"that selects the array whose last axis carries units, e.g. the logits of a "
-            f"categorical or the loc of a Gaussian (fs.surgery(..., output=lambda out: "
-            f"out.logits)); a distribution built inside the model must be built after that "
-            f"selection") from error
-    bad = [type(x).__name__ for x in jax.tree_util.tree_leaves(out_shape)
-           if not isinstance(x, jax.ShapeDtypeStruct)]
-    if bad:
-        raise ValueError(f"trace_layout: the forward pass returns {bad}, not arrays; select the "
-                         f"array that carries units (output=lambda out: out.logits)")
+    closed, out_shape = trace_forward(apply, variables, inputs)
 
     g = _AxisGraph()
     params = [_Axis(n, path, i) for path, leaf in leaves
