@@ -168,6 +168,11 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
             f"{lead}the new model does not run on the new samples (shapes {shapes}). The new "
             f"samples are the old ones with the input spaces {list(names)} mapped by spaces=; "
             f"name the input space there, or pass new_samples=. {error}") from error
+    # Spaces the user leaves out keep their IDs; their traced sizes tell the parts of a Concat
+    # or Grid apart (a critic's obs and action, concatenated), which the leaves cannot.
+    unchanged = {name: (size, size) for name, size in old_traced.sizes.items()
+                 if new_traced.sizes.get(name) == size}
+    spaces = {**unchanged, **(spaces or {})}
     if layer_map is None:
         layer_map, removed = aligned_layers(old_traced, new_traced)
         drop = tuple(drop) + tuple(removed)

@@ -31,7 +31,8 @@ import functools
 import inspect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -77,6 +78,8 @@ class _AxisGraph:
         # their class (a depthwise conv's input channels and channel multiplier)
         self.mixing: set[int] = set()  # nodes whose units are combined (reductions, act x act)
         self.param_axes: set[int] = set()  # the nodes of the parameters' own axes
+        self.derived: set[int] = set()  # axes of values computed from parameters alone
+        self.unflattened: set[int] = set()  # axes a reshape split into parts (GroupNorm's groups)
         self.constraints: list[_Constraint] = []
 
     def fresh(self, size: int) -> int:
@@ -156,6 +159,7 @@ class _AxisGraph:
         if st is None:
             parts = self.fresh_axes(sizes)
             self._set_structure(node, "grid", parts)
+            self.unflattened.add(node)
             return parts
         if st.kind == "grid" and [self.size[p] for p in st.parts] == list(sizes):
             return list(st.parts)
@@ -338,8 +342,9 @@ def _dot_general(g, eqn, ins, where):
 
 
 def _is_parameter(g, axes) -> bool:
-    """Whether a value is a parameter itself (its axes are a parameter's own axis nodes)."""
-    return bool(axes) and all(n in g.param_axes for n in axes)
+    """Whether a value is a parameter, or computed from parameters alone (OptimizedLSTMCell
+    concatenates its gates' kernels before the product): not an activation."""
+    return bool(axes) and all(n in g.param_axes or n in g.derived for n in axes)
 
 
 def _conv(g, eqn, ins, where):
@@ -623,7 +628,15 @@ class _Walker:
                 "hand (or ask for the primitive to be supported)."
             )
         self._note_use(args)
-        return rule(self.g, eqn, args, where)
+        outs = rule(self.g, eqn, args, where)
+        if self._from_parameters(eqn, args):
+            self.g.derived.update(n for axes in outs for n in axes)
+        return outs
+
+    def _from_parameters(self, eqn, args) -> bool:
+        """Whether every operand but literals is a parameter or computed from parameters alone."""
+        operands = [axes for v, axes in zip(eqn.invars, args) if not isinstance(v, jcore.Literal)]
+        return bool(operands) and all(_is_parameter(self.g, axes) for axes in operands)
 
     def _scan(self, eqn, args, context, where):
         p = eqn.params
@@ -660,9 +673,26 @@ class _Axis:
 
 def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> tuple[set[int], set[int]]:
     """Roots of the classes that carry units, propagated through concat and grid structure, and
-    the roots of flattened axes none of whose parts is known to carry units (ambiguous)."""
+    the roots of flattened axes none of whose parts is known to carry units (ambiguous).
+
+    An axis of units that a reshape splits into parts (a GroupNorm's groups x channels, a
+    distributional head's actions x atoms) is not ambiguous: each unit is a cell of the parts,
+    so every part of more than one entry carries units.
+    """
+    known = set()
+    while True:
+        carrying, ambiguous = _propagate(g, param_axes, known)
+        unflattened = {g.find(n) for n in g.unflattened}
+        split = {g.find(p) for root in ambiguous & unflattened for p in g.structure[root].parts
+                 if g.size[g.find(p)] > 1}
+        if not split:
+            return carrying, ambiguous
+        known |= split
+
+
+def _propagate(g: _AxisGraph, param_axes: list[_Axis], known: set[int]) -> tuple[set[int], set[int]]:
     carrying = {g.find(a.node) for a in param_axes if g.find(a.node) not in
-                {g.find(w) for w in g.window | g.blank}} | {g.find(n) for n in g.units}
+                {g.find(w) for w in g.window | g.blank}} | {g.find(n) for n in g.units | known}
     ambiguous = set()
     changed = True
     while changed:
@@ -797,15 +827,21 @@ def _grid_items(entry) -> list:
 # Public API.
 
 
+DEFAULT_INPUT = "obs"  # a Linen module's one input when its __call__ names none (nn.Sequential)
+
+
 def argument_names(fn: Callable, count: int, skip: int) -> list[str]:
     """Names of the sample inputs: the apply function's parameter names (a Linen module's
-    ``__call__``'s for its ``apply``), else ``arg{i}``."""
+    ``__call__``'s for its ``apply``; ``obs`` for the one input of a module whose ``__call__``
+    takes only ``*args``, as ``nn.Sequential``'s does), else ``arg{i}``."""
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
     module = getattr(target, "__self__", None)
     if module is not None and callable(module) and target.__name__ == "apply":
         target, skip = type(module).__call__, 1  # Linen: names come from Module.__call__
+        if count == 1 and _only_var_positional(target, skip):
+            return [DEFAULT_INPUT]
     try:
         params = list(inspect.signature(target).parameters.values())[skip:]
     except (TypeError, ValueError):
@@ -818,6 +854,14 @@ def argument_names(fn: Callable, count: int, skip: int) -> list[str]:
         if p is not None and p.kind == p.VAR_POSITIONAL:
             params = []
     return names
+
+
+def _only_var_positional(fn: Callable, skip: int) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0].kind == inspect.Parameter.VAR_POSITIONAL
 
 
 def _leaves_named(base: str, tree: Any) -> list[tuple[str, Any]]:
@@ -875,11 +919,13 @@ def trace_layout(
 
 class TracedModel(NamedTuple):
     """What tracing a forward pass finds: the layout, the parameter leaves in the order the
-    forward pass first reads them, and the names given to the inputs."""
+    forward pass first reads them, the names given to the inputs, and each space's size (which
+    a plan cannot always tell from the leaves: the parts of a Concat or Grid)."""
 
     layout: dict
     order: tuple
     input_names: tuple
+    sizes: Mapping[str, int] = types.MappingProxyType({})  # {space: units}, as traced
 
 
 def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) -> TracedModel:
@@ -910,12 +956,12 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
         for (name, _), nodes in zip(_leaves_named("out", out_shape), outs, strict=True)
         for i, n in enumerate(nodes)
     ]
-    layout = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
-                      isinstance(variables, dict) and "params" in variables)
+    layout, sizes = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
+                             isinstance(variables, dict) and "params" in variables)
     paths = [path for path, _ in leaves]
     first = [paths[i] for i in walker.use_order]
     order = tuple(dict.fromkeys(first + paths))
-    return TracedModel(layout, order, tuple(names))
+    return TracedModel(layout, order, tuple(names), types.MappingProxyType(sizes))
 
 
 def _bind(fn, args, input_names):
@@ -992,4 +1038,6 @@ def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collecti
                       for space in spaces_in(_entry(g, a.node, carrying, namer))}, key=str)
     if outputs:
         layout[OUTPUTS] = tuple(outputs)
-    return layout
+    named = {space for axes in layout.values() for entry in axes for space in spaces_in(entry)}
+    sizes = {name: g.size[root] for root, name in namer.names.items() if name in named}
+    return layout, sizes
