@@ -149,9 +149,9 @@ def check_fits(checkpoint: str, shapes: Any, model_name: str, model: Model) -> N
     have, want = flatten(shapes)[0], flatten(shapes_of(model))[0]
     problems = [f"the model has leaf {p!r} {tuple(want[p].shape)}, the checkpoint lacks it"
                 for p in want if p not in have]
-    problems += [f"leaf {p!r} is {tuple(have[p].shape)} {have[p].dtype} in the checkpoint, the model "
-                 f"makes {tuple(want[p].shape)} {want[p].dtype}" for p in have
-                 if p in want and (tuple(have[p].shape), have[p].dtype) != (tuple(want[p].shape), want[p].dtype)]
+    problems += [f"leaf {p!r} is {tuple(have[p].shape)} in the checkpoint, the model makes "
+                 f"{tuple(want[p].shape)}" for p in have  # dtypes may differ (a bfloat16 checkpoint)
+                 if p in want and tuple(have[p].shape) != tuple(want[p].shape)]
     if problems:
         raise ValueError(f"checkpoint {checkpoint!r} does not fit the model {model_name} (is it the "
                          f"checkpoint's model?):\n  - " + "\n  - ".join(problems))

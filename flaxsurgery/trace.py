@@ -80,6 +80,7 @@ class _AxisGraph:
         self.param_axes: set[int] = set()  # the nodes of the parameters' own axes
         self.derived: set[int] = set()  # axes of values computed from parameters alone
         self.unflattened: set[int] = set()  # axes a reshape split into parts (GroupNorm's groups)
+        self.slid: set[int] = set()  # axes a conv window slides over (positions, never units)
         self.constraints: list[_Constraint] = []
 
     def fresh(self, size: int) -> int:
@@ -356,6 +357,7 @@ def _conv(g, eqn, ins, where):
     out = g.fresh_axes(_out_shapes(eqn)[0])
     g.union(lhs[lhs_spec[0]], out[out_spec[0]], where)  # batch
     g.window.update(rhs[d] for d in rhs_spec[2:])
+    g.slid.update(lhs[d] for d in lhs_spec[2:])
     groups = eqn.params["feature_group_count"]
     rhs_shape = eqn.invars[1].aval.shape
     per_group_in, total_out = rhs_shape[rhs_spec[1]], rhs_shape[rhs_spec[0]]
@@ -677,14 +679,16 @@ def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> tuple[set[int], set
 
     An axis of units that a reshape splits into parts (a GroupNorm's groups x channels, a
     distributional head's actions x atoms) is not ambiguous: each unit is a cell of the parts,
-    so every part of more than one entry carries units.
+    so every part of more than one entry carries units; unless a conv slides over a part (a
+    dense layer's output reshaped into an image), which makes it positions.
     """
-    known = set()
+    known: set[int] = set()
+    slid = {g.find(n) for n in g.slid}
     while True:
         carrying, ambiguous = _propagate(g, param_axes, known)
         unflattened = {g.find(n) for n in g.unflattened}
-        split = {g.find(p) for root in ambiguous & unflattened for p in g.structure[root].parts
-                 if g.size[g.find(p)] > 1}
+        parts = [[g.find(p) for p in g.structure[root].parts] for root in ambiguous & unflattened]
+        split = {p for group in parts if not slid & set(group) for p in group if g.size[p] > 1}
         if not split:
             return carrying, ambiguous
         known |= split

@@ -155,3 +155,17 @@ def test_widening_an_optimized_lstm_cell_is_claimed_exact():
     result = fs.surgery(old, old_vars, new, new_vars, sequences, spaces={"OptimizedLSTMCell_0/hi": (8, 12)})
     assert overall(result) == "overall: preserves function"
     assert result.verify(jax.random.normal(jax.random.key(2), (32, 6, 5))).max_abs_diff < 1e-5
+
+
+def test_a_dense_output_reshaped_into_an_image_stays_refused():
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, obs):
+            image = nn.Dense(36)(obs).reshape(obs.shape[0], 6, 6)[..., None]
+            return nn.Conv(2, (3, 3))(image).reshape(obs.shape[0], -1)
+
+    model = Decoder()
+    variables = model.init(jax.random.key(0), X)
+    # a conv slides over the 6 x 6 parts: positions, not units, so they are not spaces
+    with pytest.raises(ValueError, match=r"reads a flattening of axes \(6, 6\)"):
+        fs.trace_layout(model.apply, variables, X)
