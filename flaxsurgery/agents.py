@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxsurgery.buffers import BufferSurgery, transplant_buffer
+from flaxsurgery.forward import ForwardPassError, VariablesMismatch
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.leaves import NEUTRAL_BY_NAME
 from flaxsurgery.paths import flatten, layer_of, leaf_name
@@ -174,7 +175,10 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
       ValueError: as :func:`flaxsurgery.plan`; when the new model does not run on the new
         samples (naming a `spaces` key that is no input); for an ambiguous layer pairing.
     """
-    old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
+    try:
+        old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
+    except VariablesMismatch as error:
+        raise ValueError(f"the old state does not fit the old model: {error}") from None
     names = old_traced.input_names
     if new_samples is None:
         new_samples = tuple(_map_sample(x, spaces.get(name) if spaces else None)
@@ -182,17 +186,20 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
     new_samples = new_samples if isinstance(new_samples, tuple) else (new_samples,)
     try:
         new_traced = traced_model(new_apply, new_vars, *new_samples, input_names=names)
-    except ValueError:
-        raise
-    except Exception as error:
+    except ForwardPassError as error:  # the new samples are derived: say how they were
         shapes = [tuple(np.shape(x)) for x in new_samples]
         unknown = sorted(set(spaces or {}) - set(roles_of(old_traced.layout)) - set(names), key=str)
-        hint = (f"; spaces names {unknown}, which the old model does not have (its inputs are "
-                f"{list(names)})" if unknown else "")
+        lead = (f"spaces names {unknown}, which the old model does not have (its inputs are "
+                f"{list(names)}), so " if unknown else "")
         raise ValueError(
-            f"the new model does not run on the new samples (shapes {shapes}): {error}. The new "
+            f"{lead}the new model does not run on the new samples (shapes {shapes}). The new "
             f"samples are the old ones with the input spaces {list(names)} mapped by spaces=; "
-            f"name the input space there, or pass new_samples={hint}") from error
+            f"name the input space there, or pass new_samples=. {error}") from error
+    # Spaces the user leaves out keep their IDs; their traced sizes tell the parts of a Concat
+    # or Grid apart (a critic's obs and action, concatenated), which the leaves cannot.
+    unchanged = {name: (size, size) for name, size in old_traced.sizes.items()
+                 if new_traced.sizes.get(name) == size}
+    spaces = {**unchanged, **(spaces or {})}
     if layer_map is None:
         layer_map, removed = aligned_layers(old_traced, new_traced)
         drop = tuple(drop) + tuple(removed)

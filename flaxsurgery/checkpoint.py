@@ -21,12 +21,14 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
+from etils import epath
 
 from flaxsurgery.groups import leaf_bytes, leaf_groups, subplan
 from flaxsurgery.paths import flatten, path_name
@@ -35,8 +37,17 @@ from flaxsurgery.sharding import source_sharding, transplant_fn
 from flaxsurgery.transplant import transplant
 
 PathLike = str | os.PathLike
+PARTIAL_SUFFIX = ".partial_save"  # where orbax's partial saves write before the final rename
 DEFAULT_GROUP_BYTES = 64 << 20
 DEFAULT_CHUNK_BYTES = 8 << 20  # several chunks a leaf: tensorstore compresses them in parallel
+
+
+def absolute(path: PathLike) -> PathLike:
+    """`path` made absolute against the working directory, as orbax requires; a URL
+    (``gs://bucket/ckpt``) is returned as it is."""
+    if "://" in os.fspath(path):
+        return path
+    return os.path.abspath(path)
 
 
 def _is_metadata(node: Any) -> bool:
@@ -54,7 +65,7 @@ def _dict_keys(with_path: list, what: str) -> None:
 
 def _key_paths(path: PathLike) -> dict[str, tuple]:
     """{leaf path: (orbax key path, shape, dtype)} of a checkpoint, read from its metadata."""
-    tree = ocp.metadata(path).metadata
+    tree = ocp.metadata(absolute(path)).metadata
     with_path, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_metadata)
     _dict_keys(with_path, f"the tree of checkpoint {os.fspath(path)!r}")
     return {path_name(keys): (keys, tuple(meta.shape), np.dtype(meta.dtype)) for keys, meta in with_path}
@@ -63,9 +74,9 @@ def _key_paths(path: PathLike) -> dict[str, tuple]:
 def checkpoint_shapes(path: PathLike) -> Any:
     """The checkpoint's tree with a ``jax.ShapeDtypeStruct`` per leaf; reads metadata only.
 
-    Pass it to :func:`flaxsurgery.plan` as the old tree.
+    Pass it to :func:`flaxsurgery.plan` as the old tree. `path` may be relative.
     """
-    tree = ocp.metadata(path).metadata
+    tree = ocp.metadata(absolute(path)).metadata
     return jax.tree.map(lambda meta: jax.ShapeDtypeStruct(tuple(meta.shape), np.dtype(meta.dtype)), tree,
                         is_leaf=_is_metadata)
 
@@ -117,7 +128,7 @@ def _load(entries: dict, path: PathLike, paths: list[str], shardings: Mapping) -
     context = ocp.Context()
     context.pytree.loading.partial_load = True
     with context:
-        restored = ocp.load(path, abstract)
+        restored = ocp.load(absolute(path), abstract)
     leaves, _ = flatten(restored)
     return leaves
 
@@ -184,7 +195,13 @@ def transplant_checkpoint(
       ValueError: if the checkpoint does not fit the plan, or fresh values are needed and
         `fresh` is None.
       FileExistsError: if `new_path` exists.
+
+    The new checkpoint appears at `new_path` only when complete (orbax writes into
+    ``<new_path>.partial_save`` and renames it at the end). A leftover of a run that was killed
+    is removed, with a warning, before writing; with several processes it is an error instead
+    (remove it, then run again), since another process may already be writing there.
     """
+    old_path, new_path = absolute(old_path), absolute(new_path)
     if os.path.exists(new_path):
         raise FileExistsError(f"{os.fspath(new_path)!r} exists: choose a new path or remove it")
     entries = _key_paths(old_path)
@@ -194,6 +211,7 @@ def transplant_checkpoint(
         raise ValueError(f"the plan takes fresh values for {needing}: pass the new network's initialised "
                          f"parameters (or an orbax checkpoint of them) as fresh")
     fresh_leaf = _fresh_source(fresh, shardings or {})
+    _clear_leftover(new_path)
     new_keys = _new_key_paths(plan)
     shardings = dict(shardings or {})
     old_shapes = {p: shape for p, shape, _ in plan.old_shapes}
@@ -222,6 +240,22 @@ def transplant_checkpoint(
         writing.result()
     _report(progress, total, total)
     ocp.partial.finalize(new_path)
+
+
+def _clear_leftover(new_path: PathLike) -> None:
+    """Removes what an interrupted run left in `new_path`'s staging directory: orbax would
+    otherwise refuse to write the leaves again (a ``PartialSaveReplacementError`` that never
+    names the directory). It never holds a loadable checkpoint, only pieces of one."""
+    leftover = os.fspath(new_path) + PARTIAL_SUFFIX
+    staging = epath.Path(leftover)  # a local or a cloud path alike
+    if not staging.exists():
+        return
+    if jax.process_count() > 1:
+        raise FileExistsError(f"{leftover!r} is left from an interrupted run (a checkpoint never "
+                              f"finished): remove it (rm -r {leftover!r}), then run again")
+    warnings.warn(f"removing {leftover!r}, left by an interrupted run (never a loadable "
+                  f"checkpoint)", stacklevel=3)
+    staging.rmtree()
 
 
 def _read_ahead(read: Callable, groups: list, ahead: int) -> Iterator[dict]:
@@ -267,6 +301,7 @@ def _report(progress: Callable[[int, int], None] | None, done: int, total: int) 
 def _fresh_source(fresh: Any, shardings: Mapping) -> Callable[[tuple], dict]:
     """A function from leaf plans to ``{path: fresh value}``, whatever form `fresh` takes."""
     if isinstance(fresh, (str, os.PathLike)):
+        fresh = absolute(fresh)
         entries = _key_paths(fresh)
         return lambda leaves: _load(entries, fresh, [leaf.path for leaf in leaves], shardings)
     if callable(fresh):

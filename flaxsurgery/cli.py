@@ -86,9 +86,15 @@ def read_spec(path: str) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        spec = yaml.safe_load(text) or {}
+        try:
+            spec = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:  # the parser's own message says line and column
+            raise ValueError(f"spec {path!r} is not valid YAML: {error}") from error
     else:
-        spec = json.loads(text)
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"spec {path!r} is not valid JSON: {error}") from error
     if not isinstance(spec, dict):
         raise ValueError(f"spec {path!r} must hold a mapping with keys among {SPEC_KEYS}")  # noqa: TRY004 (user input)
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -137,6 +143,20 @@ def plan_arguments(spec: dict) -> dict:
             "leaf_rules": spec.get("leaf_rules") or {}}
 
 
+def check_fits(checkpoint: str, shapes: Any, model_name: str, model: Model) -> None:
+    """One ValueError naming every leaf where a checkpoint and the model's variables differ
+    (leaves only the checkpoint has are the plan's to judge: the spec may ``drop`` them)."""
+    have, want = flatten(shapes)[0], flatten(shapes_of(model))[0]
+    problems = [f"the model has leaf {p!r} {tuple(want[p].shape)}, the checkpoint lacks it"
+                for p in want if p not in have]
+    problems += [f"leaf {p!r} is {tuple(have[p].shape)} in the checkpoint, the model makes "
+                 f"{tuple(want[p].shape)}" for p in have  # dtypes may differ (a bfloat16 checkpoint)
+                 if p in want and tuple(have[p].shape) != tuple(want[p].shape)]
+    if problems:
+        raise ValueError(f"checkpoint {checkpoint!r} does not fit the model {model_name} (is it the "
+                         f"checkpoint's model?):\n  - " + "\n  - ".join(problems))
+
+
 def build_plan(old_shapes: Any, old: Model, new: Model, spec: dict) -> Plan:
     """The plan from the checkpoint's shapes, both models' traced layouts and the spec."""
     new_shapes = shapes_of(new)
@@ -156,6 +176,7 @@ def inspect(args) -> str:
     layout = {}
     if args.model:
         model = load_model(args.model)
+        check_fits(args.checkpoint, shapes, args.model, model)
         layout = trace_layout(model.apply, shapes, *model.inputs)
     width = max(len(p) for p in leaves)
     lines = [f"{'leaf':<{width}}  {'shape':<16} {'dtype':<9} spaces"]
@@ -175,9 +196,10 @@ def inspect(args) -> str:
 
 
 def _plan_from(args) -> tuple[Plan, Model]:
-    new = load_model(args.new)
-    p = build_plan(_checkpoint().checkpoint_shapes(args.checkpoint), load_model(args.old), new, read_spec(args.spec))
-    return p, new
+    old, new = load_model(args.old), load_model(args.new)
+    shapes = _checkpoint().checkpoint_shapes(args.checkpoint)
+    check_fits(args.checkpoint, shapes, f"--old {args.old}", old)
+    return build_plan(shapes, old, new, read_spec(args.spec)), new
 
 
 class ProgressBar:

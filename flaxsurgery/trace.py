@@ -31,12 +31,14 @@ import functools
 import inspect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jcore
 
+from flaxsurgery.forward import trace_forward
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
@@ -76,6 +78,9 @@ class _AxisGraph:
         # their class (a depthwise conv's input channels and channel multiplier)
         self.mixing: set[int] = set()  # nodes whose units are combined (reductions, act x act)
         self.param_axes: set[int] = set()  # the nodes of the parameters' own axes
+        self.derived: set[int] = set()  # axes of values computed from parameters alone
+        self.unflattened: set[int] = set()  # axes a reshape split into parts (GroupNorm's groups)
+        self.slid: set[int] = set()  # axes a conv window slides over (positions, never units)
         self.constraints: list[_Constraint] = []
 
     def fresh(self, size: int) -> int:
@@ -155,6 +160,7 @@ class _AxisGraph:
         if st is None:
             parts = self.fresh_axes(sizes)
             self._set_structure(node, "grid", parts)
+            self.unflattened.add(node)
             return parts
         if st.kind == "grid" and [self.size[p] for p in st.parts] == list(sizes):
             return list(st.parts)
@@ -337,8 +343,9 @@ def _dot_general(g, eqn, ins, where):
 
 
 def _is_parameter(g, axes) -> bool:
-    """Whether a value is a parameter itself (its axes are a parameter's own axis nodes)."""
-    return bool(axes) and all(n in g.param_axes for n in axes)
+    """Whether a value is a parameter, or computed from parameters alone (OptimizedLSTMCell
+    concatenates its gates' kernels before the product): not an activation."""
+    return bool(axes) and all(n in g.param_axes or n in g.derived for n in axes)
 
 
 def _conv(g, eqn, ins, where):
@@ -350,6 +357,7 @@ def _conv(g, eqn, ins, where):
     out = g.fresh_axes(_out_shapes(eqn)[0])
     g.union(lhs[lhs_spec[0]], out[out_spec[0]], where)  # batch
     g.window.update(rhs[d] for d in rhs_spec[2:])
+    g.slid.update(lhs[d] for d in lhs_spec[2:])
     groups = eqn.params["feature_group_count"]
     rhs_shape = eqn.invars[1].aval.shape
     per_group_in, total_out = rhs_shape[rhs_spec[1]], rhs_shape[rhs_spec[0]]
@@ -622,7 +630,15 @@ class _Walker:
                 "hand (or ask for the primitive to be supported)."
             )
         self._note_use(args)
-        return rule(self.g, eqn, args, where)
+        outs = rule(self.g, eqn, args, where)
+        if self._from_parameters(eqn, args):
+            self.g.derived.update(n for axes in outs for n in axes)
+        return outs
+
+    def _from_parameters(self, eqn, args) -> bool:
+        """Whether every operand but literals is a parameter or computed from parameters alone."""
+        operands = [axes for v, axes in zip(eqn.invars, args) if not isinstance(v, jcore.Literal)]
+        return bool(operands) and all(_is_parameter(self.g, axes) for axes in operands)
 
     def _scan(self, eqn, args, context, where):
         p = eqn.params
@@ -659,9 +675,28 @@ class _Axis:
 
 def _unit_classes(g: _AxisGraph, param_axes: list[_Axis]) -> tuple[set[int], set[int]]:
     """Roots of the classes that carry units, propagated through concat and grid structure, and
-    the roots of flattened axes none of whose parts is known to carry units (ambiguous)."""
+    the roots of flattened axes none of whose parts is known to carry units (ambiguous).
+
+    An axis of units that a reshape splits into parts (a GroupNorm's groups x channels, a
+    distributional head's actions x atoms) is not ambiguous: each unit is a cell of the parts,
+    so every part of more than one entry carries units; unless a conv slides over a part (a
+    dense layer's output reshaped into an image), which makes it positions.
+    """
+    known: set[int] = set()
+    slid = {g.find(n) for n in g.slid}
+    while True:
+        carrying, ambiguous = _propagate(g, param_axes, known)
+        unflattened = {g.find(n) for n in g.unflattened}
+        parts = [[g.find(p) for p in g.structure[root].parts] for root in ambiguous & unflattened]
+        split = {p for group in parts if not slid & set(group) for p in group if g.size[p] > 1}
+        if not split:
+            return carrying, ambiguous
+        known |= split
+
+
+def _propagate(g: _AxisGraph, param_axes: list[_Axis], known: set[int]) -> tuple[set[int], set[int]]:
     carrying = {g.find(a.node) for a in param_axes if g.find(a.node) not in
-                {g.find(w) for w in g.window | g.blank}} | {g.find(n) for n in g.units}
+                {g.find(w) for w in g.window | g.blank}} | {g.find(n) for n in g.units | known}
     ambiguous = set()
     changed = True
     while changed:
@@ -796,15 +831,21 @@ def _grid_items(entry) -> list:
 # Public API.
 
 
+DEFAULT_INPUT = "obs"  # a Linen module's one input when its __call__ names none (nn.Sequential)
+
+
 def argument_names(fn: Callable, count: int, skip: int) -> list[str]:
     """Names of the sample inputs: the apply function's parameter names (a Linen module's
-    ``__call__``'s for its ``apply``), else ``arg{i}``."""
+    ``__call__``'s for its ``apply``; ``obs`` for the one input of a module whose ``__call__``
+    takes only ``*args``, as ``nn.Sequential``'s does), else ``arg{i}``."""
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
     module = getattr(target, "__self__", None)
     if module is not None and callable(module) and target.__name__ == "apply":
         target, skip = type(module).__call__, 1  # Linen: names come from Module.__call__
+        if count == 1 and _only_var_positional(target, skip):
+            return [DEFAULT_INPUT]
     try:
         params = list(inspect.signature(target).parameters.values())[skip:]
     except (TypeError, ValueError):
@@ -817,6 +858,14 @@ def argument_names(fn: Callable, count: int, skip: int) -> list[str]:
         if p is not None and p.kind == p.VAR_POSITIONAL:
             params = []
     return names
+
+
+def _only_var_positional(fn: Callable, skip: int) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0].kind == inspect.Parameter.VAR_POSITIONAL
 
 
 def _leaves_named(base: str, tree: Any) -> list[tuple[str, Any]]:
@@ -874,11 +923,13 @@ def trace_layout(
 
 class TracedModel(NamedTuple):
     """What tracing a forward pass finds: the layout, the parameter leaves in the order the
-    forward pass first reads them, and the names given to the inputs."""
+    forward pass first reads them, the names given to the inputs, and each space's size (which
+    a plan cannot always tell from the leaves: the parts of a Concat or Grid)."""
 
     layout: dict
     order: tuple
     input_names: tuple
+    sizes: Mapping[str, int] = types.MappingProxyType({})  # {space: units}, as traced
 
 
 def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) -> TracedModel:
@@ -886,21 +937,7 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
     apply, variables, inputs, names = _bind(fn, args, input_names)
     leaves = _leaves_named("", variables)
     leaves = [(path.lstrip("/"), leaf) for path, leaf in leaves]
-    try:
-        closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(variables, *inputs)
-    except TypeError as error:
-        raise ValueError(
-            f"trace_layout: the forward pass could not be traced ({error}). If the model returns "
-            f"something that is not arrays (a distribution, a custom object), trace a function "
-            f"that selects the array whose last axis carries units, e.g. the logits of a "
-            f"categorical or the loc of a Gaussian (fs.surgery(..., output=lambda out: "
-            f"out.logits)); a distribution built inside the model must be built after that "
-            f"selection") from error
-    bad = [type(x).__name__ for x in jax.tree_util.tree_leaves(out_shape)
-           if not isinstance(x, jax.ShapeDtypeStruct)]
-    if bad:
-        raise ValueError(f"trace_layout: the forward pass returns {bad}, not arrays; select the "
-                         f"array that carries units (output=lambda out: out.logits)")
+    closed, out_shape = trace_forward(apply, variables, inputs)
 
     g = _AxisGraph()
     params = [_Axis(n, path, i) for path, leaf in leaves
@@ -923,12 +960,12 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
         for (name, _), nodes in zip(_leaves_named("out", out_shape), outs, strict=True)
         for i, n in enumerate(nodes)
     ]
-    layout = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
-                      isinstance(variables, dict) and "params" in variables)
+    layout, sizes = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
+                             isinstance(variables, dict) and "params" in variables)
     paths = [path for path, _ in leaves]
     first = [paths[i] for i in walker.use_order]
     order = tuple(dict.fromkeys(first + paths))
-    return TracedModel(layout, order, tuple(names))
+    return TracedModel(layout, order, tuple(names), types.MappingProxyType(sizes))
 
 
 def _bind(fn, args, input_names):
@@ -1005,4 +1042,6 @@ def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collecti
                       for space in spaces_in(_entry(g, a.node, carrying, namer))}, key=str)
     if outputs:
         layout[OUTPUTS] = tuple(outputs)
-    return layout
+    named = {space for axes in layout.values() for entry in axes for space in spaces_in(entry)}
+    sizes = {name: g.size[root] for root, name in namer.names.items() if name in named}
+    return layout, sizes

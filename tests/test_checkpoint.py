@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +21,7 @@ from flaxsurgery import checkpoint
 from flaxsurgery.groups import leaf_groups, subplan
 from tests.conftest import MLP
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 OLD_MODEL, NEW_MODEL = MLP((16, 16, 3)), MLP((20, 16, 4))
 
 
@@ -124,3 +132,45 @@ def test_errors_name_the_problem(setup):
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError):
         checkpoint.transplant_checkpoint(tmp_path / "old", tmp_path / "taken", p, fresh)
+
+
+# A child that writes the new checkpoint a group at a time and is killed (SIGKILL, no cleanup)
+# as soon as the first group is on disk: the state a crash or a pre-empted job leaves.
+KILLED_MID_WRITE = """
+import os, pickle, signal, sys
+from flaxsurgery import checkpoint
+with open(sys.argv[1], "rb") as f:
+    plan, fresh = pickle.load(f)
+def die(done, total):
+    if done < total:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.transplant_checkpoint(sys.argv[2], sys.argv[3], plan, fresh, max_group_bytes=400,
+                                 progress=die)
+"""
+
+
+def test_a_write_killed_midway_leaves_nothing_loadable_and_never_blocks_a_rerun(setup, monkeypatch):
+    tmp_path, old, fresh, layout, new_layout = setup
+    p = make_plan(checkpoint.checkpoint_shapes(tmp_path / "old"), fresh, layout, new_layout)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((p, jax.tree.map(np.asarray, fresh))))
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    child = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, "job.pkl", "old", "new"], check=False,
+                           cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not (tmp_path / "new").exists()  # nothing half-written is loadable
+    assert (tmp_path / ("new" + checkpoint.PARTIAL_SUFFIX)).is_dir()
+    with pytest.warns(UserWarning, match=r"removing '.*new\.partial_save', left by an interrupted run"):
+        checkpoint.transplant_checkpoint("old", "new", p, fresh, max_group_bytes=400)
+    assert_trees_equal(ocp.load(tmp_path / "new"), fs.transplant(old, p, fresh))
+    assert not (tmp_path / ("new" + checkpoint.PARTIAL_SUFFIX)).exists()
+
+
+def test_relative_paths_everywhere(setup, monkeypatch):
+    tmp_path, old, fresh, layout, new_layout = setup
+    ocp.save(tmp_path / "fresh", fresh)
+    monkeypatch.chdir(tmp_path)
+    p = make_plan(checkpoint.checkpoint_shapes("old"), fresh, layout, new_layout)
+    assert set(checkpoint.load_leaves("old", ["params/Dense_0/bias"])) == {"params/Dense_0/bias"}
+    checkpoint.transplant_checkpoint("old", pathlib.Path("new"), p, "fresh")
+    assert_trees_equal(ocp.load(tmp_path / "new"), fs.transplant(old, p, fresh))

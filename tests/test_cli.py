@@ -24,9 +24,9 @@ SPEC = {"spaces": {"obs": [INPUTS, INPUTS[:2] + ["wind"] + INPUTS[2:]], "out": [
         "rules": {"Dense_0": "fresh_in_zero_out", "out": {"mean": {"offset": -0.001}}}}
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([COMMAND, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+def run(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([COMMAND, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,40 @@ def test_errors_exit_nonzero_with_every_problem(old, tmp_path):
     result = run("apply", str(path), str(tmp_path / "never"), *models[:4], "--spec", str(unknown))
     assert result.returncode == 1 and "unknown space 'inputs'" in result.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_relative_paths(old, tmp_path):
+    path, _, _ = old
+    shutil.copytree(path, tmp_path / "old")
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    models = ["--old", "tests.cli_models:small", "--new", "tests.cli_models:grown", "--spec", "spec.json"]
+    applied = run("apply", "old", "new", *models, "--quiet", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert ocp.load(tmp_path / "new")["params"]["Dense_0"]["kernel"].shape == (6, 24)
+    assert run("inspect", "new", cwd=tmp_path).returncode == 0
+
+
+def test_one_clear_line_for_a_broken_spec_or_a_checkpoint_of_another_model(old, tmp_path):
+    path, _, _ = old
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spaces:\n  obs: [[a, b], [a, b, c]\n  out: [3, 4]\n")  # an unclosed bracket
+    models = ["--old", "tests.cli_models:small", "--new", "tests.cli_models:grown"]
+    result = run("plan", str(path), *models, "--spec", str(broken))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"spec '{broken}' is not valid YAML" in result.stderr and "line 3" in result.stderr
+    broken_json = tmp_path / "broken.json"
+    broken_json.write_text('{"spaces": {"obs": [5, 6]')
+    result = run("plan", str(path), *models, "--spec", str(broken_json))
+    assert result.returncode == 1 and f"spec '{broken_json}' is not valid JSON" in result.stderr
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    # the grown model's checkpoint given as the old one: its leaves do not fit --old
+    result = run("plan", str(path), "--old", "tests.cli_models:grown", "--new", "tests.cli_models:grown",
+                 "--spec", str(spec))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"checkpoint '{path}' does not fit the model --old tests.cli_models:grown" in result.stderr
+    assert "leaf 'params/Dense_0/kernel' is (5, 16) in the checkpoint, the model makes (6, 24)" \
+        in result.stderr
+    result = run("inspect", str(path), "--model", "tests.cli_models:grown")
+    assert result.returncode == 1 and "does not fit the model tests.cli_models:grown" in result.stderr
