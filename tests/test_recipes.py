@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -177,8 +178,9 @@ def test_cleanrl_dqn_checkpoint_recipe(tmp_path):
 
 @dataclasses.dataclass(frozen=True)
 class FiveValueEnv:
-    """rejax 0.1.3 steps environments as gymnax did before 1.0 (obs, state, reward, done, info);
-    gymnax 1.0.1 (our pin) returns terminated and truncated apart. This adapter joins them."""
+    """purejaxql's PQN and rejax 0.1.3 step environments as gymnax did before 1.0 (obs, state,
+    reward, done, info), with the environment's params; gymnax 1.0.1 (our pin) returns
+    terminated and truncated apart. This adapter joins them and takes the params."""
 
     view: EnvView
 
@@ -200,3 +202,179 @@ class FiveValueEnv:
     def step(self, key, state, action, params):
         obs, state, reward, terminated, truncated, info = self.view.step(key, state, action)
         return obs, state, reward, jnp.logical_or(terminated, truncated), info
+
+
+# ============================================================================ purejaxql PQN
+# purejaxql is a script repository (purejaxql/pqn_gymnax.py), not a package: its structure is
+# written here. A Q-network with a BatchNorm on the input (always there, used only with
+# NORM_INPUT, so every configuration has the same variables) and a LayerNorm after each hidden
+# Dense; a TrainState subclass that carries batch_stats and the script's own counters
+# (timesteps, n_updates, grad_steps); optax.chain(clip_by_global_norm, radam(linearly decayed
+# lr)). Epsilon is a schedule of n_updates, the learning rate one of optax's count. Each update
+# collects NUM_STEPS x NUM_ENVS transitions epsilon-greedily, computes Q(lambda) targets
+# backwards, and runs NUM_EPOCHS epochs of NUM_MINIBATCHES minibatch steps (the training pass
+# updates batch_stats). The whole train() builds its state inside, from a key.
+
+PQN_CONFIG = {"NUM_ENVS": 4, "NUM_STEPS": 8, "NUM_MINIBATCHES": 2, "NUM_EPOCHS": 2, "LR": 1e-3,
+              "MAX_GRAD_NORM": 10.0, "GAMMA": 0.99, "LAMBDA": 0.65, "EPS_START": 1.0,
+              "EPS_FINISH": 0.05, "DECAY_UPDATES": 4}
+
+
+class PQNNetwork(nn.Module):
+    action_dim: int
+    hidden: int = 32
+    norm_input: bool = False
+
+    @nn.compact
+    def __call__(self, obs, train: bool = False):
+        normed = nn.BatchNorm(use_running_average=not train)(obs)
+        x = normed if self.norm_input else obs
+        for _ in range(2):
+            x = nn.relu(nn.LayerNorm()(nn.Dense(self.hidden)(x)))
+        return nn.Dense(self.action_dim)(x)
+
+
+class PQNState(train_state.TrainState):
+    batch_stats: Any
+    timesteps: int = 0
+    n_updates: int = 0
+    grad_steps: int = 0
+
+
+def pqn_schedules(config=PQN_CONFIG):
+    """Epsilon over n_updates; the learning rate over optax's count (minibatch steps)."""
+    steps_per_update = config["NUM_MINIBATCHES"] * config["NUM_EPOCHS"]
+    epsilon = optax.linear_schedule(config["EPS_START"], config["EPS_FINISH"], config["DECAY_UPDATES"])
+    lr = optax.linear_schedule(config["LR"], 1e-20, config["DECAY_UPDATES"] * steps_per_update)
+    return epsilon, lr
+
+
+def pqn_state(network, view, key, config=PQN_CONFIG):
+    """What PQN's train() builds first: the network's variables, the optimizer, the state."""
+    variables = network.init(key, jnp.zeros((1, *view.obs_shape)), train=False)
+    tx = optax.chain(optax.clip_by_global_norm(config["MAX_GRAD_NORM"]), optax.radam(learning_rate=pqn_schedules(config)[1]))
+    return PQNState.create(apply_fn=network.apply, params=variables["params"],
+                           batch_stats=variables["batch_stats"], tx=tx)
+
+
+def make_pqn_train(network, env, config=PQN_CONFIG):
+    """PQN's update loop from a given state, on an environment with the five-value step."""
+    n_envs, params = config["NUM_ENVS"], env.default_params
+    epsilon_at = pqn_schedules(config)[0]
+
+    def q_values(state, obs):
+        return network.apply({"params": state.params, "batch_stats": state.batch_stats}, obs, train=False)
+
+    def env_step(carry, _):
+        state, env_state, obs, key = carry
+        key, k_explore, k_random, k_env = jax.random.split(key, 4)
+        q = q_values(state, obs)
+        explore = jax.random.uniform(k_explore, (n_envs,)) < epsilon_at(state.n_updates)
+        action = jnp.where(explore, jax.random.randint(k_random, (n_envs,), 0, q.shape[-1]), q.argmax(-1))
+        next_obs, env_state, reward, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(k_env, n_envs), env_state, action, params)
+        return (state, env_state, next_obs, key), (obs, action, reward, done.astype(jnp.float32), q)
+
+    def lambda_targets(state, last_obs, reward, done, q):
+        """Q(lambda) returns, backwards from the last step's bootstrap."""
+        last_q = q_values(state, last_obs).max(-1) * (1 - done[-1])
+        last_return = reward[-1] + config["GAMMA"] * last_q
+
+        def back(carry, t):
+            lambda_return, next_q = carry
+            r, d, q_t = t
+            bootstrap = r + config["GAMMA"] * (1 - d) * next_q
+            lambda_return = bootstrap + config["GAMMA"] * config["LAMBDA"] * (lambda_return - next_q)
+            lambda_return = (1 - d) * lambda_return + d * r
+            return (lambda_return, q_t.max(-1)), lambda_return
+
+        _, earlier = jax.lax.scan(back, (last_return, last_q), (reward[:-1], done[:-1], q[1:]), reverse=True)
+        return jnp.concatenate([earlier, last_return[None]])
+
+    def minibatch_step(state, batch):
+        obs, action, target = batch
+
+        def loss_fn(p):
+            q, updates = network.apply({"params": p, "batch_stats": state.batch_stats}, obs, train=True,
+                                       mutable=["batch_stats"])
+            chosen = jnp.take_along_axis(q, action[:, None], axis=-1)[:, 0]
+            return 0.5 * jnp.square(chosen - target).mean(), updates
+
+        (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads)
+        return state.replace(batch_stats=updates["batch_stats"], grad_steps=state.grad_steps + 1), None
+
+    def update(runner, _):
+        runner, (obs, action, reward, done, q) = jax.lax.scan(env_step, runner, None, config["NUM_STEPS"])
+        state, env_state, last_obs, key = runner
+        targets = lambda_targets(state, last_obs, reward, done, q)
+        data = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), (obs, action, targets))
+
+        def epoch(carry, _):
+            state, key = carry
+            key, k_perm = jax.random.split(key)
+            perm = jax.random.permutation(k_perm, config["NUM_STEPS"] * n_envs)
+            batches = jax.tree_util.tree_map(
+                lambda x: x[perm].reshape((config["NUM_MINIBATCHES"], -1) + x.shape[1:]), data)
+            return (jax.lax.scan(minibatch_step, state, batches)[0], key), None
+
+        (state, key), _ = jax.lax.scan(epoch, (state, key), None, config["NUM_EPOCHS"])
+        state = state.replace(timesteps=state.timesteps + config["NUM_STEPS"] * n_envs,
+                              n_updates=state.n_updates + 1)
+        return (state, env_state, last_obs, key), None
+
+    def train(state, key, updates):
+        """`updates` updates from `state`, with fresh environments."""
+        k_reset, key = jax.random.split(key)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), params)
+        return jax.lax.scan(update, (state, env_state, obs, key), None, updates)[0][0]
+
+    return jax.jit(train, static_argnums=2)
+
+
+def radam_count(state) -> jnp.ndarray:
+    return state.opt_state[1][0].count  # chain(clip, radam = chain(scale_by_radam, lr schedule))
+
+
+def lr_schedule_count(state) -> jnp.ndarray:
+    return state.opt_state[1][1].count
+
+
+def test_purejaxql_pqn_recipe():
+    old_view, new_view = acrobot(0), acrobot(1)
+    old_net = PQNNetwork(old_view.num_actions)
+    # The old agent: PQN's own loop, until epsilon and the learning rate reach their ends.
+    old_state = make_pqn_train(old_net, FiveValueEnv(old_view))(
+        pqn_state(old_net, old_view, jax.random.key(0)), jax.random.key(1), PQN_CONFIG["DECAY_UPDATES"])
+    epsilon_at, lr_at = pqn_schedules()
+    assert epsilon_at(old_state.n_updates) == np.float32(PQN_CONFIG["EPS_FINISH"])
+    assert float(lr_at(lr_schedule_count(old_state))) < 1e-12
+    new_net = PQNNetwork(new_view.num_actions)
+    obs = rollout_obs(old_view)
+    # --- surgery (1 flaxsurgery call)
+    fresh = pqn_state(new_net, new_view, jax.random.key(2))  # what PQN's train() would build
+    new = fs.surgery(old_net, old_state, new_net, fresh, obs,
+                     spaces={"obs": ACROBOT_OBS, "out": ACROBOT_ACTIONS}, reset=("schedule",))
+    state = new.state.replace(n_updates=0)  # epsilon is a schedule of PQN's own counter
+    # --- end
+    report = new.verify(obs)
+    print("purejaxql PQN:", report, new.plan.exactness())
+    assert new.plan.exactness() == "greedy"
+    assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
+    # Surgery keeps the script's counters (they count the old run) and optax's Adam count; it
+    # restarted the learning-rate schedule's count. The user restarts epsilon's.
+    assert int(new.state.n_updates) == int(old_state.n_updates) == PQN_CONFIG["DECAY_UPDATES"]
+    assert int(new.state.timesteps) == int(old_state.timesteps) and int(new.state.grad_steps) == int(old_state.grad_steps)
+    assert int(radam_count(new.state)) == int(radam_count(old_state)) > 0
+    assert int(lr_schedule_count(new.state)) == 0 and lr_at(lr_schedule_count(state)) == np.float32(PQN_CONFIG["LR"])
+    assert epsilon_at(state.n_updates) == np.float32(PQN_CONFIG["EPS_START"])
+    # The input BatchNorm's statistics moved with the observations: the new features neutral.
+    moved, kept = state.batch_stats["BatchNorm_0"], old_state.batch_stats["BatchNorm_0"]
+    np.testing.assert_array_equal(moved["mean"], jnp.concatenate([kept["mean"], jnp.zeros(2)]))
+    np.testing.assert_array_equal(moved["var"], jnp.concatenate([kept["var"], jnp.ones(2)]))
+
+    trained = make_pqn_train(new_net, FiveValueEnv(new_view))(state, jax.random.key(3), 1)  # its own loop
+    assert int(trained.n_updates) == 1
+    assert int(trained.grad_steps) == int(state.grad_steps) + PQN_CONFIG["NUM_MINIBATCHES"] * PQN_CONFIG["NUM_EPOCHS"]
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), trained.params, state.params)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
