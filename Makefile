@@ -72,7 +72,9 @@ $(DOCS_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) -e ".[docs]"
 	touch $(DOCS_STAMP)
 
+# Docstrings are Markdown with mkdocstrings cross-references: a Sphinx role would show as raw text.
 docs: $(DOCS_STAMP)
+	$(BIN)/python tools/docstring_roles.py
 	$(BIN)/python tools/check_links.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 

@@ -38,7 +38,8 @@ class Surgery(NamedTuple):
       state: the new agent's state, structured as the fresh state passed in.
       plan: the plan (``plan.report()`` says what is preserved).
       normalizer: the moved observation-normalisation statistics (None if none were given).
-      old_fn, new_fn: ``inputs -> selected output`` of the old and new agent, for checks.
+      old_fn: ``inputs -> selected output`` of the old agent, for checks.
+      new_fn: ``inputs -> selected output`` of the new agent, for checks.
       input_space: the name of the (first) input's space.
     """
 

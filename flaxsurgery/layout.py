@@ -88,8 +88,11 @@ class _Outputs:
 
 
 WINDOW = _Window()
+"""A layout entry for a conv kernel's spatial axis: a window, padded or cropped, no units."""
 MIXING = _Mixing()
+"""A layout key: its value lists the spaces whose units the forward pass mixes (a softmax, a norm)."""
 OUTPUTS = _Outputs()
+"""A layout key: its value lists the model's output spaces, output spaces whatever axes carry them."""
 
 AxisSpec = str | Flat | Concat | Grid | _Window | None
 
