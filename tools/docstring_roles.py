@@ -45,6 +45,8 @@ def shown_objects() -> dict[int, str]:
                 for member, sub in vars(value).items():
                     if not member.startswith("_") and callable(sub):
                         shown.setdefault(id(sub), f"{name}.{attr}.{member}")
+    for name in ("transplant", "verify"):  # shown under their modules' names (docs/api.md)
+        shown[id(getattr(importlib.import_module("flaxsurgery"), name))] = f"flaxsurgery.{name}.{name}"
     return shown
 
 
@@ -52,16 +54,13 @@ def resolve(target: str, context: str) -> object | None:
     """The object `target` names, tried as written, under flaxsurgery, and under `context`."""
     for candidate in (target, f"flaxsurgery.{target}", f"{context}.{target}"):
         parts = candidate.split(".")
-        for split in range(len(parts), 0, -1):
+        for split in range(1, len(parts) + 1):  # attributes first: fs.transplant is the function
             try:
                 value = importlib.import_module(".".join(parts[:split]))
-            except ImportError:
-                continue
-            try:
                 for attr in parts[split:]:
                     value = getattr(value, attr)
-            except AttributeError:
-                break
+            except (ImportError, AttributeError):
+                continue
             return value
     return None
 
