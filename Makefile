@@ -1,8 +1,11 @@
-# Every target creates .venv when it is missing and installs what it needs into it.
+# Every target creates .venv when it is missing and installs into it what it needs (once: a
+# stamp file per extra records it, renewed when pyproject.toml changes). pip shows what it installs.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+DEMO_STAMP := $(VENV)/.installed-demo
+PIP := $(BIN)/python -m pip install --progress-bar off
 
 .PHONY: test test-fast test-integrations demo bench bench-quick lint docs clean
 CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
@@ -10,12 +13,21 @@ CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py 
 	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace.py
 
 $(BIN)/python:
+	@echo "== creating $(VENV) with $(PY)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The test suite's packages (the `dev` extra: pytest, gymnax, orbax, gymnasium, ...).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,rl,examples]"
+	@echo "== installing flaxsurgery with the test suite's packages (.[dev]) into $(VENV)"
+	$(PIP) -e ".[dev]"
 	touch $(STAMP)
+
+# The demo's packages only (the `demo` extra: gymnax, scipy, matplotlib).
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing flaxsurgery with the demo's packages (.[demo]) into $(VENV)"
+	$(PIP) -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
@@ -24,7 +36,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	FLAXSURGERY_FAST=1 JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 $(CORE_TESTS)
 
-# Client libraries' agents (SBX) through fs.surgery: tests/integrations/, never part of `make test`.
+# Client libraries' agents (SBX, and the purejaxrl, Brax and rejax recipes) through fs.surgery:
+# tests/integrations/, never part of `make test`.
 # torch is installed first and on its own, so that pip never resolves it (a plain `torch` pulls
 # the CUDA build); where the CPU wheel is not at hand, point TORCH_PIP_ARGS at a CPU-only index.
 TORCH ?= torch==2.13.0
@@ -32,14 +45,15 @@ TORCH_PIP_ARGS ?=
 INTEGRATIONS_STAMP := $(VENV)/.installed-integrations
 
 $(INTEGRATIONS_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,rl,examples,integrations]"
+	@echo "== installing $(TORCH) on its own, then the client libraries (.[dev,integrations])"
+	$(PIP) $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PIP) -e ".[dev,integrations]"
 	touch $(INTEGRATIONS_STAMP)
 
 test-integrations: $(INTEGRATIONS_STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests/integrations
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python examples/demo.py
 
 bench: $(STAMP)
@@ -54,10 +68,13 @@ bench-quick: $(STAMP)
 DOCS_STAMP := $(VENV)/.installed-docs
 
 $(DOCS_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	@echo "== installing the documentation site's packages (.[docs]) into $(VENV)"
+	$(PIP) -e ".[docs]"
 	touch $(DOCS_STAMP)
 
+# Docstrings are Markdown with mkdocstrings cross-references: a Sphinx role would show as raw text.
 docs: $(DOCS_STAMP)
+	$(BIN)/python tools/docstring_roles.py
 	$(BIN)/python tools/check_links.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 

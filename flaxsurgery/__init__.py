@@ -2,7 +2,7 @@
 
 Change a trained network's architecture (inputs, actions, hidden units, layers, conv channels)
 and keep what it learned: unit IDs pair old and new units, a host-side plan turns the pairing
-into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able gathers.
+into index arrays, and [`transplant`][flaxsurgery.transplant.transplant] applies it as pure, jit- and vmap-able gathers.
 """
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer

@@ -1,6 +1,6 @@
 """Surgery on whole agents: one call from the old model and its trained state to the new one.
 
-:func:`surgery` traces both forward passes, pairs layers by their place in the forward pass when
+[`surgery`][flaxsurgery.surgery] traces both forward passes, pairs layers by their place in the forward pass when
 inserted or removed layers shift Linen's auto-names, builds the plan, and moves everything shaped
 like the parameters: a flax ``TrainState`` (parameters, target and EMA parameters, optimizer
 state, step), a Linen variables dict, and observation-normalisation statistics.
@@ -34,13 +34,14 @@ NORMALIZER_NEUTRAL = {**NEUTRAL_BY_NAME, "summed_variance": None}  # None: the c
 
 
 class Surgery(NamedTuple):
-    """What :func:`surgery` returns.
+    """What [`surgery`][flaxsurgery.surgery] returns.
 
     Attributes:
       state: the new agent's state, structured as the fresh state passed in.
       plan: the plan (``plan.report()`` says what is preserved).
       normalizer: the moved observation-normalisation statistics (None if none were given).
-      old_fn, new_fn: ``inputs -> selected output`` of the old and new agent, for checks.
+      old_fn: ``inputs -> selected output`` of the old agent, for checks.
+      new_fn: ``inputs -> selected output`` of the new agent, for checks.
       input_space: the name of the (first) input's space.
       buffer: the moved replay buffer and the transitions it dropped (a
         :class:`~flaxsurgery.BufferSurgery`; None if no buffer was given).
@@ -59,7 +60,7 @@ class Surgery(NamedTuple):
     schedules: tuple[ScheduleValue, ...] = ()
 
     def verify(self, *samples: Any, outputs: str | None = None) -> VerifyReport:
-        """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`."""
+        """[`flaxsurgery.verify`][flaxsurgery.verify.verify] of the old and new agent on the old agent's `samples`."""
         return verify(self.old_fn, self.new_fn, samples[0], self.plan, inputs=self.input_space,
                       outputs=outputs)
 
@@ -105,11 +106,11 @@ def surgery(
         named after the inputs (``obs``), the output (``out``) and the layers (``Dense_0``).
       layer_map: ``{new layer: old layer or None}``; by default layers pair by their place in
         the forward pass (an inserted or removed layer needs none).
-      rules: as :func:`flaxsurgery.plan`.
-      preset: as :func:`flaxsurgery.plan`.
-      leaf_rules: as :func:`flaxsurgery.plan`.
-      drop: as :func:`flaxsurgery.plan`.
-      neutral: as :func:`flaxsurgery.plan` (and for the normaliser's statistics).
+      rules: as [`flaxsurgery.plan`][flaxsurgery.plan].
+      preset: as [`flaxsurgery.plan`][flaxsurgery.plan].
+      leaf_rules: as [`flaxsurgery.plan`][flaxsurgery.plan].
+      drop: as [`flaxsurgery.plan`][flaxsurgery.plan].
+      neutral: as [`flaxsurgery.plan`][flaxsurgery.plan] (and for the normaliser's statistics).
       output: selects the array that carries units from the model's output (the logits of a
         categorical, the loc of a Gaussian, one element of a tuple).
       input_names: names for the input spaces (default: the model's argument names).
@@ -133,7 +134,7 @@ def surgery(
       ``.schedules`` and ``.verify(samples)``.
 
     Raises:
-      ValueError: every problem at once, as :func:`flaxsurgery.plan` does; for a layer pairing
+      ValueError: every problem at once, as [`flaxsurgery.plan`][flaxsurgery.plan] does; for a layer pairing
         the forward order cannot settle, the candidates.
     """
     samples = samples if isinstance(samples, tuple) else (samples,)
@@ -165,14 +166,14 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
                 spaces: Mapping | None = None, layer_map: Mapping | None = None,
                 drop: Sequence[str] = (), **plan_kwargs: Any) -> tuple[Plan, tuple]:
     """The plan between two models, both traced, layers paired by forward order when no
-    `layer_map` is given: what :func:`surgery` builds before it moves the state (the variables
+    `layer_map` is given: what [`surgery`][flaxsurgery.surgery] builds before it moves the state (the variables
     may be ``ShapeDtypeStruct`` trees, as from a checkpoint's metadata).
 
     Returns:
       (the plan, the input spaces' names). What the plan preserves is its report's.
 
     Raises:
-      ValueError: as :func:`flaxsurgery.plan`; when the new model does not run on the new
+      ValueError: as [`flaxsurgery.plan`][flaxsurgery.plan]; when the new model does not run on the new
         samples (naming a `spaces` key that is no input); for an ambiguous layer pairing.
     """
     try:

@@ -1,8 +1,8 @@
 """Checkpoint surgery with orbax, out of core: restore, transplant and write a group at a time.
 
 Each new leaf needs only its source leaf (and its fresh leaf where a rule takes fresh values),
-so :func:`transplant_checkpoint` reads the old checkpoint's shapes without loading it, then
-restores a bounded group of leaves, transplants them (:func:`flaxsurgery.groups.subplan`) and
+so [`transplant_checkpoint`][flaxsurgery.checkpoint.transplant_checkpoint] reads the old checkpoint's shapes without loading it, then
+restores a bounded group of leaves, transplants them (`flaxsurgery.groups.subplan`) and
 appends them to the new checkpoint with orbax's partial save. Peak host memory follows the
 largest group, not the model.
 
@@ -176,7 +176,7 @@ def transplant_checkpoint(
     Args:
       old_path: the old orbax checkpoint (its tree is the plan's old tree).
       new_path: where to write the new checkpoint; must not exist.
-      plan: from :func:`flaxsurgery.plan`, built on :func:`checkpoint_shapes` of `old_path`.
+      plan: from [`flaxsurgery.plan`][flaxsurgery.plan], built on [`checkpoint_shapes`][flaxsurgery.checkpoint.checkpoint_shapes] of `old_path`.
       fresh: where rules take fresh values: the new network's initialised tree; an orbax
         checkpoint of it (read a group at a time); or a function ``fresh(path, shape_dtype)``
         returning one leaf's fresh value (an initializer, so no whole fresh tree is ever built);
@@ -188,7 +188,7 @@ def transplant_checkpoint(
         are slow next to the rest; each costs a group's memory.
       shardings: ``{new leaf path: Sharding}``: each new leaf is computed and written with
         its sharding, its source restored straight into the same partitioning (see
-        :mod:`flaxsurgery.sharding`); leaves not named live on the first local device.
+        `flaxsurgery.sharding`); leaves not named live on the first local device.
       progress: called as ``progress(bytes_done, bytes_total)`` after each group.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Input checks: the arguments of :func:`flaxsurgery.plan`, unit IDs and layouts, each problem
+"""Input checks: the arguments of [`flaxsurgery.plan`][flaxsurgery.plan], unit IDs and layouts, each problem
 a line of the one error that lists them all."""
 
 from __future__ import annotations

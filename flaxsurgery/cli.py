@@ -12,7 +12,7 @@ a tuple of sample inputs (batch size above 1). For a Linen module::
         model, x = MLP((64, 3)), jnp.zeros((4, 5))
         return model.apply, lambda key: model.init(key, x), (x,)
 
-The spec (JSON, or YAML with PyYAML) holds :func:`flaxsurgery.plan`'s arguments::
+The spec (JSON, or YAML with PyYAML) holds [`flaxsurgery.plan`][flaxsurgery.plan]'s arguments::
 
     {"spaces": {"x": [["cart_x", "theta"], ["cart_x", "cart_v", "theta"]], "out": [3, 4]},
      "rules": {"x": "zeros", "out": {"mean": {"offset": -0.001}}},
@@ -121,7 +121,7 @@ def _ids(given: Any) -> Any:
 
 
 def plan_arguments(spec: dict) -> dict:
-    """:func:`flaxsurgery.plan`'s keyword arguments from a spec; every problem in one ValueError."""
+    """[`flaxsurgery.plan`][flaxsurgery.plan]'s keyword arguments from a spec; every problem in one ValueError."""
     problems, rules = [], {}
     for space, given in (spec.get("rules") or {}).items():
         try:

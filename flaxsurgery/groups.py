@@ -21,14 +21,14 @@ def subplan(plan: Plan, paths: Iterable[str]) -> Plan:
 
     The sub-plan's trees are flat dicts keyed by leaf path: its old tree is
     ``{source path: old leaf}`` for the sources those leaves need, its new (and fresh) tree
-    ``{new path: leaf}``. Apply it with :func:`flaxsurgery.transplant` as any plan.
+    ``{new path: leaf}``. Apply it with [`flaxsurgery.transplant`][flaxsurgery.transplant.transplant] as any plan.
 
     Args:
-      plan: a plan from :func:`flaxsurgery.plan`.
+      plan: a plan from [`flaxsurgery.plan`][flaxsurgery.plan].
       paths: new leaf paths of `plan`.
 
     Returns:
-      A :class:`Plan` over those leaves only.
+      A [`Plan`][flaxsurgery.Plan] over those leaves only.
 
     Raises:
       ValueError: if a path is not a new leaf of `plan`.

@@ -1,17 +1,17 @@
 """Layouts: which space each axis of each parameter leaf belongs to.
 
 A layout maps a leaf path (``"params/Dense_0/kernel"``) to one entry per axis of that leaf: a
-space name; ``None`` for an axis that carries no units and keeps its size; :data:`WINDOW` for a
+space name; ``None`` for an axis that carries no units and keeps its size; [`WINDOW`][flaxsurgery.WINDOW] for a
 conv kernel's spatial axis (no units, and the only kind of axis a plan may grow or shrink, around
-its centre); or a :class:`Flat` for a dense axis fed by a flattened conv output. The last axis
+its centre); or a [`Flat`][flaxsurgery.Flat] for a dense axis fed by a flattened conv output. The last axis
 that carries units is the leaf's *output* axis (a unit's incoming weights: kernel columns, biases,
 norm scales); the other unit axes are *input* axes (a unit's outgoing weights: kernel rows,
 embedding rows).
 
-Two keys of a layout are not leaf paths. :data:`MIXING` lists the spaces whose units the forward
+Two keys of a layout are not leaf paths. [`MIXING`][flaxsurgery.MIXING] lists the spaces whose units the forward
 pass combines other than through a parameter (a LayerNorm's statistics, a softmax, an
 activation-by-activation product): adding or removing units of such a space changes what every
-other unit computes, so no plan claims to preserve the function there. :data:`OUTPUTS` lists
+other unit computes, so no plan claims to preserve the function there. [`OUTPUTS`][flaxsurgery.OUTPUTS] lists
 the spaces the model's outputs carry, which are output spaces whatever parameter axes carry them
 (a tied embedding's vocabulary is an input axis of the embedding, and the model's output).
 """
@@ -58,7 +58,7 @@ class Grid:
 
 
 class _Window:
-    """The entry of a conv kernel's spatial axis (use the :data:`WINDOW` instance)."""
+    """The entry of a conv kernel's spatial axis (use the [`WINDOW`][flaxsurgery.WINDOW] instance)."""
 
     def __repr__(self) -> str:
         return "WINDOW"
@@ -68,7 +68,7 @@ class _Window:
 
 
 class _Mixing:
-    """The layout key that lists mixing spaces (use the :data:`MIXING` instance)."""
+    """The layout key that lists mixing spaces (use the [`MIXING`][flaxsurgery.MIXING] instance)."""
 
     def __repr__(self) -> str:
         return "MIXING"
@@ -78,7 +78,7 @@ class _Mixing:
 
 
 class _Outputs:
-    """The layout key that lists the model's output spaces (use the :data:`OUTPUTS` instance)."""
+    """The layout key that lists the model's output spaces (use the [`OUTPUTS`][flaxsurgery.OUTPUTS] instance)."""
 
     def __repr__(self) -> str:
         return "OUTPUTS"
@@ -88,8 +88,11 @@ class _Outputs:
 
 
 WINDOW = _Window()
+"""A layout entry for a conv kernel's spatial axis: a window, padded or cropped, no units."""
 MIXING = _Mixing()
+"""A layout key: its value lists the spaces whose units the forward pass mixes (a softmax, a norm)."""
 OUTPUTS = _Outputs()
+"""A layout key: its value lists the model's output spaces, output spaces whatever axes carry them."""
 
 AxisSpec = str | Flat | Concat | Grid | _Window | None
 
@@ -100,17 +103,17 @@ def carries_units(axis: AxisSpec) -> bool:
 
 
 def mixing_spaces(layout: Mapping) -> frozenset:
-    """The spaces a layout's :data:`MIXING` key lists (empty if it has none)."""
+    """The spaces a layout's [`MIXING`][flaxsurgery.MIXING] key lists (empty if it has none)."""
     return frozenset(layout.get(MIXING, ()))
 
 
 def output_spaces(layout: Mapping) -> frozenset:
-    """The spaces a layout's :data:`OUTPUTS` key lists (empty if it has none)."""
+    """The spaces a layout's [`OUTPUTS`][flaxsurgery.OUTPUTS] key lists (empty if it has none)."""
     return frozenset(layout.get(OUTPUTS, ()))
 
 
 def leaf_entries(layout: Mapping) -> dict:
-    """A layout without its :data:`MIXING` and :data:`OUTPUTS` keys: ``{leaf path: axes}``."""
+    """A layout without its [`MIXING`][flaxsurgery.MIXING] and [`OUTPUTS`][flaxsurgery.OUTPUTS] keys: ``{leaf path: axes}``."""
     return {path: axes for path, axes in layout.items() if path is not MIXING and path is not OUTPUTS}
 
 
@@ -152,7 +155,7 @@ def chain_layout(
 
     Args:
       spaces: ``len(layers) + 1`` entries; entry ``i`` is layer ``i``'s input and layer
-        ``i-1``'s output. A :class:`Flat` entry is a flattened conv output: the conv before it
+        ``i-1``'s output. A [`Flat`][flaxsurgery.Flat] entry is a flattened conv output: the conv before it
         outputs the plain space, the dense after it reads the flat axis.
       layers: Dense/Conv layer names in order (``"Dense_0"``, ``"Conv_0"``, ...).
       prefix: path of the layers' parent (``"params"`` for Linen variables, ``""`` for a bare
@@ -160,7 +163,7 @@ def chain_layout(
       spatial_dims: a conv layer's number of spatial axes (an int for every layer, or a
         mapping layer -> int; 0 or missing means Dense).
       layer_norms: ``{LayerNorm layer: the space it normalises}``: its ``scale`` and ``bias``;
-        the space is listed under :data:`MIXING` (the norm's statistics span its units).
+        the space is listed under [`MIXING`][flaxsurgery.MIXING] (the norm's statistics span its units).
       batch_norms: ``{BatchNorm layer: space}``: its ``scale`` and ``bias``, and its ``mean``
         and ``var`` under `stats_prefix`.
       stats_prefix: the collection that holds BatchNorm statistics.

@@ -1,5 +1,5 @@
 """Leaf plans: how each leaf of the new tree is made, per axis, from its source leaf and the
-rules of its spaces (host side, NumPy). :func:`flaxsurgery.spec.plan` calls these once per leaf.
+rules of its spaces (host side, NumPy). [`flaxsurgery.spec.plan`][flaxsurgery.plan] calls these once per leaf.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The plan type: what the host computed, per leaf and per space, and its report.
 
-A :class:`Plan` holds, for every leaf of the new tree, its source leaf in the old tree and one
+A [`Plan`][flaxsurgery.Plan] holds, for every leaf of the new tree, its source leaf in the old tree and one
 int32 index array per axis (``-1`` marks a unit the old network lacks), plus the static
-description of how new entries are filled; :func:`flaxsurgery.plan` builds it and
-:func:`flaxsurgery.transplant` applies it.
+description of how new entries are filled; [`flaxsurgery.plan`][flaxsurgery.plan] builds it and
+[`flaxsurgery.transplant`][flaxsurgery.transplant.transplant] applies it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class AxisArrays(NamedTuple):
 
 
 class LeafArrays(NamedTuple):
-    """A leaf's arrays: one :class:`AxisArrays` per axis (None where the axis is kept as it is),
+    """A leaf's arrays: one `AxisArrays` per axis (None where the axis is kept as it is),
     and for an identity kernel, each output unit's matching input unit."""
 
     axes: tuple = ()
@@ -59,7 +59,7 @@ class AxisPlan:
       side: ``"incoming"`` (the leaf's output axis: its units' incoming weights),
         ``"outgoing"`` (an input axis) or ``"unitless"`` (a window, or an axis without units).
       gather: whether the axis is gathered by its ``src`` array (False: the old axis as it is).
-      fills: how entries whose ``src`` is -1 start (:class:`~flaxsurgery.units.Fill`): one kind,
+      fills: how entries whose ``src`` is -1 start ([`Fill`][flaxsurgery.Fill]): one kind,
         or several (a ``Concat`` of spaces with different rules), told apart by the per-unit
         ``kind`` array.
       scaled: whether a per-unit ``scale`` multiplies the gathered values (Net2Net split).
@@ -88,9 +88,9 @@ class LeafPlan:
       path: the new leaf's path.
       source: the old leaf's path, or None for a leaf initialised whole by `init`.
       init: ``"gather"`` (from `source`), or a layer init (``"identity"``, ``"near_identity"``,
-        ``"fresh"``, ``"zeros"``: :data:`~flaxsurgery.rules.LayerInit`).
+        ``"fresh"``, ``"zeros"``: `LayerInit`).
       shape, dtype: the new leaf's.
-      axes: one :class:`AxisPlan` per axis (for ``"gather"``).
+      axes: one `AxisPlan` per axis (for ``"gather"``).
       neutral: the value ``zeros`` means here (None where the leaf's name does not say it and
         no rule needs it).
       kernel_axes: for an identity kernel, its (input, output) axes.
@@ -158,7 +158,7 @@ class SpaceInfo:
 class Plan:
     """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
 
-    Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
+    Build one with [`plan`][flaxsurgery.plan]; apply it with [`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]. A plan can be
     closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
     read-only, so a plan cannot be changed after it is built.
     """

@@ -2,10 +2,10 @@
 
 A unit has *incoming* weights (where its space is a leaf's output axis: a kernel's column, its
 bias, its norm scale) and *outgoing* weights (where its space is an input axis: a kernel's row,
-an embedding's row). A :class:`Rule` is one object that says everything about itself: the
-host-side arrays of a space's units on either side (:meth:`Rule.units`), the device-side
-:class:`~flaxsurgery.units.Fill` of each side, what it needs of the IDs (:meth:`Rule.problems`)
-and what it promises (:meth:`Rule.promise`). A new rule is a subclass here and a test.
+an embedding's row). A [`Rule`][flaxsurgery.Rule] is one object that says everything about itself: the
+host-side arrays of a space's units on either side ([`Rule.units`][flaxsurgery.Rule.units]), the device-side
+[`Fill`][flaxsurgery.Fill] of each side, what it needs of the IDs ([`Rule.problems`][flaxsurgery.Rule.problems])
+and what it promises ([`Rule.promise`][flaxsurgery.Rule.promise]). A new rule is a subclass here and a test.
 
 What each rule promises, for the role its space plays in the network (a plan checks the promise
 on its trees and reports what holds: see ``Plan.report()``):
@@ -34,7 +34,7 @@ An output promise holds only where the offset lands on the output layer's bias (
 otherwise the plan reports "none". No promise holds for a space the forward pass mixes (a
 LayerNorm's statistics, a softmax inside the model): see ``flaxsurgery.layout.MIXING``.
 
-``zeros`` means the neutral value (:attr:`Fill.NEUTRAL`): 0 for weights and for one-axis leaves
+``zeros`` means the neutral value (`Fill.NEUTRAL`): 0 for weights and for one-axis leaves
 named ``bias``/``mean`` (...), 1 for ``scale``, ``var``, ``std`` (...), so a new BatchNorm
 feature passes its input through unchanged; a one-axis leaf of another name must be told
 (``plan(neutral=...)``). Exactness for ``split`` holds for element-wise activations and
@@ -77,7 +77,7 @@ Source = Hashable | Mapping
 
 class Rule:
     """How the new units of one space start. Subclasses set ``name``, ``incoming`` and
-    ``outgoing`` (the :class:`Fill` of each side of a new unit) and override what differs.
+    ``outgoing`` (the [`Fill`][flaxsurgery.Fill] of each side of a new unit) and override what differs.
 
     Attributes:
       name: the constructor's name, for reports.
@@ -129,7 +129,7 @@ class Rule:
         return "none", ""
 
     def exactness(self, role: Role) -> Exactness:
-        """The level of :meth:`promise`: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``."""
+        """The level of `promise`: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``."""
         return self.promise(role)[0]
 
 
@@ -204,7 +204,7 @@ class _FromSource(Rule):
 
     def sources(self, src: np.ndarray, ids: tuple) -> np.ndarray:
         """Each unit's index among the old units: its own, or for a new unit its source's (-1
-        where that is not an old unit, which :meth:`problems` reports)."""
+        where that is not an old unit, which `problems` reports)."""
         old_ids, new_ids = ids
         from_unit = index_by_id([self.source_of(u) for u in new_ids], old_ids)
         return np.where(src < 0, from_unit, src).astype(np.int32)
@@ -265,7 +265,7 @@ def zeros() -> Rule:
     """Incoming and outgoing weights at the neutral value (0; a norm's scale and variance 1).
     Preserves the function for inputs and hidden units; for outputs it preserves neither (a zero
     Q wins when rewards are negative). A hidden unit that starts all-zero stays dead under ReLU:
-    prefer :func:`fresh_in_zero_out` for hidden units.
+    prefer [`fresh_in_zero_out`][flaxsurgery.fresh_in_zero_out] for hidden units.
 
     >>> zeros().exactness("input"), zeros().exactness("output")
     ('function', 'none')
@@ -348,7 +348,7 @@ def split(source: Source, ratio: float = 0.4) -> Rule:
 
 def greedy_margin(dtypes) -> float:
     """How far below the old values a new action's value must start for a tie in `dtypes` never to
-    go to it: :data:`GREEDY_MARGIN` for float32, scaled by the coarsest dtype's rounding."""
+    go to it: `GREEDY_MARGIN` for float32, scaled by the coarsest dtype's rounding."""
     eps = max((float(jnp.finfo(d).eps) for d in dtypes if jnp.issubdtype(d, jnp.floating)),
               default=float(jnp.finfo(jnp.float32).eps))
     return GREEDY_MARGIN * eps / float(jnp.finfo(jnp.float32).eps)

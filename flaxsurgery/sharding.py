@@ -1,12 +1,12 @@
 """Transplant on sharded parameters: ``NamedSharding`` on a device mesh, one or many hosts.
 
-Built on JAX's own machinery only: :func:`transplant_sharded` runs :func:`flaxsurgery.transplant`
+Built on JAX's own machinery only: [`transplant_sharded`][flaxsurgery.sharding.transplant_sharded] runs [`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]
 under ``jax.jit`` with the new leaves' shardings as ``out_shardings``, so each device computes
 its own shard of every new leaf. A general gather along a sharded axis (units permuted, or taken
 from anywhere) would make XLA gather that axis whole; so each source leaf is first re-laid out
 with that mesh axis moved onto an axis whose units stay in place (an all-to-all: every device
 still holds one shard), and the result is laid out as the new leaf's sharding.
-:func:`whole_leaf_gathers` reads the compiled HLO to check that no leaf is ever gathered whole.
+[`whole_leaf_gathers`][flaxsurgery.sharding.whole_leaf_gathers] reads the compiled HLO to check that no leaf is ever gathered whole.
 
 Meshes must use ``AxisType.Auto`` axes (the default of ``jax.sharding.Mesh``; pass
 ``axis_types=(AxisType.Auto,) * n`` to ``jax.make_mesh``).
@@ -71,7 +71,7 @@ def source_sharding(leaf: LeafPlan | None, sharding: jax.sharding.Sharding, old_
 
 
 def source_shardings(plan: Plan, shardings: Mapping[str, jax.sharding.Sharding]) -> dict[str, jax.sharding.Sharding]:
-    """``{old leaf path: sharding}`` from ``{new leaf path: sharding}`` (see :func:`source_sharding`)."""
+    """``{old leaf path: sharding}`` from ``{new leaf path: sharding}`` (see [`source_sharding`][flaxsurgery.sharding.source_sharding])."""
     old_shapes = {path: shape for path, shape, _ in plan.old_shapes}
     return {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
             for leaf in plan.leaves if leaf.source is not None and leaf.path in shardings}
@@ -103,17 +103,17 @@ def transplant_fn(plan: Plan, shardings: Mapping[str, jax.sharding.Sharding]):
 
 def transplant_sharded(old_tree: Any, plan: Plan, fresh_tree: Any | None = None, *,
                        shardings: Mapping[str, jax.sharding.Sharding] | None = None) -> Any:
-    """:func:`flaxsurgery.transplant` on sharded trees: every new leaf in its sharding.
+    """[`flaxsurgery.transplant`][flaxsurgery.transplant.transplant] on sharded trees: every new leaf in its sharding.
 
     Args:
       old_tree: the old parameters, sharded or not.
-      plan: from :func:`flaxsurgery.plan`.
+      plan: from [`flaxsurgery.plan`][flaxsurgery.plan].
       fresh_tree: the new network's parameters, sharded as the result should be.
       shardings: ``{new leaf path: Sharding}``; default: `fresh_tree`'s shardings.
 
     Returns:
       The new tree, each leaf with its sharding; no leaf is gathered whole on any device (for
-      leaves with an axis the shard can stay on; see :func:`whole_leaf_gathers`).
+      leaves with an axis the shard can stay on; see [`whole_leaf_gathers`][flaxsurgery.sharding.whole_leaf_gathers]).
     """
     if shardings is None:
         if fresh_tree is None:
@@ -164,7 +164,7 @@ def restore_sharded(path: Any, shapes: Any, shardings: Any) -> Any:
 
     Args:
       path: the orbax checkpoint.
-      shapes: its tree of ``jax.ShapeDtypeStruct`` (:func:`flaxsurgery.checkpoint.checkpoint_shapes`).
+      shapes: its tree of ``jax.ShapeDtypeStruct`` ([`flaxsurgery.checkpoint.checkpoint_shapes`][flaxsurgery.checkpoint.checkpoint_shapes]).
       shardings: a matching tree of shardings.
     """
     import orbax.checkpoint.experimental.v1 as ocp

@@ -1,10 +1,10 @@
 """Planning: what the host computes once, from layouts, unit IDs, a layer map and init rules.
 
-Everything here is NumPy on the host. :func:`plan` checks the arguments
-(:mod:`flaxsurgery.checks`), finds each space's size, IDs and role (:mod:`flaxsurgery.spaces`),
+Everything here is NumPy on the host. [`plan`][flaxsurgery.plan] checks the arguments
+(`flaxsurgery.checks`), finds each space's size, IDs and role (`flaxsurgery.spaces`),
 chooses each space's rule and each new leaf's source (here), plans every leaf
-(:mod:`flaxsurgery.leaves`), derives what the plan preserves (:mod:`flaxsurgery.claims`) and
-returns a :class:`~flaxsurgery.plans.Plan`; applying it (:func:`flaxsurgery.transplant`) is
+(`flaxsurgery.leaves`), derives what the plan preserves (`flaxsurgery.claims`) and
+returns a [`Plan`][flaxsurgery.Plan]; applying it ([`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]) is
 pure ``jax.numpy``.
 """
 
@@ -31,7 +31,7 @@ IdSpec = int | Sequence[Hashable]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Spec:
-    """What to transplant, as a value: :func:`plan`'s arguments without the trees. Pass it where
+    """What to transplant, as a value: [`plan`][flaxsurgery.plan]'s arguments without the trees. Pass it where
     a plan goes (``fs.transplant(old, spec, fresh)``); it builds the plan on first use, once per
     tree structure and shapes, so it also works inside ``jax.jit``.
 
@@ -83,7 +83,7 @@ def plan(
     Args:
       old_tree: the trained parameters (or any tree of arrays / ``jax.ShapeDtypeStruct``).
       new_tree: the new network's parameters or their shapes (``jax.eval_shape(model.init, ...)``).
-      layout: the old tree's layout (see :mod:`flaxsurgery.layout`); leaves it omits have no
+      layout: the old tree's layout (see `flaxsurgery.layout`); leaves it omits have no
         unit axis, and must keep their shape.
       new_layout: the new tree's layout (default: `layout`).
       spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``; a 1-D array
@@ -104,7 +104,7 @@ def plan(
         name does not say (``bias``/``mean`` are 0, ``scale``/``var``/``std`` are 1).
 
     Returns:
-      A :class:`Plan`.
+      A [`Plan`][flaxsurgery.Plan].
 
     Raises:
       ValueError: listing every problem at once (leaf path, axis, space, IDs).

@@ -1,7 +1,7 @@
 """Everything shaped like the parameters inside a training state, moved with the parameters' plan.
 
 A training state (a flax ``TrainState``, an optax state, a dict of target networks) holds the
-parameters' shape in many places. :func:`transplant_state` finds them by path, not by tree
+parameters' shape in many places. [`transplant_state`][flaxsurgery.transplant_state] finds them by path, not by tree
 structure: a leaf whose path ends with a parameter's path (``opt_state/0/mu/Dense_0/kernel``)
 belongs to that parameter, and the field that holds it (``mu``) says how it moves. So wrappers
 that change the structure (``optax.masked``, ``multi_transform``, ``inject_hyperparams``,
@@ -74,7 +74,7 @@ def transplant_state(
 
     Args:
       old_state: the old network's state.
-      plan: the parameters' plan (from :func:`flaxsurgery.plan`).
+      plan: the parameters' plan (from [`flaxsurgery.plan`][flaxsurgery.plan]).
       fresh_state: the same kind of state for the new parameters; gives the result's structure.
       reset: counters to restart, any of ``"bias_correction"`` (the ``count`` of a state that
         holds moments: Adam's bias correction starts again; docs/agents.md says what that does

@@ -1,6 +1,6 @@
 """Layouts traced from the forward pass: the JAX counterpart of Torch-Pruning's DepGraph.
 
-:func:`trace_layout` runs the model's apply function under :func:`jax.make_jaxpr` and walks the
+[`trace_layout`][flaxsurgery.trace_layout] runs the model's apply function under `jax.make_jaxpr` and walks the
 jaxpr equation by equation. Every axis of every value is a node of a union-find; an equation
 unions each output axis with the input axes it carries units from (a ``dot_general`` unions the
 contracted axes of its operands, an element-wise op unions aligned axes, a reshape that flattens
@@ -18,9 +18,9 @@ Spaces are named so that users can refer to them:
 - anything else by the first parameter axis in it, ``layer:axis``.
 
 Two entries extend the core's layout format where a plain space name cannot say it:
-:class:`Concat` (an axis made of consecutive segments, e.g. a dense layer reading two inputs
-concatenated, or the four gates of an optimized LSTM) and :class:`Grid` (an axis that is the
-row-major flattening of several parts, when it is not a :class:`~flaxsurgery.layout.Flat`).
+[`Concat`][flaxsurgery.Concat] (an axis made of consecutive segments, e.g. a dense layer reading two inputs
+concatenated, or the four gates of an optimized LSTM) and [`Grid`][flaxsurgery.Grid] (an axis that is the
+row-major flattening of several parts, when it is not a [`Flat`][flaxsurgery.Flat]).
 The tracer emits them only where nothing simpler fits.
 """
 
@@ -891,7 +891,7 @@ def trace_layout(
 
     Call it as ``trace_layout(model.apply, variables, *sample_inputs)`` for Linen (or any
     ``apply(variables, *inputs)`` function) and ``trace_layout(nnx_module, *sample_inputs)`` for
-    NNX. Parameters may be arrays or :class:`jax.ShapeDtypeStruct` (``jax.eval_shape`` of
+    NNX. Parameters may be arrays or `jax.ShapeDtypeStruct` (``jax.eval_shape`` of
     ``init``), so the new network's layout needs no initialisation. Use a batch size above 1:
     a size-1 batch axis cannot be told apart from a size-1 unit axis.
 
@@ -903,8 +903,8 @@ def trace_layout(
 
     Returns:
       ``{leaf path: tuple of axis entries}`` for every leaf of the variables, in the format
-      :func:`flaxsurgery.plan` takes (entries: a space name, None, :class:`Flat`, and where
-      needed :class:`Concat` / :class:`Grid`).
+      [`flaxsurgery.plan`][flaxsurgery.plan] takes (entries: a space name, None, [`Flat`][flaxsurgery.Flat], and where
+      needed [`Concat`][flaxsurgery.Concat] / [`Grid`][flaxsurgery.Grid]).
 
     Raises:
       ValueError: for a primitive the tracer does not know, for units moved in a way a layout
@@ -933,7 +933,7 @@ class TracedModel(NamedTuple):
 
 
 def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) -> TracedModel:
-    """:func:`trace_layout`, with the forward order of the leaves and the input names."""
+    """[`trace_layout`][flaxsurgery.trace_layout], with the forward order of the leaves and the input names."""
     apply, variables, inputs, names = _bind(fn, args, input_names)
     leaves = _leaves_named("", variables)
     leaves = [(path.lstrip("/"), leaf) for path, leaf in leaves]

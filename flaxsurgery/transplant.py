@@ -28,7 +28,7 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
 
     Args:
       old_tree: the old parameters (or any tree shaped like them: a target network, an EMA copy).
-      plan: from :func:`flaxsurgery.plan`, or a :class:`~flaxsurgery.spec.Spec` (planned on
+      plan: from [`flaxsurgery.plan`][flaxsurgery.plan], or a [`Spec`][flaxsurgery.Spec] (planned on
         first use).
       fresh_tree: the new network's own initialisation, where rules ``fresh`` and
         ``near_identity`` take their values; may be None when no rule needs it.
@@ -40,7 +40,7 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
       ValueError: if a tree does not match the plan (naming every leaf that differs), or if the
         plan needs fresh values and `fresh_tree` is None.
 
-    What is preserved is the plan's: see ``plan.report()`` and :mod:`flaxsurgery.rules`.
+    What is preserved is the plan's: see ``plan.report()`` and `flaxsurgery.rules`.
 
     >>> import flaxsurgery as fs
     >>> old = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}

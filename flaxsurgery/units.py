@@ -1,9 +1,9 @@
 """Per-unit host arrays of one axis: where each new unit comes from and how it starts; and how
 unit IDs are indexed and shown in error messages.
 
-A rule (:mod:`flaxsurgery.rules`) turns a space's unit IDs into :class:`Units`; planning
+A rule (`flaxsurgery.rules`) turns a space's unit IDs into `Units`; planning
 combines them through composite axes and stores them in a plan as
-:class:`~flaxsurgery.plans.AxisArrays`.
+`AxisArrays`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 
 class Fill(str, enum.Enum):
-    """How a new entry starts on the device (:func:`flaxsurgery.transplant` applies it)."""
+    """How a new entry starts on the device ([`flaxsurgery.transplant`][flaxsurgery.transplant.transplant] applies it)."""
 
     FRESH = "fresh"  # the new network's own initial value
     NEUTRAL = "neutral"  # the leaf's neutral value: 0 for a weight or a shift, 1 for a scale
@@ -34,7 +34,7 @@ class Units:
 
     Attributes:
       src: int32 index into the old axis, -1 for a unit that is filled.
-      fill: object array: each new unit's :class:`Fill`, None where ``src >= 0``.
+      fill: object array: each new unit's [`Fill`][flaxsurgery.Fill], None where ``src >= 0``.
       scale: float32 multipliers (Net2Net split), or None.
       offset: float32 addends (a new unit's bias margin), or None.
       own: int32 index of the unit itself, -1 if it is new, where ``src`` copies another unit.

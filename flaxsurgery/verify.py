@@ -14,7 +14,7 @@ from flaxsurgery.plans import Plan
 
 
 class VerifyReport(NamedTuple):
-    """What :func:`verify` measured.
+    """What [`verify`][flaxsurgery.verify.verify] measured.
 
     Attributes:
       max_abs_diff: ``max |f_new(x) - f_old(x)|`` over the samples and the output units both
@@ -67,10 +67,10 @@ def verify(
         plan's one input space.
       outputs: the output space, compared on the units both networks have. Default: the plan's
         one output space.
-      x_new: samples for the new network (default: `x_old` mapped by :func:`map_units`).
+      x_new: samples for the new network (default: `x_old` mapped by [`map_units`][flaxsurgery.map_units]).
 
     Returns:
-      A :class:`VerifyReport`.
+      A [`VerifyReport`][flaxsurgery.VerifyReport].
     """
     if x_new is None:
         x_new = map_units(x_old, plan, inputs or _only_space(plan, "input", "inputs"))

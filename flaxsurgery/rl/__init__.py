@@ -1,4 +1,14 @@
-"""Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views."""
+"""Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views.
+
+Needs the `rl` extra (gymnax and what it imports): ``pip install "flaxsurgery[rl]"``.
+"""
+
+try:
+    import gymnax  # noqa: F401  (checked first: without it the error below says what to install)
+except ModuleNotFoundError as error:
+    raise ModuleNotFoundError(
+        f"flaxsurgery.rl needs gymnax ({error}): install the `rl` extra, "
+        f"pip install \"flaxsurgery[rl]\" (or \".[rl]\" from a clone)", name=error.name) from error
 
 from flaxsurgery.rl.defaults import default_config as default_config
 from flaxsurgery.rl.defaults import default_hidden as default_hidden

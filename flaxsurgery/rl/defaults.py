@@ -2,7 +2,7 @@
 
 They were chosen on scratch-only runs (no transplant arm), then fixed before any transplant arm
 was run; docs/experiments.md lists the runs. The recipe is CleanRL's DQN mapped onto
-:class:`~flaxsurgery.rl.DQNConfig`: a 120-84 MLP; 4 environments stepped 10 steps each, then 4
+[`DQNConfig`][flaxsurgery.rl.DQNConfig]: a 120-84 MLP; 4 environments stepped 10 steps each, then 4
 gradient steps (0.1 gradient steps per environment step); Adam without clipping, at 2.5e-4 (4e-4 on CartPole);
 batch 128 from a 10,000-transition buffer once it is full; the target network copied every 50
 gradient steps; epsilon from 1 to 0.05 over half the run; squared TD error; no Double DQN.
@@ -60,7 +60,7 @@ def default_config(env_id: str, total_steps: int | None = None) -> DQNConfig:
 
     Args:
       env_id: a gymnax environment with defaults (``BUDGETS``' keys).
-      total_steps: a shorter (or longer) run, for demos and tests, through :func:`scaled`;
+      total_steps: a shorter (or longer) run, for demos and tests, through `scaled`;
         the results use the full budget.
 
     Returns:

@@ -50,7 +50,7 @@ class DQNConfig:
     """DQN hyperparameters. Steps count environment transitions of one seed (all its envs).
 
     The class defaults are a generic starting point; the settings that solve each environment
-    from scratch, used by the experiments, are :func:`flaxsurgery.rl.defaults.default_config`'s
+    from scratch, used by the experiments, are [`flaxsurgery.rl.defaults.default_config`][flaxsurgery.rl.default_config]'s
     (docs/experiments.md says how they were chosen).
 
     Attributes:
@@ -418,7 +418,7 @@ def make_train(
                               obs=actor.obs, steps=actor.steps, key=actor.key)
 
     def learn(state: TrainState) -> TrainState:
-        """G gradient steps (:func:`make_learn`)."""
+        """G gradient steps (`make_learn`)."""
         key, key_batches = jax.random.split(state.key)
         learner = learn_batches(state.params, state.target_params, state.opt_state,
                                 state.updates, state.buffer, key_batches)

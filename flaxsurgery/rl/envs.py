@@ -1,6 +1,6 @@
 """gymnax environments seen through unit IDs.
 
-An :class:`EnvView` shows the agent a subset of an environment's observation features and
+An [`EnvView`][flaxsurgery.rl.EnvView] shows the agent a subset of an environment's observation features and
 lets it use a subset of its actions, both named by unit ID. The units of an observation are
 its last axis: the features of a flat observation (CartPole, Acrobot), the channels of an
 image (MinAtar's (10, 10, C) grids). These are the IDs a transplant spec uses for the
@@ -71,7 +71,7 @@ class UnitView:
     (``obs_ids``, ``action_ids``) among the environment's own (``env_obs_ids``,
     ``env_action_ids``), and the positions that map one onto the other.
 
-    :class:`EnvView` (gymnax) and :class:`~flaxsurgery.rl.host.HostView` (gymnasium) are views.
+    [`EnvView`][flaxsurgery.rl.EnvView] (gymnax) and `HostView` (gymnasium) are views.
     """
 
     env_id: str

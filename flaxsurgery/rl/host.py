@@ -1,8 +1,8 @@
 """The DQN on gymnasium environments: the environments step on the host, the network is jitted.
 
 Most custom environments are gymnasium environments, not gymnax ones, so they cannot run inside
-:func:`~flaxsurgery.rl.make_train`'s ``lax.scan``. :func:`make_host_train` trains the same DQN
-(:class:`~flaxsurgery.rl.DQNConfig`, :class:`~flaxsurgery.rl.QNetwork`, the same TD loss,
+[`make_train`][flaxsurgery.rl.make_train]'s ``lax.scan``. `make_host_train` trains the same DQN
+([`DQNConfig`][flaxsurgery.rl.DQNConfig], [`QNetwork`][flaxsurgery.rl.QNetwork], the same TD loss,
 replay buffer, optimizer and schedule) with a Python loop: a gymnasium vector environment steps
 on the host, and two jitted calls do the rest:
 
@@ -16,7 +16,7 @@ over agents, so a population costs one jitted call per step, not one per agent.
 
 gymnasium 1.x resets a finished environment by itself. The vector environment is made with
 ``AutoresetMode.SAME_STEP``: the step that ends an episode returns the next episode's first
-observation, and the real last one in ``info["final_obs"]`` (see :func:`real_next_obs`).
+observation, and the real last one in ``info["final_obs"]`` (see `real_next_obs`).
 Transitions bootstrap on ``terminated`` only, as in the gymnax path.
 
 Example:
@@ -74,7 +74,7 @@ ACTION_IDS: dict[str, tuple[str, ...]] = {
 class HostView(UnitView):
     """A gymnasium environment restricted to some observation features and actions, by ID.
 
-    The counterpart of :class:`~flaxsurgery.rl.EnvView` for environments that step on the host.
+    The counterpart of [`EnvView`][flaxsurgery.rl.EnvView] for environments that step on the host.
     For an environment of your own, register it (``gymnasium.register(id=..., entry_point=...)``)
     and name its units with ``env_obs_ids`` and ``env_action_ids``.
 
@@ -85,9 +85,9 @@ class HostView(UnitView):
       action_ids: the actions the agent may use; agent action ``i`` is ``action_ids[i]``
         (default: all).
       env_obs_ids: the IDs of the environment's observation features, in its order (default:
-        :data:`OBS_IDS` ``[env_id]``).
+        `OBS_IDS` ``[env_id]``).
       env_action_ids: the IDs of the environment's actions ``0..n-1`` (default:
-        :data:`ACTION_IDS` ``[env_id]``).
+        `ACTION_IDS` ``[env_id]``).
       max_episode_steps: the time limit (truncation), if not the registered one.
     """
 
@@ -254,7 +254,7 @@ def make_host_train(
       ``train(keys, init_params=None, init_target=None, init_opt_state=None) -> Trained``:
       one agent per key (``keys`` (agents,)); the ``init_*`` arguments, if given, have a leading
       agent axis, and so has every leaf of the result, as with ``jax.vmap`` of
-      :func:`~flaxsurgery.rl.make_train`.
+      [`make_train`][flaxsurgery.rl.make_train].
     """
     tx = make_optimizer(config)
     apply = network.apply
@@ -279,7 +279,7 @@ def make_host_train(
     update = jax.jit(jax.vmap(update_one), donate_argnums=0)  # the buffers are ours to reuse
 
     def start_one(key, init_params, init_target, init_opt_state):
-        """One agent's initial state (as :func:`~flaxsurgery.rl.make_train`'s), its empty
+        """One agent's initial state (as [`make_train`][flaxsurgery.rl.make_train]'s), its empty
         buffer, and the seeds of its environments' first resets."""
         key_init, key_reset, key_run = jax.random.split(key, 3)
         params, target, opt_state = start_learner(

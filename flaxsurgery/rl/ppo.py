@@ -9,7 +9,7 @@ one key per seed. The run is nested ``lax.scan``s and no ``lax.cond``:
   advantages (GAE), then ``update_epochs`` epochs of ``num_minibatches`` clipped-PPO steps;
 - the environment steps, the advantage recursion, the epochs and the minibatches.
 
-The actor and the critic are separate MLPs (:class:`ActorCritic`), so the actor's logits are
+The actor and the critic are separate MLPs ([`ActorCritic`][flaxsurgery.rl.ActorCritic]), so the actor's logits are
 the network output whose units are actions. The advantage bootstraps on ``terminated`` only:
 at a truncation (the time limit) the value of the real next observation,
 ``info["final_observation"]``, is used; at a termination zero. The recursion is cut at every
@@ -399,7 +399,7 @@ def make_train(
       config: hyperparameters.
       view: the environment as the agent sees it; ``network`` maps its observations
         (``view.obs_shape``) to ``(logits over the view's actions, value)``.
-      network: a Linen module such as :class:`ActorCritic`; its variables are ``{"params": ...}``.
+      network: a Linen module such as [`ActorCritic`][flaxsurgery.rl.ActorCritic]; its variables are ``{"params": ...}``.
       progress: optional host function called with the environment step after every
         evaluation (through ``jax.debug.callback``, once per evaluation even under ``vmap``).
 

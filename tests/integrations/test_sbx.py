@@ -25,6 +25,8 @@ import flaxsurgery as fs
 
 OBS = (["theta", "theta_dot"], ["x", "x_dot", "theta", "theta_dot"])  # CartPole-v1's features
 ACTIONS = (["left", "right"], ["left", "noop", "right"])
+CARRIED = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
+           "gradient_steps", "target_update_interval", "exploration_fraction", "exploration_final_eps")
 DOCS = Path(__file__).parents[2] / "docs" / "agents_sbx.md"
 
 
@@ -87,7 +89,8 @@ def old_features(states: np.ndarray) -> np.ndarray:
 
 def dqn_recipe(old_path, new_env, samples, model_path):
     old = DQN.load(old_path)
-    new = DQN("MlpPolicy", new_env, policy_kwargs={"net_arch": [64]}, exploration_initial_eps=0.1)
+    carried = {name: getattr(old, name) for name in CARRIED}  # the old run's hyperparameters
+    new = DQN("MlpPolicy", new_env, policy_kwargs={"net_arch": [64]}, exploration_initial_eps=0.1, **carried)
     moved = fs.surgery(old.policy.qf_state.apply_fn, old.policy.qf_state,
                        new.policy.qf_state.apply_fn, new.policy.qf_state, samples,
                        spaces={"obs": OBS, "Dense_0": (32, 64), "Dense_1": (32, 64)},
@@ -158,6 +161,8 @@ def test_sbx_dqn_load_surgery_save_learn(old_dqn, states, tmp_path):
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
 
     old, new = DQN.load(old_dqn), DQN.load(tmp_path / "new_dqn.zip", env=new_env)
+    assert {name: getattr(new, name) for name in CARRIED} == {name: getattr(old, name) for name in CARRIED}
+    assert (new.learning_starts, new.target_update_interval) == (200, 200)  # not SBX's defaults
     for target in (False, True):  # the online and the target network, through SBX's own apply
         np.testing.assert_allclose(q_values(new, states, target), q_values(old, old_features(states), target),
                                    atol=1e-5)
@@ -173,8 +178,8 @@ def test_sbx_dqn_load_surgery_save_learn(old_dqn, states, tmp_path):
 
     step = int(new.policy.qf_state.step)
     before = new.policy.qf_state.params
-    new.learn(600)  # SBX's own loop: 500 updates' worth of steps after learning_starts=100
-    assert int(new.policy.qf_state.step) == step + (600 - 100) // 4
+    new.learn(600)  # SBX's own loop: a gradient step every 4 steps after learning_starts=200
+    assert int(new.policy.qf_state.step) == step + (600 - 200) // 4
     changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), before, new.policy.qf_state.params)
     assert all(jax.tree_util.tree_leaves(changed))
     assert np.isfinite(q_values(new, states)).all()
