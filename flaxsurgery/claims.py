@@ -1,13 +1,15 @@
 """What a plan preserves, derived in one place from what it does on the given trees: the rule of
 each space, where its offsets land, which leaves carry its units, whether the forward pass mixes
-them (the layout's MIXING), and what each new layer's init keeps."""
+them (the layout's MIXING), and what each new layer's init keeps (after the activation the
+layout's ACTIVATIONS says follows it)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.layout import carries_units, output_axis, spaces_in
+from flaxsurgery.activations import identity_layer_claim
+from flaxsurgery.layout import carries_units, output_axis, space_of, spaces_in
 from flaxsurgery.paths import leaf_name
 from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
 from flaxsurgery.rules import EXACTNESS
@@ -88,23 +90,32 @@ def note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
         facts.other_leaves.add(path)
 
 
-def init_exactness(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool) -> str:
-    """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
-    a space of its own: one that writes an old network's space (a residual stream) adds to it."""
+def init_claim(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool, axes: tuple,
+               activations, input_spaces) -> tuple[str, str]:
+    """What a new layer's init keeps, and why. An identity kernel replaces a connection only
+    when it writes a space of its own (one that writes an old network's space, a residual stream,
+    adds to it), and only where the activation after it keeps the values before it
+    (:func:`flaxsurgery.activations.identity_layer_claim`: ReLU after ReLU, or none at all)."""
     if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
-        return "none"
+        return "none", ""
     if leaf.kernel_axes and writes_old:
-        return "none"
+        return "none", "it writes a space of the old network (a residual stream), adding to it"
     if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
-        return "none"
+        return "none", ""
     if arrays.match is not None:
         match = arrays.match
         if (match < 0).any() or len(set(match.tolist())) != leaf.shape[leaf.kernel_axes[0]]:
-            return "none"  # not a permutation-free identity: some unit is not passed through
-    return "function"
+            return "none", "some output unit has no input unit of the same ID to pass on"
+    if leaf.init == "identity" and leaf.kernel_axes:
+        in_space, out_space = (space_of(axes[i]) for i in leaf.kernel_axes)
+        return identity_layer_claim(in_space, out_space, activations, input_spaces)
+    return "function", ""
 
 
-def summarise_layer(layer: str, inits: set) -> tuple[str, str, str]:
-    names = "/".join(sorted({init for init, _ in inits}))
-    exact = min((e for _, e in inits), key=EXACTNESS.index)
-    return layer, names, exact
+def summarise_layer(layer: str, inits: set) -> tuple[tuple[str, str, str], str]:
+    """A new layer's (layer, inits, what it keeps) from its leaves' (init, claim, why), and
+    the reason its weakest leaf gives."""
+    names = "/".join(sorted({init for init, _, _ in inits}))
+    exact = min((e for _, e, _ in inits), key=EXACTNESS.index)
+    why = "; ".join(sorted({w for _, e, w in inits if e == exact and w}))
+    return (layer, names, exact), why

@@ -19,8 +19,8 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import init_exactness, space_info, summarise_layer
-from flaxsurgery.layout import carries_units, mixing_spaces, output_axis, output_spaces, spaces_in
+from flaxsurgery.claims import init_claim, space_info, summarise_layer
+from flaxsurgery.layout import activations_of, carries_units, mixing_spaces, output_axis, output_spaces, spaces_in
 from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan
@@ -142,7 +142,9 @@ def plan(
     ctx = Context(ids, chosen, problems, args.neutral)
     leaf_plans, arrays, new_layer_leaves = _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources,
                                                        args.leaf_rules, preset_rules.layer, ctx)
-    layer_inits = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop), ctx)
+    input_spaces = {name for name, role in new_roles.items() if role == "input"}
+    layer_inits, layer_notes = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop),
+                                            ctx, activations_of(args.new_layout), input_spaces)
     infos = tuple(
         space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
         for name in sorted(ids, key=str)
@@ -157,6 +159,7 @@ def plan(
         new_treedef=new_treedef,
         spaces=infos,
         layer_inits=layer_inits,
+        layer_notes=layer_notes,
     )
 
 
@@ -179,14 +182,18 @@ def _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources, leaf_rules,
     return leaf_plans, arrays, new_layer_leaves
 
 
-def _layer_inits(new_layer_leaves, dropped_layers, ctx) -> tuple:
-    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits)."""
-    inits: dict = {layer: {("dropped", "none")} for layer in dropped_layers}
+def _layer_inits(new_layer_leaves, dropped_layers, ctx, activations, input_spaces) -> tuple:
+    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits), and
+    the reasons (see Plan.layer_notes)."""
+    inits: dict = {layer: {("dropped", "none", "")} for layer in dropped_layers}
     for leaf, arr, axes in new_layer_leaves:
         out = output_axis(axes)
         writes_old = out is not None and any(s in ctx.self_paired for s in spaces_in(axes[out]))
-        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, init_exactness(leaf, arr, writes_old)))
-    return tuple(summarise_layer(layer, found) for layer, found in sorted(inits.items()))
+        claim = init_claim(leaf, arr, writes_old, axes, activations, input_spaces)
+        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, *claim))
+    summaries = [summarise_layer(layer, found) for layer, found in sorted(inits.items())]
+    notes = tuple((summary[0], why) for summary, why in summaries if why)
+    return tuple(summary for summary, _ in summaries), notes
 
 
 def _raise(problems: list[str]) -> None:

@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core as jcore
 
-from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
+from flaxsurgery.activations import activations_after
+from flaxsurgery.layout import ACTIVATIONS, MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.
@@ -926,6 +927,7 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
     layout = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
                       isinstance(variables, dict) and "params" in variables)
     paths = [path for path, _ in leaves]
+    layout[ACTIVATIONS] = activations_after(closed, paths, layout)  # what identity layers keep
     first = [paths[i] for i in walker.use_order]
     order = tuple(dict.fromkeys(first + paths))
     return TracedModel(layout, order, tuple(names))

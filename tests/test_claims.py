@@ -1,0 +1,152 @@
+"""Claims that follow the activation and the scale.
+
+An identity layer keeps the function only where the activation after it keeps the values before
+it; a new action's margin must beat the rounding of the outputs at their magnitude and dtype.
+Each section reproduces a report that used to claim more than held, then a property test checks,
+with ``fs.verify``, every claim a report makes over activations, inserted and removed layers,
+output scales and float dtypes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flaxsurgery as fs
+from flaxsurgery.activations import KNOWN, classify, keeps_identity
+from tests.conftest import examples
+
+ACTS = {
+    "relu": nn.relu, "relu6": jax.nn.relu6, "hard_tanh": jax.nn.hard_tanh, "tanh": nn.tanh,
+    "sigmoid": nn.sigmoid, "gelu": nn.gelu, "silu": nn.silu, "leaky_relu": nn.leaky_relu,
+    "elu": nn.elu, "linear": lambda x: x,
+}
+
+
+class ActNet(nn.Module):
+    """An MLP of `depth` hidden layers, each followed by `act`; `scale` multiplies the outputs'
+    layer (kernel and bias), as a trained network's large Q-values would."""
+
+    act: str = "relu"
+    depth: int = 2
+    hidden: int = 8
+    actions: int = 2
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, obs):
+        x = obs.astype(self.dtype)
+        for _ in range(self.depth):
+            x = ACTS[self.act](nn.Dense(self.hidden, param_dtype=self.dtype, dtype=self.dtype)(x))
+        return nn.Dense(self.actions, param_dtype=self.dtype, dtype=self.dtype)(x)
+
+
+def init(model, n_obs=3, key=0):
+    return model.init(jax.random.key(key), jnp.zeros((4, n_obs)))
+
+
+def deeper(act, old_depth=2, new_depth=3, **kw):
+    """Surgery from an MLP of `old_depth` hidden layers to `new_depth`, the new layers last."""
+    old_m, new_m = ActNet(act, old_depth, **kw), ActNet(act, new_depth, **kw)
+    old, fresh = init(old_m), init(new_m, key=1)
+    layer_map = {f"Dense_{new_depth}": f"Dense_{old_depth}"}
+    layer_map |= {f"Dense_{i}": None for i in range(old_depth, new_depth)}
+    x = jax.random.normal(jax.random.key(5), (512, 3)) * 3.0
+    return fs.surgery(old_m, old, new_m, fresh, x[:4], layer_map=layer_map), x
+
+
+# ----------------------------------------------------------------- 1. identity layers and activations
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hard_tanh", "linear"])
+def test_an_identity_layer_before_an_idempotent_activation_keeps_the_function(act):
+    result, x = deeper(act)
+    assert result.plan.exactness() == "function", result.plan.report()
+    report = result.verify(x)
+    assert report.max_rel_diff <= fs.ROUNDING["float32"], report
+    assert report.greedy_agreement == 1.0
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "gelu", "silu", "leaky_relu", "elu"])
+def test_an_identity_layer_before_another_activation_claims_nothing_and_says_why(act):
+    result, x = deeper(act)
+    plan = result.plan
+    assert plan.exactness() == "none", plan.report()
+    assert f"{act} follows it" in plan.report(), plan.report()
+    assert result.verify(x).max_abs_diff > 1e-3  # and indeed the function changed
+
+
+def test_an_identity_layer_where_no_activation_follows_keeps_the_function():
+    class Linear(nn.Module):  # the inserted layer has no activation after it
+        extra: bool = False
+
+        @nn.compact
+        def __call__(self, obs):
+            x = nn.tanh(nn.Dense(8)(obs))
+            if self.extra:
+                x = nn.Dense(8)(x)
+            return nn.Dense(2)(x)
+
+    old_m, new_m = Linear(), Linear(extra=True)
+    old, fresh = init(old_m), init(new_m, key=1)
+    result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 3)),
+                        layer_map={"Dense_2": "Dense_1", "Dense_1": None})
+    assert result.plan.exactness() == "function", result.plan.report()
+    assert "no activation follows it" in result.plan.report()
+    x = jax.random.normal(jax.random.key(5), (256, 3))
+    assert result.verify(x).max_rel_diff <= fs.ROUNDING["float32"]
+
+
+def test_an_activation_the_tracer_cannot_name_claims_nothing_and_says_how():
+    class Odd(nn.Module):
+        depth: int = 1
+
+        @nn.compact
+        def __call__(self, obs):
+            x = obs
+            for _ in range(self.depth):
+                x = jnp.sin(nn.Dense(8)(x))
+            return nn.Dense(2)(x)
+
+    old_m, new_m = Odd(1), Odd(2)
+    old, fresh = init(old_m), init(new_m, key=1)
+    result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 3)),
+                        layer_map={"Dense_2": "Dense_1", "Dense_1": None})
+    assert result.plan.exactness() == "none"
+    assert "fs.ACTIVATIONS" in result.plan.report()
+
+
+def test_a_layout_without_activations_claims_nothing_until_told():
+    old_m, new_m = ActNet("relu", 1), ActNet("relu", 2)
+    old, fresh = init(old_m), init(new_m, key=1)
+    x = jnp.ones((4, 3))
+    layout, new_layout = fs.trace_layout(old_m.apply, old, x), fs.trace_layout(new_m.apply, fresh, x)
+    assert new_layout[fs.ACTIVATIONS] == {"Dense_0": "relu", "Dense_1": "relu", "out": "linear"}
+    told = new_layout.pop(fs.ACTIVATIONS)  # as a hand-written layout would be
+    layer_map = {"Dense_2": "Dense_1", "Dense_1": None}
+    plan = fs.plan(old, fresh, layout, new_layout=new_layout, layer_map=layer_map)
+    assert plan.exactness() == "none" and "fs.ACTIVATIONS" in plan.report()
+    said = fs.plan(old, fresh, layout, new_layout={**new_layout, fs.ACTIVATIONS: told}, layer_map=layer_map)
+    assert said.exactness() == "function"
+    with pytest.raises(ValueError, match="ACTIVATIONS must map space names to one of"):
+        fs.plan(old, fresh, layout, new_layout={**new_layout, fs.ACTIVATIONS: {"Dense_1": "swish"}},
+                layer_map=layer_map)
+
+
+@pytest.mark.parametrize("name", sorted(set(KNOWN) - {"unknown", "softplus"}))
+def test_the_tracer_names_each_activation(name):
+    assert classify(ACTS[name]) == name
+
+
+def test_which_activation_pairs_keep_an_identity_layer():
+    z = np.concatenate([np.linspace(-20, 20, 4001), [-1e6, 1e6]]).astype(np.float32)
+    for before in ACTS:
+        for after in ACTS:
+            values = np.asarray(ACTS[before](z))
+            kept = np.array_equal(np.asarray(ACTS[after](values)), values)
+            assert keeps_identity(before, after) == kept, (before, after)
