@@ -856,7 +856,8 @@ def trace_layout(
     Returns:
       ``{leaf path: tuple of axis entries}`` for every leaf of the variables, in the format
       :func:`flaxsurgery.plan` takes (entries: a space name, None, :class:`Flat`, and where
-      needed :class:`Concat` / :class:`Grid`).
+      needed :class:`Concat` / :class:`Grid`), and under ``ACTIVATIONS`` the activation that
+      follows each space (see :mod:`flaxsurgery.activations`).
 
     Raises:
       ValueError: for a primitive the tracer does not know, for units moved in a way a layout
@@ -868,7 +869,8 @@ def trace_layout(
     >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((4, 3)))
     >>> trace_layout(model.apply, variables, jnp.zeros((4, 3)), input_names=["obs"])
     {'params/layers_0/bias': ('layers_0',), 'params/layers_0/kernel': ('obs', 'layers_0'), \
-'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out'), OUTPUTS: ('out',)}
+'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out'), OUTPUTS: ('out',), \
+ACTIVATIONS: {'layers_0': 'relu', 'out': 'linear'}}
     """
     return traced_model(fn, *args, input_names=input_names).layout
 
