@@ -19,7 +19,7 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import init_claim, space_info, summarise_layer
+from flaxsurgery.claims import init_claim, output_margins, resolve_margins, space_info, summarise_layer
 from flaxsurgery.layout import activations_of, carries_units, mixing_spaces, output_axis, output_spaces, spaces_in
 from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
 from flaxsurgery.paths import flatten, layer_of, leaf_name
@@ -136,10 +136,12 @@ def plan(
     roles = {**old_roles, **new_roles}
     preset_rules = rules_lib.PRESETS[preset]
     chosen = _space_rules(args.rules, roles, preset_rules, ids, problems)
+    margins = output_margins(old_leaves, old_axes, roles, activations_of(args.layout))
+    chosen = resolve_margins(chosen, margins)
     sources = _leaf_sources(old_leaves, new_leaves, args.layer_map, args.leaf_rules, args.drop, problems)
     _check_pairing(sources, args.layer_map, old_axes, new_axes, old_roles, new_roles, problems)
 
-    ctx = Context(ids, chosen, problems, args.neutral)
+    ctx = Context(ids, chosen, problems, args.neutral, margins=margins)
     leaf_plans, arrays, new_layer_leaves = _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources,
                                                        args.leaf_rules, preset_rules.layer, ctx)
     input_spaces = {name for name, role in new_roles.items() if role == "input"}

@@ -387,8 +387,12 @@ def test_a_bias_named_otherwise_takes_the_margin():
 def test_a_margin_too_small_for_the_dtype_is_not_greedy():
     old = {"w": np.ones((3, 2), jnp.bfloat16), "bias": np.ones(2, jnp.bfloat16)}
     new = {"w": np.ones((3, 3), jnp.bfloat16), "bias": np.ones(3, jnp.bfloat16)}
-    plan = fs.plan(old, new, {"w": ("obs", "out"), "bias": ("out",)})
+    layout = {"w": ("obs", "out"), "bias": ("out",)}
+    plan = fs.plan(old, new, layout, rules={"out": fs.mean(offset=-GREEDY_MARGIN)})
     assert plan.space("out").preserves == "none" and "bfloat16" in plan.space("out").why
+    auto = fs.plan(old, new, layout)  # the preset's margin follows the dtype
+    assert auto.space("out").preserves == "greedy"
+    assert float(fs.transplant(old, auto)["bias"][2]) < 1.0
 
 
 def test_neutral_values_follow_the_leaf_and_unknown_names_are_asked_for():
