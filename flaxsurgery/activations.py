@@ -111,6 +111,7 @@ def identity_layer_claim(in_space, out_space, activations: Mapping | None,
 def _probe(dtype) -> np.ndarray:
     big = np.logspace(-6, 6, 121)
     grid = np.concatenate([-big, big, np.linspace(-8.0, 8.0, 1601), [0.0]])
+    grid = grid[np.abs(grid) <= float(jnp.finfo(dtype).max)]  # float16 ends at 65504
     return np.asarray(grid, dtype=dtype)
 
 
