@@ -6,7 +6,16 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 """
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
-from flaxsurgery.layout import ACTIVATIONS, MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
+from flaxsurgery.layout import (
+    ACTIVATIONS,
+    MIXING,
+    OUTPUTS,
+    WINDOW,
+    Concat,
+    Flat,
+    Grid,
+    chain_layout,
+)
 from flaxsurgery.plans import Plan
 from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.spec import Spec, plan

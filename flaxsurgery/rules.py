@@ -328,7 +328,7 @@ def mean(outgoing: str = "zeros", offset: float | str = 0.0) -> Rule:
 def _offset(offset) -> float | str:
     if offset == AUTO:
         return AUTO
-    if isinstance(offset, str):
+    if isinstance(offset, str):  # noqa: TRY004 - the library's one error type for a bad argument
         raise ValueError(f"offset must be a number or {AUTO!r}, got {offset!r}")
     return float(offset)
 

@@ -19,8 +19,21 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import init_claim, output_margins, resolve_margins, space_info, summarise_layer
-from flaxsurgery.layout import activations_of, carries_units, mixing_spaces, output_axis, output_spaces, spaces_in
+from flaxsurgery.claims import (
+    init_claim,
+    output_margins,
+    resolve_margins,
+    space_info,
+    summarise_layer,
+)
+from flaxsurgery.layout import (
+    activations_of,
+    carries_units,
+    mixing_spaces,
+    output_axis,
+    output_spaces,
+    spaces_in,
+)
 from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan

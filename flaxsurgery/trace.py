@@ -38,7 +38,17 @@ import jax
 from jax.extend import core as jcore
 
 from flaxsurgery.activations import activations_after
-from flaxsurgery.layout import ACTIVATIONS, MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
+from flaxsurgery.layout import (
+    ACTIVATIONS,
+    MIXING,
+    OUTPUTS,
+    WINDOW,
+    AxisSpec,
+    Concat,
+    Flat,
+    Grid,
+    spaces_in,
+)
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.

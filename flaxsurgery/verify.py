@@ -12,7 +12,6 @@ import numpy as np
 from flaxsurgery.paths import path_name
 from flaxsurgery.plans import Plan
 
-
 # The relative difference (``max_rel_diff``) that float rounding alone gives a transplant that
 # keeps the function but changes the order of a sum (a wider layer adds zero terms; XLA may split
 # the sum differently): 32 units in the last place of the dtype. A claimed function holds when

@@ -145,11 +145,22 @@ def test_the_tracer_names_each_activation(name):
 
 def test_which_activation_pairs_keep_an_identity_layer():
     z = np.concatenate([np.linspace(-20, 20, 4001), [-1e6, 1e6]]).astype(np.float32)
-    for before in ACTS:
-        for after in ACTS:
-            values = np.asarray(ACTS[before](z))
-            kept = np.array_equal(np.asarray(ACTS[after](values)), values)
+    for before, f in ACTS.items():
+        for after, g in ACTS.items():
+            values = np.asarray(f(z))
+            kept = np.array_equal(np.asarray(g(values)), values)
             assert keeps_identity(before, after) == kept, (before, after)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_a_width_change_at_large_outputs_is_within_the_documented_rounding(dtype):
+    old_m, new_m = ActNet("relu", 2, hidden=32, actions=4, dtype=dtype), ActNet("relu", 2, hidden=48, actions=4, dtype=dtype)
+    old, fresh = tied_and_scaled(init(old_m, 8), 40.0, tie=False), init(new_m, 8, key=1)
+    result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 8)))
+    assert result.plan.exactness() == "function"
+    report = result.verify(jax.random.normal(jax.random.key(3), (1024, 8)))
+    assert report.max_rel_diff <= fs.ROUNDING[dtype], report
+    assert report.policy_kl is None  # Q-values are not a policy unless declared logits
 
 
 # ----------------------------------------------------------------- 2. the margin and the outputs' scale

@@ -66,10 +66,11 @@ def problems_of(excinfo) -> list[str]:
 
 def check_claims(plan, old_fn, new_fn, x, outputs="out"):
     """Whatever the plan claims, checked: the claim and the report."""
-    report = fs.verify(old_fn, new_fn, x, plan, outputs=outputs)
+    report = fs.verify(old_fn, new_fn, x, plan, outputs=outputs, logits=True)  # the KL too
     claim = plan.exactness()
     if claim == "function":
         assert report.max_abs_diff <= 1e-5, (plan.report(), report)
+        assert report.max_rel_diff <= fs.ROUNDING["float32"], (plan.report(), report)
     if claim in ("function", "policy", "greedy"):
         assert report.greedy_agreement == 1.0, (plan.report(), report)
     if claim == "policy":
