@@ -328,9 +328,10 @@ def mean(outgoing: str = "zeros", offset: float | str = 0.0) -> Rule:
 def _offset(offset) -> float | str:
     if offset == AUTO:
         return AUTO
-    if isinstance(offset, str):  # noqa: TRY004 - the library's one error type for a bad argument
-        raise ValueError(f"offset must be a number or {AUTO!r}, got {offset!r}")
-    return float(offset)
+    try:
+        return float(offset)
+    except (TypeError, ValueError):
+        raise ValueError(f"offset must be a number or {AUTO!r}, got {offset!r}") from None
 
 
 def copy_of(source: Source, offset: float | str = 0.0) -> Rule:
