@@ -59,8 +59,9 @@ def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     margin = ctx.margins.get(name)
     dtypes = "/".join(sorted(str(d) for d in facts.dtypes))
     if margin is None or margin.needed is None:
-        return "none", ("the old tree holds shapes only, so the margin cannot be checked against the "
-                        "outputs' magnitude; plan from the old parameters' arrays")
+        return "none", ("the old tree's values are not known (shapes only, or traced under jax.jit), "
+                        "so the margin cannot be checked against the outputs' magnitude; plan from "
+                        "the old parameters' arrays")
     if -rule.offset < margin.needed:
         return "none", (f"offset {rule.offset:g} is not below -{margin.needed:.3g}, the margin that "
                         f"rounding of {dtypes} outputs up to {margin.magnitude:.3g} needs, so a tie "

@@ -46,7 +46,9 @@ IdSpec = int | Sequence[Hashable]
 class Spec:
     """What to transplant, as a value: :func:`plan`'s arguments without the trees. Pass it where
     a plan goes (``fs.transplant(old, spec, fresh)``); it builds the plan on first use, once per
-    tree structure and shapes, so it also works inside ``jax.jit``.
+    tree structure and shapes, so it also works inside ``jax.jit``. A new action's margin
+    (``offset="auto"``) is that of the tree the plan is first built from (under ``jax.jit``: no
+    values are seen, the least margin is taken and no claim is made for new actions).
 
     >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
     >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")

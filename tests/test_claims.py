@@ -205,6 +205,10 @@ def test_a_plan_from_shapes_cannot_check_the_margin_and_says_so():
     assert fs.plan(old, new, layout).space("out").preserves == "greedy"
     shapes = fs.plan(jax.eval_shape(lambda: old), new, layout).space("out")
     assert shapes.preserves == "none" and "shapes only" in shapes.why
+    spec = fs.Spec(layout)
+    jax.jit(lambda o, f: fs.transplant(o, spec, f))(old, new)  # planned from tracers: no values
+    traced = spec.plan_for(old, new).space("out")
+    assert traced.preserves == "none" and "traced under jax.jit" in traced.why
 
 
 # ----------------------------------------------------------------- the property: every claim, verified
