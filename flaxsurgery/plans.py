@@ -158,6 +158,9 @@ class SpaceInfo:
 class Plan:
     """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
 
+    ``layer_inits`` holds ``(layer, init, preserves)`` per new or dropped layer and
+    ``layer_notes`` ``(layer, why)`` where the report gives a reason.
+
     Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
     closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
     read-only, so a plan cannot be changed after it is built.

@@ -43,9 +43,10 @@ BatchNorm, not LayerNorm (whose statistics span the features).
 
 New layers (no source in the old network) start from a layer init: ``"identity"`` (kernel 1
 where the input unit's ID equals the output unit's ID, a conv kernel's centre tap only; bias 0;
-norm scale and variance 1), which preserves the function after an idempotent activation such as
-ReLU; ``"near_identity"`` (identity plus ``0.01`` times the fresh kernel: the seeds' rule, not
-exact); ``"fresh"``; ``"zeros"`` (the neutral value).
+norm scale and variance 1), which preserves the function where the activation after the new
+layer keeps the values before it (none at all, or ReLU after ReLU: see
+:mod:`flaxsurgery.activations`); ``"near_identity"`` (identity plus ``0.01`` times the fresh
+kernel: the seeds' rule, not exact); ``"fresh"``; ``"zeros"`` (the neutral value).
 """
 
 from __future__ import annotations
