@@ -222,7 +222,7 @@ class _Follower:
     def _equation(self, eqn, args):
         name = eqn.primitive.name
         n_out = len(eqn.outvars)
-        if name in _CALLS:
+        if name in _CALLS and eqn.params.get(_CALLS[name]) is not None:
             closed = eqn.params[_CALLS[name]]
             inner, consts = (closed.jaxpr, [_Const(c) for c in closed.consts]) \
                 if isinstance(closed, jcore.ClosedJaxpr) else (closed, [])
@@ -262,6 +262,8 @@ class _Follower:
         return _OTHER
 
     def _elementwise(self, eqn, args):
+        if eqn.primitive.name == "convert_element_type" and isinstance(args[0], _Param):
+            return args[0]  # a kernel cast to the computation's dtype is still that kernel
         fns = [a for a in args if isinstance(a, _Fn)]
         if all(isinstance(a, _Const) for a in args):
             return self._evaluate(eqn, args)[0]
@@ -325,7 +327,10 @@ def activations_after(closed, leaf_paths, layout: Mapping) -> dict:
     follower = _Follower(kernels)
     n = len(leaf_paths)
     ins = [_Param(p) for p in leaf_paths] + [_OTHER] * (len(closed.jaxpr.invars) - n)
-    follower.walk(closed.jaxpr, [_Const(c) for c in closed.consts], ins, top=True)
+    try:
+        follower.walk(closed.jaxpr, [_Const(c) for c in closed.consts], ins, top=True)
+    except Exception:  # noqa: BLE001 - a form this walk does not know: nothing is claimed from it
+        follower.unknown.update(kernels)
     found: dict = {}
     for kernel in sorted(kernels):
         axes = entries[kernel]

@@ -264,3 +264,15 @@ def test_whatever_the_report_claims_holds_at_every_scale_activation_and_dtype(ca
     claim = check_every_claim(result.plan, result.verify(x), case["dtype"])
     if new_depth < old_depth:
         assert claim == "none"
+
+
+def test_the_tracer_follows_a_kernel_cast_to_the_computation_dtype():
+    class Mixed(nn.Module):  # float32 parameters, bfloat16 computation
+        @nn.compact
+        def __call__(self, obs):
+            x = nn.relu6(nn.Dense(4, dtype=jnp.bfloat16)(obs))
+            return nn.Dense(2, dtype=jnp.bfloat16)(x)
+
+    variables = init(Mixed())
+    layout = fs.trace_layout(Mixed().apply, variables, jnp.zeros((4, 3)))
+    assert layout[fs.ACTIVATIONS] == {"Dense_0": "relu6", "out": "linear"}
