@@ -302,7 +302,7 @@ def verify_growth(config: Config, variables: dict, growth: Growth, grown: dict, 
     """``fs.verify`` of the grown model against the old one on `tokens` (logits of old tokens)."""
     old = jax.jit(lambda t: apply_fn(config)(variables, t))
     new = jax.jit(lambda t: apply_fn(growth.config)(grown, t))
-    return fs.verify(old, new, tokens, plan, outputs="out", x_new=tokens)
+    return fs.verify(old, new, tokens, plan, outputs="out", x_new=tokens, logits=True)
 
 
 def moved(config: Config, seed: int = 0, noise: float = 0.3) -> dict:

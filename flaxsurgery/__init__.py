@@ -7,7 +7,16 @@ into index arrays, and [`transplant`][flaxsurgery.transplant.transplant] applies
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
 from flaxsurgery.buffers import BufferSurgery, transplant_buffer
-from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
+from flaxsurgery.layout import (
+    ACTIVATIONS,
+    MIXING,
+    OUTPUTS,
+    WINDOW,
+    Concat,
+    Flat,
+    Grid,
+    chain_layout,
+)
 from flaxsurgery.plans import Plan
 from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.spec import Spec, plan
@@ -15,11 +24,13 @@ from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
 from flaxsurgery.transplant import transplant
 from flaxsurgery.units import Fill
-from flaxsurgery.verify import VerifyReport, map_units, verify
+from flaxsurgery.verify import ROUNDING, VerifyReport, map_units, verify
 
 __all__ = (
+    "ACTIVATIONS",
     "MIXING",
     "OUTPUTS",
+    "ROUNDING",
     "WINDOW",
     "BufferSurgery",
     "Concat",

@@ -59,10 +59,11 @@ class Surgery(NamedTuple):
     buffer: BufferSurgery | None = None
     schedules: tuple[ScheduleValue, ...] = ()
 
-    def verify(self, *samples: Any, outputs: str | None = None) -> VerifyReport:
-        """[`flaxsurgery.verify`][flaxsurgery.verify.verify] of the old and new agent on the old agent's `samples`."""
+    def verify(self, *samples: Any, outputs: str | None = None, logits: bool = False) -> VerifyReport:
+        """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`
+        (``logits=True`` where the outputs are a policy's logits: then it reports ``policy_kl``)."""
         return verify(self.old_fn, self.new_fn, samples[0], self.plan, inputs=self.input_space,
-                      outputs=outputs)
+                      outputs=outputs, logits=logits)
 
 
 def surgery(

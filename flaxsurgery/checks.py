@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.layout import MIXING, WINDOW, Concat, Flat, Grid, leaf_entries
+from flaxsurgery.activations import KNOWN
+from flaxsurgery.layout import ACTIVATIONS, MIXING, WINDOW, Concat, Flat, Grid, leaf_entries
 from flaxsurgery.paths import layer_of
 from flaxsurgery.units import MAX_SHOWN, show
 
@@ -176,6 +177,10 @@ def resolve_layout(leaves, layout, which, problems) -> dict[str, tuple]:
     mixing = layout.get(MIXING, ())
     if isinstance(mixing, str) or not isinstance(mixing, (list, tuple, set, frozenset)):
         problems.append(f"{which} layout's MIXING must list space names, got {show(mixing)}")
+    activations = layout.get(ACTIVATIONS, {})
+    if not isinstance(activations, Mapping) or any(a not in KNOWN for a in activations.values()):
+        problems.append(f"{which} layout's ACTIVATIONS must map space names to one of "
+                        f"{sorted(KNOWN)}, got {show(activations)}")
     for path in entries:
         if path not in leaves:
             problems.append(f"{which} layout names leaf {show(path)}, which the {which} tree lacks")

@@ -1,13 +1,20 @@
 """What a plan preserves, derived in one place from what it does on the given trees: the rule of
 each space, where its offsets land, which leaves carry its units, whether the forward pass mixes
-them (the layout's MIXING), and what each new layer's init keeps."""
+them (the layout's MIXING), and what each new layer's init keeps (after the activation the
+layout's ACTIVATIONS says follows it)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.layout import carries_units, output_axis, spaces_in
+from flaxsurgery.activations import KNOWN, identity_layer_claim
+from flaxsurgery.layout import carries_units, output_axis, space_of, spaces_in
 from flaxsurgery.paths import leaf_name
 from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
 from flaxsurgery.rules import EXACTNESS
@@ -49,15 +56,95 @@ def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     if facts.other_leaves:
         return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
                         f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
-    needed = rules_lib.greedy_margin(facts.dtypes)
-    if -rule.offset < needed:
-        return "none", (f"offset {rule.offset:g} is not below -{needed:g}, the margin that rounding of "
-                        f"{'/'.join(sorted(str(d) for d in facts.dtypes))} values needs, so a tie "
-                        f"can go to a new action")
+    margin = ctx.margins.get(name)
+    dtypes = "/".join(sorted(str(d) for d in facts.dtypes))
+    if margin is None or margin.needed is None:
+        return "none", ("the old tree's values are not known (shapes only, or traced under jax.jit), "
+                        "so the margin cannot be checked against the outputs' magnitude; plan from "
+                        "the old parameters' arrays")
+    if -rule.offset < margin.needed:
+        return "none", (f"offset {rule.offset:g} is not below -{margin.needed:.3g}, the margin that "
+                        f"rounding of {dtypes} outputs up to {margin.magnitude:.3g} needs, so a tie "
+                        f"can go to a new action; use offset='auto'")
     if len(facts.offset_leaves) != 1:
         where = sorted(facts.offset_leaves) or f"no bias (no leaf named {'/'.join(BIAS_NAMES)} carries the space)"
         return "none", f"the rule's offset lands on {where}, so a tie can go to a new action"
     return nominal, ""
+
+
+class Margin(NamedTuple):
+    """What the old output layer says about the rounding of an output space's values.
+
+    Attributes:
+      needed: :func:`~flaxsurgery.rules.greedy_margin` on the tree at hand; None where the old
+        tree holds shapes only.
+      magnitude: the largest ``|bias_j| + R * sum_i |kernel_ij|`` over the old output units.
+      terms: the output layer's fan-in.
+    """
+
+    needed: float | None
+    magnitude: float | None
+    terms: int
+
+
+def output_margins(old_leaves: dict, old_axes: dict, roles: dict, activations) -> dict:
+    """``{output space: Margin}`` from the old leaves that hold each output space's incoming
+    weights (kernels, scaled by the bound R of the values they read, and biases)."""
+    sums: dict = {}
+    for path, axes in old_axes.items():
+        out = output_axis(axes)
+        space = axes[out] if out is not None else None
+        if not isinstance(space, str) or roles.get(space) != "output":
+            continue
+        leaf = old_leaves[path]
+        entry = sums.setdefault(space, {"per_unit": 0.0, "terms": 0, "dtypes": set(), "abstract": False})
+        entry["dtypes"].add(np.dtype(leaf.dtype))
+        if not _concrete(leaf):
+            entry["abstract"] = True
+            continue
+        values = np.moveaxis(np.abs(np.asarray(leaf, np.float64)), out, -1)
+        if not values.size:
+            continue  # no old units: nothing to round
+        rows = values.reshape(-1, values.shape[-1])
+        mapped = [a for i, a in enumerate(axes) if carries_units(a) and i != out]
+        bound = _bound(space_of(mapped[0]) if len(mapped) == 1 else None, activations) if mapped else 1.0
+        entry["per_unit"] = entry["per_unit"] + bound * rows.sum(0)
+        entry["terms"] += rows.shape[0] if mapped else 0
+    margins = {}
+    for space, entry in sums.items():
+        if entry["abstract"]:
+            margins[space] = Margin(None, None, entry["terms"])
+            continue
+        magnitude = float(np.max(entry["per_unit"], initial=0.0))
+        needed = rules_lib.greedy_margin(magnitude, entry["terms"], entry["dtypes"])
+        margins[space] = Margin(needed, magnitude, entry["terms"])
+    return margins
+
+
+def _concrete(leaf) -> bool:
+    return isinstance(leaf, (np.ndarray, np.generic)) or \
+        isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+
+
+def _bound(space, activations) -> float:
+    """How large the values an output layer reads from `space` can be: the activation's bound
+    where it has one, else 1 (their typical scale; see greedy_margin)."""
+    lo, hi = KNOWN.get((activations or {}).get(space, "unknown"), KNOWN["unknown"]).values
+    return max(abs(lo), abs(hi)) if math.isfinite(lo) and math.isfinite(hi) else 1.0
+
+
+def resolve_margins(chosen: dict, margins: dict) -> dict:
+    """Each space's rule with ``offset="auto"`` resolved to minus the margin its tree needs (the
+    least margin at unit magnitude where the old tree holds shapes only)."""
+    resolved = {}
+    for name, rule in chosen.items():
+        margin = margins.get(name)
+        if getattr(rule, "offset", None) == rules_lib.AUTO:
+            needed = margin.needed if margin is not None and margin.needed is not None else \
+                rules_lib.greedy_margin(1.0, margin.terms if margin else 0, [])
+            rule = rule.resolved(needed)
+        resolved[name] = rule
+    return resolved
 
 
 @dataclasses.dataclass
@@ -88,23 +175,32 @@ def note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
         facts.other_leaves.add(path)
 
 
-def init_exactness(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool) -> str:
-    """What a new layer's init keeps. An identity kernel replaces a connection only when it writes
-    a space of its own: one that writes an old network's space (a residual stream) adds to it."""
+def init_claim(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool, axes: tuple,
+               activations, input_spaces) -> tuple[str, str]:
+    """What a new layer's init keeps, and why. An identity kernel replaces a connection only
+    when it writes a space of its own (one that writes an old network's space, a residual stream,
+    adds to it), and only where the activation after it keeps the values before it
+    (:func:`flaxsurgery.activations.identity_layer_claim`: ReLU after ReLU, or none at all)."""
     if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
-        return "none"
+        return "none", ""
     if leaf.kernel_axes and writes_old:
-        return "none"
+        return "none", "it writes a space of the old network (a residual stream), adding to it"
     if leaf.init == "zeros" and leaf.kernel_axes is None and len(leaf.shape) >= 2:
-        return "none"
+        return "none", ""
     if arrays.match is not None:
         match = arrays.match
         if (match < 0).any() or len(set(match.tolist())) != leaf.shape[leaf.kernel_axes[0]]:
-            return "none"  # not a permutation-free identity: some unit is not passed through
-    return "function"
+            return "none", "some output unit has no input unit of the same ID to pass on"
+    if leaf.init == "identity" and leaf.kernel_axes:
+        in_space, out_space = (space_of(axes[i]) for i in leaf.kernel_axes)
+        return identity_layer_claim(in_space, out_space, activations, input_spaces)
+    return "function", ""
 
 
-def summarise_layer(layer: str, inits: set) -> tuple[str, str, str]:
-    names = "/".join(sorted({init for init, _ in inits}))
-    exact = min((e for _, e in inits), key=EXACTNESS.index)
-    return layer, names, exact
+def summarise_layer(layer: str, inits: set) -> tuple[tuple[str, str, str], str]:
+    """A new layer's (layer, inits, what it keeps) from its leaves' (init, claim, why), and
+    the reason its weakest leaf gives."""
+    names = "/".join(sorted({init for init, _, _ in inits}))
+    exact = min((e for _, e, _ in inits), key=EXACTNESS.index)
+    why = "; ".join(sorted({w for _, e, w in inits if e == exact and w}))
+    return (layer, names, exact), why

@@ -14,6 +14,8 @@ activation-by-activation product): adding or removing units of such a space chan
 other unit computes, so no plan claims to preserve the function there. [`OUTPUTS`][flaxsurgery.OUTPUTS] lists
 the spaces the model's outputs carry, which are output spaces whatever parameter axes carry them
 (a tied embedding's vocabulary is an input axis of the embedding, and the model's output).
+:data:`ACTIVATIONS` says which element-wise activation follows each space (``{space: "relu"}``):
+what an identity layer inserted before it keeps (see :mod:`flaxsurgery.activations`).
 """
 
 from __future__ import annotations
@@ -87,12 +89,25 @@ class _Outputs:
         return "OUTPUTS"
 
 
+class _Activations:
+    """The layout key that says which activation follows each space (use :data:`ACTIVATIONS`)."""
+
+    def __repr__(self) -> str:
+        return "ACTIVATIONS"
+
+    def __reduce__(self):
+        return "ACTIVATIONS"
+
+
 WINDOW = _Window()
 """A layout entry for a conv kernel's spatial axis: a window, padded or cropped, no units."""
 MIXING = _Mixing()
 """A layout key: its value lists the spaces whose units the forward pass mixes (a softmax, a norm)."""
 OUTPUTS = _Outputs()
 """A layout key: its value lists the model's output spaces, output spaces whatever axes carry them."""
+ACTIVATIONS = _Activations()
+"""A layout key: its value maps each space to the element-wise activation that follows it."""
+_NOT_LEAVES = (MIXING, OUTPUTS, ACTIVATIONS)
 
 AxisSpec = str | Flat | Concat | Grid | _Window | None
 
@@ -112,9 +127,16 @@ def output_spaces(layout: Mapping) -> frozenset:
     return frozenset(layout.get(OUTPUTS, ()))
 
 
+def activations_of(layout: Mapping) -> Mapping | None:
+    """The layout's :data:`ACTIVATIONS` entry ``{space: activation name}``, or None if it has
+    none (then no claim rests on which activation follows a space)."""
+    return layout.get(ACTIVATIONS)
+
+
 def leaf_entries(layout: Mapping) -> dict:
-    """A layout without its [`MIXING`][flaxsurgery.MIXING] and [`OUTPUTS`][flaxsurgery.OUTPUTS] keys: ``{leaf path: axes}``."""
-    return {path: axes for path, axes in layout.items() if path is not MIXING and path is not OUTPUTS}
+    """A layout without its :data:`MIXING`, :data:`OUTPUTS` and :data:`ACTIVATIONS` keys:
+    ``{leaf path: axes}``."""
+    return {path: axes for path, axes in layout.items() if not any(path is k for k in _NOT_LEAVES)}
 
 
 def as_grid(axis: AxisSpec) -> AxisSpec:

@@ -44,6 +44,7 @@ class Context:
     problems: list
     neutral: dict
     facts: dict = dataclasses.field(default_factory=dict)
+    margins: dict = dataclasses.field(default_factory=dict)  # output space -> claims.Margin
     indices: dict = dataclasses.field(default_factory=dict)
     self_paired: set = dataclasses.field(default_factory=set)  # spaces an old leaf carries to the same space
 

@@ -158,7 +158,10 @@ class SpaceInfo:
 class Plan:
     """A transplant plan: static leaf plans plus their index arrays (the pytree's leaves).
 
-    Build one with [`plan`][flaxsurgery.plan]; apply it with [`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]. A plan can be
+    ``layer_inits`` holds ``(layer, init, preserves)`` per new or dropped layer and
+    ``layer_notes`` ``(layer, why)`` where the report gives a reason.
+
+    Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
     closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
     read-only, so a plan cannot be changed after it is built.
     """
@@ -170,16 +173,18 @@ class Plan:
     new_treedef: Any
     spaces: tuple
     layer_inits: tuple
+    layer_notes: tuple = ()
 
     def tree_flatten(self):
         static = (self.leaves, self.old_shapes, self.old_treedef, self.new_treedef, self.spaces,
-                  self.layer_inits)
+                  self.layer_inits, self.layer_notes)
         return (self.arrays,), static
 
     @classmethod
     def tree_unflatten(cls, static, children):
-        leaves, old_shapes, old_treedef, new_treedef, spaces, layer_inits = static
-        return cls(leaves, children[0], old_shapes, old_treedef, new_treedef, spaces, layer_inits)
+        leaves, old_shapes, old_treedef, new_treedef, spaces, layer_inits, layer_notes = static
+        return cls(leaves, children[0], old_shapes, old_treedef, new_treedef, spaces, layer_inits,
+                   layer_notes)
 
     def space(self, name: str) -> SpaceInfo:
         for info in self.spaces:
@@ -200,7 +205,7 @@ class Plan:
 
     def exactness(self) -> str:
         """The weakest guarantee over every space and new layer: ``"function"`` (outputs on the
-        old units unchanged, identity layers assumed after ReLU), ``"greedy"`` or ``"none"``."""
+        old units unchanged), ``"policy"``, ``"greedy"`` or ``"none"``."""
         levels = [s.preserves for s in self.spaces] + [e for _, _, e in self.layer_inits]
         return min(levels, key=EXACTNESS.index, default="function")
 
@@ -246,11 +251,13 @@ class Plan:
             )
             if s.why:
                 lines.append(f"  {s.name}: {s.why}")
+        notes = dict(self.layer_notes)
         for layer, init, exact in self.layer_inits:
             if init == "dropped":
                 lines.append(f"dropped old layer {layer}: preserves {exact}")
                 continue
-            note = " (after an idempotent activation such as ReLU)" if init == "identity" else ""
-            lines.append(f"new layer {layer}: {init}, preserves {exact}{note}")
+            lines.append(f"new layer {layer}: {init}, preserves {exact}")
+            if layer in notes:
+                lines.append(f"  {layer}: {notes[layer]}")
         lines.append(f"overall: preserves {self.exactness()}")
         return "\n".join(lines)

@@ -19,10 +19,11 @@ rule                     inputs / hidden units                       outputs (ac
                                                                      old Q is negative
 ``fresh_in_zero_out()``  function exactly                            neither
 ``mean(offset)``         function exactly (outgoing weights are 0)   greedy action when
-                                                                     ``offset`` is below
-                                                                     ``-GREEDY_MARGIN``; the
-                                                                     sampled policy too when it
-                                                                     is below ``-POLICY_MARGIN``
+                                                                     ``offset`` is below minus
+                                                                     :func:`greedy_margin` (or
+                                                                     is ``"auto"``); the sampled
+                                                                     policy too when it is also
+                                                                     below ``-POLICY_MARGIN``
 ``copy_of(k, offset)``   function exactly (outgoing weights are 0)   as ``mean``
 ``split(k, ratio)``      function exactly (Net2Net: the new unit     neither
                          computes unit k's value; k's outgoing
@@ -42,9 +43,10 @@ BatchNorm, not LayerNorm (whose statistics span the features).
 
 New layers (no source in the old network) start from a layer init: ``"identity"`` (kernel 1
 where the input unit's ID equals the output unit's ID, a conv kernel's centre tap only; bias 0;
-norm scale and variance 1), which preserves the function after an idempotent activation such as
-ReLU; ``"near_identity"`` (identity plus ``0.01`` times the fresh kernel: the seeds' rule, not
-exact); ``"fresh"``; ``"zeros"`` (the neutral value).
+norm scale and variance 1), which preserves the function where the activation after the new
+layer keeps the values before it (none at all, or ReLU after ReLU: see
+:mod:`flaxsurgery.activations`); ``"near_identity"`` (identity plus ``0.01`` times the fresh
+kernel: the seeds' rule, not exact); ``"fresh"``; ``"zeros"`` (the neutral value).
 """
 
 from __future__ import annotations
@@ -65,8 +67,13 @@ EXACTNESS: tuple = get_args(Exactness)
 LayerInit = Literal["identity", "near_identity", "fresh", "zeros"]
 LAYER_INITS: tuple = get_args(LayerInit)
 NEAR_IDENTITY_NOISE = 0.01
-# Below the mean of the old Q-values by more than float32 rounding of Q-values up to ~1e4.
+# The least margin of ``mean(offset="auto")``, the preserving preset's: a new action starts at
+# least this far below the old ones (more where the outputs are large or the dtype coarse: see
+# :func:`greedy_margin`).
 GREEDY_MARGIN = 1e-3
+# ``offset=AUTO``: the margin follows the old output layer's magnitude and dtype on the tree at
+# hand (:func:`greedy_margin`), resolved when the plan is built.
+AUTO = "auto"
 # New actions' logits this far below the mean of the old ones: a new action's probability is at
 # most exp(-20) ~ 2e-9 of the most likely old action's, so the sampled policy is kept (KL < 1e-8
 # per new action). An on-policy learner then almost never tries the new action (docs/agents.md).
@@ -161,16 +168,23 @@ class _Margin:
     def promise(self, role: Role) -> tuple[Exactness, str]:
         if role != "output":
             return super().promise(role)
+        if self.offset == AUTO:
+            return "greedy", ""
         if self.offset < 0:
             return ("policy" if -self.offset >= POLICY_MARGIN else "greedy"), ""
         return "none", (f"offset {self.offset:g} is not negative, so a tie (above 0, any input) can "
-                        f"go to a new action; use an offset below -{GREEDY_MARGIN:g}")
+                        f"go to a new action; use offset='auto' (a margin that follows the outputs' "
+                        f"magnitude and dtype)")
+
+    def resolved(self, margin: float) -> Rule:
+        """This rule with ``offset="auto"`` replaced by ``-margin`` (the margin the tree needs)."""
+        return dataclasses.replace(self, offset=-float(margin)) if self.offset == AUTO else self
 
 
 @dataclasses.dataclass(frozen=True)
 class Mean(_Margin, Rule):
     outgoing: Fill = Fill.NEUTRAL
-    offset: float = 0.0
+    offset: float | str = 0.0
     name: ClassVar[str] = "mean"
     incoming: ClassVar[Fill] = Fill.MEAN
 
@@ -224,7 +238,7 @@ class _FromSource(Rule):
 @dataclasses.dataclass(frozen=True, eq=True)
 class Copy(_Margin, _FromSource):
     source: Source = None
-    offset: float = 0.0
+    offset: float | str = 0.0
     name: ClassVar[str] = "copy_of"
     incoming: ClassVar[None] = None  # every new unit's incoming weights are its source's
     outgoing: ClassVar[Fill] = Fill.NEUTRAL
@@ -286,44 +300,55 @@ def fresh_in_zero_out() -> Rule:
 _OUTGOING = {"zeros": Fill.NEUTRAL, "fresh": Fill.FRESH, "mean": Fill.MEAN}
 
 
-def mean(outgoing: str = "zeros", offset: float = 0.0) -> Rule:
+def mean(outgoing: str = "zeros", offset: float | str = 0.0) -> Rule:
     """Incoming weights (and bias) are the mean over the old units, `offset` added to the bias.
     For a new action the Q-value is the mean of the old Q-values plus `offset`, never above their
     max: preserves the greedy action. With ``offset=0`` a tie (one old action, or old Q-values
-    equal up to float rounding) can still go to the new action; a small negative offset rules
-    that out (the "preserving" preset uses ``-GREEDY_MARGIN``). For inputs and hidden units
-    (with zero outgoing weights) preserves the function. ``outgoing="mean"`` makes a new
-    embedding token the mean of the old tokens.
+    equal up to float rounding) can still go to the new action; a negative offset larger than
+    the rounding of the outputs rules that out: ``offset="auto"`` (the "preserving" preset's)
+    derives it from the old output layer on the tree at hand (:func:`greedy_margin`). For
+    inputs and hidden units (with zero outgoing weights) preserves the function.
+    ``outgoing="mean"`` makes a new embedding token the mean of the old tokens.
 
     Args:
       outgoing: how a new unit's outgoing weights start: ``"zeros"`` (the neutral value),
         ``"fresh"`` or ``"mean"``.
-      offset: added to a new output unit's bias.
+      offset: added to a new output unit's bias, or ``"auto"``: minus :func:`greedy_margin`.
 
     Raises:
-      ValueError: for another `outgoing`.
+      ValueError: for another `outgoing`, or an offset that is neither a number nor "auto".
 
-    >>> mean().exactness("output"), mean(offset=-1e-3).exactness("output")
+    >>> mean().exactness("output"), mean(offset="auto").exactness("output")
     ('none', 'greedy')
     """
     if outgoing not in _OUTGOING:
         raise ValueError(f"mean(outgoing=...) must be one of {tuple(_OUTGOING)}, got {outgoing!r}")
-    return Mean(outgoing=_OUTGOING[outgoing], offset=float(offset))
+    return Mean(outgoing=_OUTGOING[outgoing], offset=_offset(offset))
 
 
-def copy_of(source: Source, offset: float = 0.0) -> Rule:
+def _offset(offset) -> float | str:
+    if offset == AUTO:
+        return AUTO
+    try:
+        return float(offset)
+    except (TypeError, ValueError):
+        raise ValueError(f"offset must be a number or {AUTO!r}, got {offset!r}") from None
+
+
+def copy_of(source: Source, offset: float | str = 0.0) -> Rule:
     """Incoming weights copied from old unit `source`, `offset` added to its bias, outgoing zero.
-    For a new action with ``offset < 0`` its Q is below the copied action's, so the greedy action
-    is kept exactly; with ``offset >= 0`` neither is kept.
+    For a new action with an offset below minus the outputs' rounding (``"auto"``: see
+    :func:`greedy_margin`) its Q is below the copied action's, so the greedy action is kept
+    exactly; with ``offset >= 0`` neither is kept.
 
     Args:
       source: the old unit ID to copy, or a mapping new unit ID -> old unit ID.
-      offset: added to the copied bias.
+      offset: added to the copied bias, or ``"auto"``.
 
     >>> copy_of("left", offset=-1.0).exactness("output")
     'greedy'
     """
-    return Copy(source=source, offset=float(offset))
+    return Copy(source=source, offset=_offset(offset))
 
 
 def split(source: Source, ratio: float = 0.4) -> Rule:
@@ -346,12 +371,34 @@ def split(source: Source, ratio: float = 0.4) -> Rule:
     return Split(source=source, ratio=float(ratio))
 
 
-def greedy_margin(dtypes) -> float:
-    """How far below the old values a new action's value must start for a tie in `dtypes` never to
-    go to it: `GREEDY_MARGIN` for float32, scaled by the coarsest dtype's rounding."""
+def greedy_margin(magnitude: float, terms: int, dtypes) -> float:
+    """How far below the old outputs a new output must start for float rounding never to give it
+    a tie: ``max(GREEDY_MARGIN, 2 * (terms + 1) * eps * magnitude)``.
+
+    Each output is a sum of `terms` products plus a bias; computed in a dtype of machine epsilon
+    ``eps`` (the coarsest of `dtypes`), it is off by at most ``terms * eps`` times the sum of its
+    terms' magnitudes (the standard bound for a dot product), `magnitude`; two outputs by twice
+    that. A new action that starts further below the old ones than this can neither round up to
+    an old action's value nor take a tie (argmax picks the first of equal values, and a new
+    action may come first in the ID list). The margin also exceeds the spacing of the bias values
+    it is added to, so the offset survives its own rounding.
+
+    Args:
+      magnitude: the largest ``|bias_j| + R * sum_i |kernel_ij|`` over the old output units,
+        where R bounds the values the output layer reads (1 where the activation before it is
+        unbounded: the margin then holds where they stay within +-1 of their typical scale,
+        ``docs/rules.md``).
+      terms: the number of products in each output's sum (the output layer's fan-in).
+      dtypes: the dtypes of the leaves that hold the outputs' units.
+
+    >>> greedy_margin(1.0, 64, ["float32"])  # small outputs: the floor
+    0.001
+    >>> round(greedy_margin(1e4, 64, ["float32"]), 3)  # |Q| ~ 1e4 needs more than 1e-3
+    0.155
+    """
     eps = max((float(jnp.finfo(d).eps) for d in dtypes if jnp.issubdtype(d, jnp.floating)),
               default=float(jnp.finfo(jnp.float32).eps))
-    return GREEDY_MARGIN * eps / float(jnp.finfo(jnp.float32).eps)
+    return max(GREEDY_MARGIN, 2.0 * (terms + 1) * eps * float(magnitude))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +417,7 @@ class Preset:
 PresetName = Literal["preserving", "policy", "seed"]
 PRESETS: dict[PresetName, Preset] = {
     # Function-preserving: new inputs ignored, new hidden units silent, new actions never greedy.
-    "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=-GREEDY_MARGIN),
+    "preserving": Preset(input=zeros(), hidden=fresh_in_zero_out(), output=mean(offset=AUTO),
                          layer="identity"),
     # As preserving, for stochastic policies: new actions' logits far below the old ones, so the
     # sampled policy (not only the greedy action) is kept.

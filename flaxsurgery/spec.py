@@ -19,8 +19,21 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import init_exactness, space_info, summarise_layer
-from flaxsurgery.layout import carries_units, mixing_spaces, output_axis, output_spaces, spaces_in
+from flaxsurgery.claims import (
+    init_claim,
+    output_margins,
+    resolve_margins,
+    space_info,
+    summarise_layer,
+)
+from flaxsurgery.layout import (
+    activations_of,
+    carries_units,
+    mixing_spaces,
+    output_axis,
+    output_spaces,
+    spaces_in,
+)
 from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan
@@ -33,7 +46,9 @@ IdSpec = int | Sequence[Hashable]
 class Spec:
     """What to transplant, as a value: [`plan`][flaxsurgery.plan]'s arguments without the trees. Pass it where
     a plan goes (``fs.transplant(old, spec, fresh)``); it builds the plan on first use, once per
-    tree structure and shapes, so it also works inside ``jax.jit``.
+    tree structure and shapes, so it also works inside ``jax.jit``. A new action's margin
+    (``offset="auto"``) is that of the tree the plan is first built from (under ``jax.jit``: no
+    values are seen, the least margin is taken and no claim is made for new actions).
 
     >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
     >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")
@@ -136,13 +151,17 @@ def plan(
     roles = {**old_roles, **new_roles}
     preset_rules = rules_lib.PRESETS[preset]
     chosen = _space_rules(args.rules, roles, preset_rules, ids, problems)
+    margins = output_margins(old_leaves, old_axes, roles, activations_of(args.layout))
+    chosen = resolve_margins(chosen, margins)
     sources = _leaf_sources(old_leaves, new_leaves, args.layer_map, args.leaf_rules, args.drop, problems)
     _check_pairing(sources, args.layer_map, old_axes, new_axes, old_roles, new_roles, problems)
 
-    ctx = Context(ids, chosen, problems, args.neutral)
+    ctx = Context(ids, chosen, problems, args.neutral, margins=margins)
     leaf_plans, arrays, new_layer_leaves = _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources,
                                                        args.leaf_rules, preset_rules.layer, ctx)
-    layer_inits = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop), ctx)
+    input_spaces = {name for name, role in new_roles.items() if role == "input"}
+    layer_inits, layer_notes = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop),
+                                            ctx, activations_of(args.new_layout), input_spaces)
     infos = tuple(
         space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
         for name in sorted(ids, key=str)
@@ -157,6 +176,7 @@ def plan(
         new_treedef=new_treedef,
         spaces=infos,
         layer_inits=layer_inits,
+        layer_notes=layer_notes,
     )
 
 
@@ -179,14 +199,18 @@ def _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources, leaf_rules,
     return leaf_plans, arrays, new_layer_leaves
 
 
-def _layer_inits(new_layer_leaves, dropped_layers, ctx) -> tuple:
-    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits)."""
-    inits: dict = {layer: {("dropped", "none")} for layer in dropped_layers}
+def _layer_inits(new_layer_leaves, dropped_layers, ctx, activations, input_spaces) -> tuple:
+    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits), and
+    the reasons (see Plan.layer_notes)."""
+    inits: dict = {layer: {("dropped", "none", "")} for layer in dropped_layers}
     for leaf, arr, axes in new_layer_leaves:
         out = output_axis(axes)
         writes_old = out is not None and any(s in ctx.self_paired for s in spaces_in(axes[out]))
-        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, init_exactness(leaf, arr, writes_old)))
-    return tuple(summarise_layer(layer, found) for layer, found in sorted(inits.items()))
+        claim = init_claim(leaf, arr, writes_old, axes, activations, input_spaces)
+        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, *claim))
+    summaries = [summarise_layer(layer, found) for layer, found in sorted(inits.items())]
+    notes = tuple((summary[0], why) for summary, why in summaries if why)
+    return tuple(summary for summary, _ in summaries), notes
 
 
 def _raise(problems: list[str]) -> None:

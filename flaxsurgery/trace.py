@@ -38,8 +38,19 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core as jcore
 
+from flaxsurgery.activations import activations_after
 from flaxsurgery.forward import trace_forward
-from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, AxisSpec, Concat, Flat, Grid, spaces_in
+from flaxsurgery.layout import (
+    ACTIVATIONS,
+    MIXING,
+    OUTPUTS,
+    WINDOW,
+    AxisSpec,
+    Concat,
+    Flat,
+    Grid,
+    spaces_in,
+)
 from flaxsurgery.paths import path_name
 
 try:  # Only for error messages; private, so its absence must not break tracing.
@@ -903,8 +914,9 @@ def trace_layout(
 
     Returns:
       ``{leaf path: tuple of axis entries}`` for every leaf of the variables, in the format
-      [`flaxsurgery.plan`][flaxsurgery.plan] takes (entries: a space name, None, [`Flat`][flaxsurgery.Flat], and where
-      needed [`Concat`][flaxsurgery.Concat] / [`Grid`][flaxsurgery.Grid]).
+      :func:`flaxsurgery.plan` takes (entries: a space name, None, :class:`Flat`, and where
+      needed :class:`Concat` / :class:`Grid`), and under ``ACTIVATIONS`` the activation that
+      follows each space (see :mod:`flaxsurgery.activations`).
 
     Raises:
       ValueError: for a primitive the tracer does not know, for units moved in a way a layout
@@ -916,7 +928,8 @@ def trace_layout(
     >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((4, 3)))
     >>> trace_layout(model.apply, variables, jnp.zeros((4, 3)), input_names=["obs"])
     {'params/layers_0/bias': ('layers_0',), 'params/layers_0/kernel': ('obs', 'layers_0'), \
-'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out'), OUTPUTS: ('out',)}
+'params/layers_2/bias': ('out',), 'params/layers_2/kernel': ('layers_0', 'out'), OUTPUTS: ('out',), \
+ACTIVATIONS: {'layers_0': 'relu', 'out': 'linear'}}
     """
     return traced_model(fn, *args, input_names=input_names).layout
 
@@ -963,6 +976,7 @@ def traced_model(fn: Any, *args: Any, input_names: Sequence[str] | None = None) 
     layout, sizes = _resolve(g, leaves, params, input_axes, output_axes, walker.use_order,
                              isinstance(variables, dict) and "params" in variables)
     paths = [path for path, _ in leaves]
+    layout[ACTIVATIONS] = activations_after(closed, paths, layout)  # what identity layers keep
     first = [paths[i] for i in walker.use_order]
     order = tuple(dict.fromkeys(first + paths))
     return TracedModel(layout, order, tuple(names), types.MappingProxyType(sizes))

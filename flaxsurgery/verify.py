@@ -12,6 +12,13 @@ import numpy as np
 from flaxsurgery.paths import path_name
 from flaxsurgery.plans import Plan
 
+# The relative difference (``max_rel_diff``) that float rounding alone gives a transplant that
+# keeps the function but changes the order of a sum (a wider layer adds zero terms; XLA may split
+# the sum differently): 32 units in the last place of the dtype. A claimed function holds when
+# ``max_rel_diff`` is within this; copy these, not an absolute threshold such as 1e-5, which a
+# network with outputs around 100 exceeds by rounding alone.
+ROUNDING = {name: 32 * float(jnp.finfo(name).eps) for name in ("float32", "float16", "bfloat16", "float64")}
+
 
 class VerifyReport(NamedTuple):
     """What [`verify`][flaxsurgery.verify.verify] measured.
@@ -19,17 +26,22 @@ class VerifyReport(NamedTuple):
     Attributes:
       max_abs_diff: ``max |f_new(x) - f_old(x)|`` over the samples and the output units both
         networks have.
+      max_rel_diff: ``max_abs_diff`` divided by the largest ``|f_old(x)|`` over the same
+        samples and units: the difference relative to the outputs' magnitude, comparable
+        across scales; rounding alone gives up to :data:`ROUNDING` of the outputs' dtype.
       greedy_agreement: fraction of samples whose argmax output has the same unit ID in both.
       samples: number of samples compared.
-      policy_kl: the largest ``KL(old || new)`` over the samples between the softmax
-        distributions of the outputs read as logits (the new one over the old units' IDs): what
-        a stochastic policy's sampling changes.
+      policy_kl: only where the outputs are declared a policy's logits (``verify(...,
+        logits=True)``; None otherwise: Q-values are not a policy): the largest ``KL(old ||
+        new)`` over the samples between the softmax distributions of the outputs (the new one
+        over the old units' IDs), what a stochastic policy's sampling changes.
     """
 
     max_abs_diff: float
+    max_rel_diff: float
     greedy_agreement: float
     samples: int
-    policy_kl: float = 0.0
+    policy_kl: float | None = None
 
 
 def map_units(x: jnp.ndarray, plan: Plan, space: str, fill: float = 0.0) -> jnp.ndarray:
@@ -55,6 +67,7 @@ def verify(
     inputs: str | None = None,
     outputs: str | None = None,
     x_new: jnp.ndarray | None = None,
+    logits: bool = False,
 ) -> VerifyReport:
     """Compares the old and new networks on the same samples.
 
@@ -67,7 +80,10 @@ def verify(
         plan's one input space.
       outputs: the output space, compared on the units both networks have. Default: the plan's
         one output space.
-      x_new: samples for the new network (default: `x_old` mapped by [`map_units`][flaxsurgery.map_units]).
+      x_new: samples for the new network (default: `x_old` mapped by :func:`map_units`).
+      logits: whether the outputs are a policy's logits (a categorical's): then the report's
+        ``policy_kl`` measures how the sampled policy changed. Q-values are not a policy: a
+        greedy agent's policy is the argmax, which ``greedy_agreement`` measures.
 
     Returns:
       A [`VerifyReport`][flaxsurgery.VerifyReport].
@@ -80,16 +96,27 @@ def verify(
     info = plan.space(outputs)
     index = info.index()
     kept = index >= 0
-    diff = np.abs(y_new[..., kept] - y_old[..., index[kept]])
+    y_old64, y_new64 = y_old.astype(np.float64), y_new.astype(np.float64)
+    diff = np.abs(y_new64[..., kept] - y_old64[..., index[kept]])
     old_ids = np.array(info.old_ids, dtype=object)
     new_ids = np.array(info.new_ids, dtype=object)
     agree = old_ids[y_old.argmax(-1)] == new_ids[y_new.argmax(-1)]
+    max_abs = float(diff.max()) if diff.size else 0.0
     return VerifyReport(
-        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        max_abs_diff=max_abs,
+        max_rel_diff=_relative(max_abs, np.abs(y_old64[..., index[kept]])),
         greedy_agreement=float(np.mean(agree)),
         samples=int(np.prod(y_old.shape[:-1])),
-        policy_kl=_policy_kl(y_old, y_new, index),
+        policy_kl=_policy_kl(y_old64, y_new64, index) if logits else None,
     )
+
+
+def _relative(max_abs: float, magnitudes: np.ndarray) -> float:
+    """`max_abs` over the largest old output magnitude (0 when both are 0: nothing differs)."""
+    scale = float(magnitudes.max()) if magnitudes.size else 0.0
+    if scale == 0.0:
+        return 0.0 if max_abs == 0.0 else float("inf")
+    return max_abs / scale
 
 
 def _select(y, outputs: str) -> np.ndarray:
@@ -121,8 +148,8 @@ def _policy_kl(y_old: np.ndarray, y_new: np.ndarray, index: np.ndarray) -> float
     """max over samples of KL(softmax(old) || softmax(new) at the old units), in float64."""
     if not (index >= 0).any():
         return 0.0
-    log_old = _log_softmax(y_old.astype(np.float64))
-    log_new = _log_softmax(y_new.astype(np.float64))
+    log_old = _log_softmax(y_old)
+    log_new = _log_softmax(y_new)
     at_old = np.full(log_old.shape, -np.inf)
     at_old[..., index[index >= 0]] = log_new[..., index >= 0]
     p_old = np.exp(log_old)

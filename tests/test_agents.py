@@ -110,7 +110,7 @@ def test_policy_preset_keeps_the_sampled_policy():
     preserving = fs.surgery(old_m, old, new_m, fresh, x[:4], spaces={"out": ACTIONS})
     policy = fs.surgery(old_m, old, new_m, fresh, x[:4], spaces={"out": ACTIONS}, preset="policy")
     assert preserving.plan.exactness() == "greedy" and policy.plan.exactness() == "policy"
-    kept, moved = policy.verify(x), preserving.verify(x)
+    kept, moved = policy.verify(x, logits=True), preserving.verify(x, logits=True)
     assert kept.policy_kl <= 1e-6 and kept.greedy_agreement == 1.0
     assert moved.policy_kl > 1e-2  # the mean rule moves sampled probability to the new action
 
@@ -139,7 +139,7 @@ def test_an_output_selector_traces_distribution_outputs():
         fs.trace_layout(old_m.apply, old, x)
     result = fs.surgery(old_m, old, new_m, fresh, x, spaces={"out": ACTIONS}, preset="policy",
                         output=lambda dist: dist.logits)
-    assert result.verify(jax.random.normal(jax.random.key(2), (64, 3))).policy_kl <= 1e-6
+    assert result.verify(jax.random.normal(jax.random.key(2), (64, 3)), logits=True).policy_kl <= 1e-6
 
 
 def test_input_names_survive_an_output_selector_and_unknown_spaces_raise():

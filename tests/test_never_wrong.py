@@ -66,10 +66,11 @@ def problems_of(excinfo) -> list[str]:
 
 def check_claims(plan, old_fn, new_fn, x, outputs="out"):
     """Whatever the plan claims, checked: the claim and the report."""
-    report = fs.verify(old_fn, new_fn, x, plan, outputs=outputs)
+    report = fs.verify(old_fn, new_fn, x, plan, outputs=outputs, logits=True)  # the KL too
     claim = plan.exactness()
     if claim == "function":
         assert report.max_abs_diff <= 1e-5, (plan.report(), report)
+        assert report.max_rel_diff <= fs.ROUNDING["float32"], (plan.report(), report)
     if claim in ("function", "policy", "greedy"):
         assert report.greedy_agreement == 1.0, (plan.report(), report)
     if claim == "policy":
@@ -387,8 +388,12 @@ def test_a_bias_named_otherwise_takes_the_margin():
 def test_a_margin_too_small_for_the_dtype_is_not_greedy():
     old = {"w": np.ones((3, 2), jnp.bfloat16), "bias": np.ones(2, jnp.bfloat16)}
     new = {"w": np.ones((3, 3), jnp.bfloat16), "bias": np.ones(3, jnp.bfloat16)}
-    plan = fs.plan(old, new, {"w": ("obs", "out"), "bias": ("out",)})
+    layout = {"w": ("obs", "out"), "bias": ("out",)}
+    plan = fs.plan(old, new, layout, rules={"out": fs.mean(offset=-GREEDY_MARGIN)})
     assert plan.space("out").preserves == "none" and "bfloat16" in plan.space("out").why
+    auto = fs.plan(old, new, layout)  # the preset's margin follows the dtype
+    assert auto.space("out").preserves == "greedy"
+    assert float(fs.transplant(old, auto)["bias"][2]) < 1.0
 
 
 def test_neutral_values_follow_the_leaf_and_unknown_names_are_asked_for():

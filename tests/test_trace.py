@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import flaxsurgery as fs
-from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW
+from flaxsurgery.layout import ACTIVATIONS, MIXING, OUTPUTS, WINDOW
 from flaxsurgery.rules import GREEDY_MARGIN
 from flaxsurgery.trace import Concat, Flat, trace_layout
 from tests.conftest import MLP
@@ -20,8 +20,8 @@ KEY, FRESH_KEY = jax.random.key(0), jax.random.key(1)
 
 
 def without_outputs(layout: dict) -> dict:
-    """A traced layout without its OUTPUTS key (tested on its own, below)."""
-    return {k: v for k, v in layout.items() if k is not OUTPUTS}
+    """A traced layout without its OUTPUTS and ACTIVATIONS keys (tested on their own)."""
+    return {k: v for k, v in layout.items() if k is not OUTPUTS and k is not ACTIVATIONS}
 
 def sample(*shape, seed=0):
     return jax.random.normal(jax.random.key(100 + seed), shape)

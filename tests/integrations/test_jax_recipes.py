@@ -165,7 +165,7 @@ def test_purejaxrl_ppo_recipe(purejaxrl_agent):
                      output=lambda out: out[0].logits, input_names=("obs",), preset="policy",
                      spaces={"obs": ACROBOT_OBS, "out": ACROBOT_ACTIONS}, reset=("schedule",))
     # --- end
-    report = new.verify(obs)
+    report = new.verify(obs, logits=True)
     print("purejaxrl:", report, new.plan.exactness())
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     assert report.policy_kl <= 1e-6
@@ -366,7 +366,7 @@ def test_rejax_ppo_recipe():
                         spaces={"obs": ACROBOT_OBS})
     new = fresh.replace(actor_ts=actor.state, critic_ts=critic.state, obs_rms_state=actor.normalizer)
     # --- end
-    report = actor.verify(x)
+    report = actor.verify(x, logits=True)
     print("rejax:", report, actor.plan.exactness(), critic.plan.exactness())
     assert actor.plan.exactness() == "policy" and critic.plan.exactness() == "function"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0 and report.policy_kl <= 1e-6

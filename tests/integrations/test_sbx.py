@@ -112,7 +112,7 @@ def ppo_recipe(old_path, old_norm, new_env, raw_samples, model_path, norm_path):
     critic = fs.surgery(old.policy.vf_state.apply_fn, old.policy.vf_state,
                         new.policy.vf_state.apply_fn, new.policy.vf_state, samples,
                         spaces={"obs": OBS}, input_names=["obs"])
-    report = actor.verify(samples)
+    report = actor.verify(samples, logits=True)  # a policy's logits: policy_kl too
     new.policy.actor_state, new.policy.vf_state = actor.state, critic.state
     new_env.obs_rms, new_env.ret_rms = actor.normalizer, old_norm.ret_rms
     new.save(model_path)
@@ -235,7 +235,7 @@ def test_sbx_ppo_with_vecnormalize_load_surgery_save_learn(old_ppo, states, tmp_
     mean_rule = fs.surgery(old.policy.actor_state.apply_fn, old.policy.actor_state,
                            new.policy.actor_state.apply_fn, new.policy.actor_state, x_old,
                            spaces={"obs": OBS, "out": ACTIONS}, input_names=["obs"],
-                           output=lambda dist: dist.logits).verify(x_old)
+                           output=lambda dist: dist.logits).verify(x_old, logits=True)
     print(f"SBX PPO with preset='preserving': {mean_rule}")
     assert mean_rule.greedy_agreement == 1.0 and mean_rule.policy_kl > 1e-2
     fresh = new_norm.obs_rms
