@@ -99,7 +99,7 @@ def output_margins(old_leaves: dict, old_axes: dict, roles: dict, activations) -
         leaf = old_leaves[path]
         entry = sums.setdefault(space, {"per_unit": 0.0, "terms": 0, "dtypes": set(), "abstract": False})
         entry["dtypes"].add(np.dtype(leaf.dtype))
-        if not _concrete(leaf):
+        if not has_values(leaf):
             entry["abstract"] = True
             continue
         values = np.moveaxis(np.abs(np.asarray(leaf, np.float64)), out, -1)
@@ -121,8 +121,9 @@ def output_margins(old_leaves: dict, old_axes: dict, roles: dict, activations) -
     return margins
 
 
-def _concrete(leaf) -> bool:
-    return isinstance(leaf, (np.ndarray, np.generic)) or \
+def has_values(leaf) -> bool:
+    """Whether a leaf holds values (an array), not only a shape (a tracer, a ShapeDtypeStruct)."""
+    return isinstance(leaf, (np.ndarray, np.generic, int, float)) or \
         isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
 
 

@@ -11,6 +11,7 @@ pure ``jax.numpy``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
 from flaxsurgery.claims import (
+    has_values,
     init_claim,
     output_margins,
     resolve_margins,
@@ -45,10 +47,11 @@ IdSpec = int | Sequence[Hashable]
 @dataclasses.dataclass(frozen=True, eq=False)
 class Spec:
     """What to transplant, as a value: [`plan`][flaxsurgery.plan]'s arguments without the trees. Pass it where
-    a plan goes (``fs.transplant(old, spec, fresh)``); it builds the plan on first use, once per
-    tree structure and shapes, so it also works inside ``jax.jit``. A new action's margin
-    (``offset="auto"``) is that of the tree the plan is first built from (under ``jax.jit``: no
-    values are seen, the least margin is taken and no claim is made for new actions).
+    a plan goes (``fs.transplant(old, spec, fresh)``). Under ``jax.jit`` it builds the plan once
+    per tree structure and shapes: no values are seen there, so a new action takes the least
+    margin and the plan claims nothing for it. For an old tree with values it plans on every
+    call, so what the plan claims (a new action's margin follows the outputs' magnitude,
+    ``offset="auto"``) is always derived from the tree at hand, never from an earlier one.
 
     >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
     >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")
@@ -67,15 +70,20 @@ class Spec:
     _plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def plan_for(self, old_tree: Any, new_tree: Any) -> Plan:
-        """The plan for these trees (built once per structure, shapes and dtypes)."""
+        """The plan for these trees: built once per structure, shapes and dtypes for an old tree
+        without values (traced, or shapes only); built anew for one with values, whose margins
+        (and so claims) may differ from an earlier tree's of the same shapes."""
+        build = functools.partial(
+            plan, old_tree, new_tree, self.layout, new_layout=self.new_layout, spaces=self.spaces,
+            layer_map=self.layer_map, rules=self.rules, preset=self.preset,
+            leaf_rules=self.leaf_rules, drop=self.drop, neutral=self.neutral)
+        if all(has_values(x) for x in jax.tree_util.tree_leaves(old_tree)):
+            return build()
         key = tuple((jax.tree_util.tree_structure(t),
                      tuple((np.shape(x), str(x.dtype)) for x in jax.tree_util.tree_leaves(t)))
                     for t in (old_tree, new_tree))
         if key not in self._plans:
-            self._plans[key] = plan(
-                old_tree, new_tree, self.layout, new_layout=self.new_layout, spaces=self.spaces,
-                layer_map=self.layer_map, rules=self.rules, preset=self.preset,
-                leaf_rules=self.leaf_rules, drop=self.drop, neutral=self.neutral)
+            self._plans[key] = build()
         return self._plans[key]
 
 

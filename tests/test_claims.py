@@ -207,8 +207,31 @@ def test_a_plan_from_shapes_cannot_check_the_margin_and_says_so():
     assert shapes.preserves == "none" and "shapes only" in shapes.why
     spec = fs.Spec(layout)
     jax.jit(lambda o, f: fs.transplant(o, spec, f))(old, new)  # planned from tracers: no values
-    traced = spec.plan_for(old, new).space("out")
+    traced = spec.plan_for(jax.eval_shape(lambda: old), new).space("out")  # the cached plan
     assert traced.preserves == "none" and "traced under jax.jit" in traced.why
+    assert spec.plan_for(old, new).space("out").preserves == "greedy"  # values: planned anew
+
+
+def test_a_spec_derives_each_trees_margin_from_that_tree():
+    """A Spec reused on a tree of the same shapes with outputs 1e4 times larger plans again: its
+    margin follows the larger outputs, and the claim is checked on that tree."""
+    old = {"w": np.ones((3, 2), np.float32), "bias": np.array([5.0, 5.0], np.float32)}
+    new = {"w": np.ones((3, 3), np.float32), "bias": np.ones(3, np.float32)}
+    layout = {"w": ("obs", "out"), "bias": ("out",)}
+    spec = fs.Spec(layout, spaces={"out": (["a", "b"], ["c", "a", "b"])})
+    small = spec.plan_for(old, new)
+    large_old = jax.tree_util.tree_map(lambda x: x * 1e4, old)
+    large = spec.plan_for(large_old, new)
+
+    def margin(tree, p):  # how far below the old biases the new action's bias starts
+        return float(np.asarray(tree["bias"]).max() - fs.transplant(tree, p, new)["bias"][0])
+
+    assert margin(large_old, large) > margin(old, small) > 0
+    moved = fs.transplant(large_old, large, new)
+    x = np.random.default_rng(0).standard_normal((256, 3)).astype(np.float32)
+    report = fs.verify(lambda v: v @ large_old["w"] + large_old["bias"],
+                       lambda v: v @ moved["w"] + moved["bias"], x, large, outputs="out")
+    assert large.space("out").preserves == "greedy" and report.greedy_agreement == 1.0
 
 
 # ----------------------------------------------------------------- the property: every claim, verified
