@@ -4,9 +4,9 @@ An identity layer inserted between two layers keeps the function only when the a
 follows it, ``g``, leaves unchanged every value that reaches it (``f``'s outputs): ``g(f(z)) ==
 f(z)``. That holds for ReLU after ReLU (``relu(relu(z)) == relu(z)``), ReLU6 after ReLU6,
 hard-tanh after hard-tanh, and for no activation at all; not for tanh, sigmoid, GELU, SiLU,
-leaky ReLU or ELU (``tanh(tanh(z)) != tanh(z)``). A layout's :data:`~flaxsurgery.layout.ACTIVATIONS` key says, per
+leaky ReLU or ELU (``tanh(tanh(z)) != tanh(z)``). A layout's [`ACTIVATIONS`][flaxsurgery.ACTIVATIONS] key says, per
 space, which activation the forward pass applies to the units after the layer that writes them;
-:func:`flaxsurgery.trace_layout` fills it in, and a hand-written layout may say it itself::
+[`flaxsurgery.trace_layout`][flaxsurgery.trace_layout] fills it in, and a hand-written layout may say it itself::
 
     layout[fs.ACTIVATIONS] = {"Dense_0": "relu", "Dense_1": "tanh", "out": "linear"}
 
@@ -38,7 +38,7 @@ class Activation:
     """What matters of an element-wise activation for an identity layer before it.
 
     Attributes:
-      name: as in :data:`KNOWN` and reports.
+      name: as in `KNOWN` and reports.
       values: a closed interval holding every value it returns.
       fixed: the closed interval on which it returns its input unchanged (None: no interval).
     """
@@ -82,7 +82,7 @@ def identity_layer_claim(in_space, out_space, activations: Mapping | None,
 
     Args:
       in_space, out_space: the spaces its kernel reads and writes.
-      activations: the new layout's :data:`ACTIVATIONS` entry (None where it has none).
+      activations: the new layout's [`ACTIVATIONS`][flaxsurgery.ACTIVATIONS] entry (None where it has none).
       input_spaces: the network's input spaces (raw values: any real number reaches the layer).
     """
     how = (f"trace the new model with fs.trace_layout, or say it in the new layout: "

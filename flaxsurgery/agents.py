@@ -44,9 +44,9 @@ class Surgery(NamedTuple):
       new_fn: ``inputs -> selected output`` of the new agent, for checks.
       input_space: the name of the (first) input's space.
       buffer: the moved replay buffer and the transitions it dropped (a
-        :class:`~flaxsurgery.BufferSurgery`; None if no buffer was given).
-      schedules: what each schedule given to :func:`surgery` does when training continues (a
-        :class:`~flaxsurgery.state.ScheduleValue` each: its value at the new state's count, at
+        [`BufferSurgery`][flaxsurgery.BufferSurgery]; None if no buffer was given).
+      schedules: what each schedule given to [`surgery`][flaxsurgery.surgery] does when training continues (a
+        `ScheduleValue` each: its value at the new state's count, at
         the kept and at a reset count, and whether it has reached its end).
     """
 
@@ -60,7 +60,7 @@ class Surgery(NamedTuple):
     schedules: tuple[ScheduleValue, ...] = ()
 
     def verify(self, *samples: Any, outputs: str | None = None, logits: bool = False) -> VerifyReport:
-        """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`
+        """[`flaxsurgery.verify`][flaxsurgery.verify.verify] of the old and new agent on the old agent's `samples`
         (``logits=True`` where the outputs are a policy's logits: then it reports ``policy_kl``)."""
         return verify(self.old_fn, self.new_fn, samples[0], self.plan, inputs=self.input_space,
                       outputs=outputs, logits=logits)
@@ -115,23 +115,23 @@ def surgery(
       output: selects the array that carries units from the model's output (the logits of a
         categorical, the loc of a Gaussian, one element of a tuple).
       input_names: names for the input spaces (default: the model's argument names).
-      reset: as :func:`flaxsurgery.transplant_state`: which counters restart, by kind
+      reset: as [`flaxsurgery.transplant_state`][flaxsurgery.transplant_state]: which counters restart, by kind
         (``"schedule"``, ``"bias_correction"``, ``"all"``) or by path (``"n_updates"``).
-      kinds: as :func:`flaxsurgery.transplant_state`: how unknown parameter-shaped fields move.
+      kinds: as [`flaxsurgery.transplant_state`][flaxsurgery.transplant_state]: how unknown parameter-shaped fields move.
       normalizer: observation-normalisation statistics to move along the first input's space
-        (see :func:`transplant_normalizer`; `neutral` applies to them too).
+        (see [`transplant_normalizer`][flaxsurgery.transplant_normalizer]; `neutral` applies to them too).
       buffer: the old agent's replay buffer, moved along the first input's space and the output
-        space (:func:`flaxsurgery.transplant_buffer`); new features start at the moved
+        space ([`flaxsurgery.transplant_buffer`][flaxsurgery.transplant_buffer]); new features start at the moved
         normaliser's mean when `normalizer` is given, else 0.
-      buffer_options: more keyword arguments of :func:`flaxsurgery.transplant_buffer`
+      buffer_options: more keyword arguments of [`flaxsurgery.transplant_buffer`][flaxsurgery.transplant_buffer]
         (``fields=``, ``output_space=``, ``new_features=``, ``items=``).
       schedules: ``{name: schedule}`` or ``{name: (schedule, counter path)}``: the schedules of
         the continuing run (a learning rate on optax's schedule ``count``, epsilon on the
         agent's step counter); the result says where each starts
-        (:func:`flaxsurgery.state.schedule_values`).
+        (`flaxsurgery.state.schedule_values`).
 
     Returns:
-      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, ``.buffer``,
+      A [`Surgery`][flaxsurgery.Surgery]: ``.state``, ``.plan``, ``.normalizer``, ``.buffer``,
       ``.schedules`` and ``.verify(samples)``.
 
     Raises:

@@ -1,7 +1,7 @@
 """Replay buffers moved with the network's plan: the agent's experience continues too.
 
 A replay buffer holds observations in the old network's input space and actions in its output
-space. :func:`transplant_buffer` moves every stored transition into the new agent's spaces:
+space. [`transplant_buffer`][flaxsurgery.transplant_buffer] moves every stored transition into the new agent's spaces:
 
 - observations and next observations move along the input space by unit ID (the space's units
   on their last axis): kept features are permuted, removed ones dropped, and a new feature
@@ -11,7 +11,7 @@ space. :func:`transplant_buffer` moves every stored transition into the new agen
 - actions move by the output space's IDs (an integer remap); a transition whose action was
   removed is dropped and counted, never kept pointing at another action;
 - everything else is kept: rewards, flags, the ring's write position and fill count (these
-  change only when transitions are dropped; see :func:`transplant_buffer`).
+  change only when transitions are dropped; see [`transplant_buffer`][flaxsurgery.transplant_buffer]).
 
 Buffers it knows: a ring with ``data`` and ``count`` (the project's DQN ``Buffer``), flashbax's
 ``TrajectoryBufferState`` (flat, item and trajectory buffers) and stable-baselines3's
@@ -43,7 +43,7 @@ INDEX = "index"  # a field whose values are unit indices, as in fields={"act": (
 
 
 class BufferSurgery(NamedTuple):
-    """What :func:`transplant_buffer` returns.
+    """What [`transplant_buffer`][flaxsurgery.transplant_buffer] returns.
 
     Attributes:
       buffer: the moved buffer, of the same type as the one passed in.
@@ -110,13 +110,13 @@ def transplant_buffer(
         a stored old observation (the old input space's units on the last axis) and returns an
         array of its shape without the last axis. Other new features start neutral.
       normalizer: the new agent's observation-normalisation statistics (a pytree or object with
-        a ``mean`` over the new input space, as :func:`flaxsurgery.transplant_normalizer`
+        a ``mean`` over the new input space, as [`flaxsurgery.transplant_normalizer`][flaxsurgery.transplant_normalizer]
         returns): new features start at its mean, so their normalised value is 0.
       items: the buffer's items along its time axis are whole transitions (a flashbax item
         buffer), so dropping one joins nothing.
 
     Returns:
-      A :class:`BufferSurgery`: ``.buffer`` (same type as `buffer`) and ``.dropped``.
+      A [`BufferSurgery`][flaxsurgery.BufferSurgery]: ``.buffer`` (same type as `buffer`) and ``.dropped``.
 
     Raises:
       ValueError: naming the field, for a stored observation whose last axis is not the old
@@ -411,7 +411,7 @@ def _compaction(keep, write, size, capacity: int):
 
 
 class _Adapter(NamedTuple):
-    """What :func:`transplant_buffer` needs to know of one kind of buffer."""
+    """What [`transplant_buffer`][flaxsurgery.transplant_buffer] needs to know of one kind of buffer."""
 
     name: str
     batch_dims: int  # leading axes before a transition's own (ring; flashbax's batch and time)

@@ -74,7 +74,7 @@ def _key_paths(path: PathLike) -> dict[str, tuple]:
 def checkpoint_shapes(path: PathLike) -> Any:
     """The checkpoint's tree with a ``jax.ShapeDtypeStruct`` per leaf; reads metadata only.
 
-    Pass it to :func:`flaxsurgery.plan` as the old tree. `path` may be relative.
+    Pass it to [`flaxsurgery.plan`][flaxsurgery.plan] as the old tree. `path` may be relative.
     """
     tree = ocp.metadata(absolute(path)).metadata
     return jax.tree.map(lambda meta: jax.ShapeDtypeStruct(tuple(meta.shape), np.dtype(meta.dtype)), tree,

@@ -76,7 +76,7 @@ class Margin(NamedTuple):
     """What the old output layer says about the rounding of an output space's values.
 
     Attributes:
-      needed: :func:`~flaxsurgery.rules.greedy_margin` on the tree at hand; None where the old
+      needed: `greedy_margin` on the tree at hand; None where the old
         tree holds shapes only.
       magnitude: the largest ``|bias_j| + R * sum_i |kernel_ij|`` over the old output units.
       terms: the output layer's fan-in.
@@ -181,7 +181,7 @@ def init_claim(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool, axes: tuple
     """What a new layer's init keeps, and why. An identity kernel replaces a connection only
     when it writes a space of its own (one that writes an old network's space, a residual stream,
     adds to it), and only where the activation after it keeps the values before it
-    (:func:`flaxsurgery.activations.identity_layer_claim`: ReLU after ReLU, or none at all)."""
+    (`flaxsurgery.activations.identity_layer_claim`: ReLU after ReLU, or none at all)."""
     if leaf.init == "fresh" or leaf.init == "near_identity" and leaf.kernel_axes:
         return "none", ""
     if leaf.kernel_axes and writes_old:

@@ -1,10 +1,10 @@
 """Running a model's forward pass for tracing, with one clear error when it cannot run.
 
-The tracer calls ``apply(variables, *sample_inputs)`` under :func:`jax.make_jaxpr`. What goes
+The tracer calls ``apply(variables, *sample_inputs)`` under `jax.make_jaxpr`. What goes
 wrong there is the user's model meeting the user's inputs, not the tracer: an argument the
 samples do not give (``train=``), a collection the call wants to update (BatchNorm's
 ``batch_stats`` in training mode), variables of another model, a sample of the wrong shape, an
-output that is not arrays (a distribution). Each becomes a :class:`ForwardPassError` (a
+output that is not arrays (a distribution). Each becomes a `ForwardPassError` (a
 ``ValueError``) that names the cause and the fix, instead of a hint that points elsewhere.
 """
 
@@ -42,7 +42,7 @@ class _NotArrays(Exception):
 
 def trace_forward(apply: Callable, variables: Any, inputs: tuple) -> tuple:
     """``jax.make_jaxpr(apply, return_shape=True)(variables, *inputs)``, every failure as a
-    :class:`ForwardPassError` naming its cause.
+    `ForwardPassError` naming its cause.
 
     >>> closed, shape = trace_forward(lambda v, x: x @ v["w"], {"w": np.ones((3, 2))}, (np.ones((4, 3)),))
     >>> shape.shape

@@ -14,8 +14,8 @@ activation-by-activation product): adding or removing units of such a space chan
 other unit computes, so no plan claims to preserve the function there. [`OUTPUTS`][flaxsurgery.OUTPUTS] lists
 the spaces the model's outputs carry, which are output spaces whatever parameter axes carry them
 (a tied embedding's vocabulary is an input axis of the embedding, and the model's output).
-:data:`ACTIVATIONS` says which element-wise activation follows each space (``{space: "relu"}``):
-what an identity layer inserted before it keeps (see :mod:`flaxsurgery.activations`).
+[`ACTIVATIONS`][flaxsurgery.ACTIVATIONS] says which element-wise activation follows each space (``{space: "relu"}``):
+what an identity layer inserted before it keeps (see `flaxsurgery.activations`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _Outputs:
 
 
 class _Activations:
-    """The layout key that says which activation follows each space (use :data:`ACTIVATIONS`)."""
+    """The layout key that says which activation follows each space (use [`ACTIVATIONS`][flaxsurgery.ACTIVATIONS])."""
 
     def __repr__(self) -> str:
         return "ACTIVATIONS"
@@ -128,13 +128,13 @@ def output_spaces(layout: Mapping) -> frozenset:
 
 
 def activations_of(layout: Mapping) -> Mapping | None:
-    """The layout's :data:`ACTIVATIONS` entry ``{space: activation name}``, or None if it has
+    """The layout's [`ACTIVATIONS`][flaxsurgery.ACTIVATIONS] entry ``{space: activation name}``, or None if it has
     none (then no claim rests on which activation follows a space)."""
     return layout.get(ACTIVATIONS)
 
 
 def leaf_entries(layout: Mapping) -> dict:
-    """A layout without its :data:`MIXING`, :data:`OUTPUTS` and :data:`ACTIVATIONS` keys:
+    """A layout without its [`MIXING`][flaxsurgery.MIXING], [`OUTPUTS`][flaxsurgery.OUTPUTS] and [`ACTIVATIONS`][flaxsurgery.ACTIVATIONS] keys:
     ``{leaf path: axes}``."""
     return {path: axes for path, axes in layout.items() if not any(path is k for k in _NOT_LEAVES)}
 

@@ -161,7 +161,7 @@ class Plan:
     ``layer_inits`` holds ``(layer, init, preserves)`` per new or dropped layer and
     ``layer_notes`` ``(layer, why)`` where the report gives a reason.
 
-    Build one with :func:`plan`; apply it with :func:`flaxsurgery.transplant`. A plan can be
+    Build one with [`plan`][flaxsurgery.plan]; apply it with [`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]. A plan can be
     closed over or passed into ``jax.jit``: its arrays are its only pytree leaves, and they are
     read-only, so a plan cannot be changed after it is built.
     """

@@ -20,7 +20,7 @@ rule                     inputs / hidden units                       outputs (ac
 ``fresh_in_zero_out()``  function exactly                            neither
 ``mean(offset)``         function exactly (outgoing weights are 0)   greedy action when
                                                                      ``offset`` is below minus
-                                                                     :func:`greedy_margin` (or
+                                                                     `greedy_margin` (or
                                                                      is ``"auto"``); the sampled
                                                                      policy too when it is also
                                                                      below ``-POLICY_MARGIN``
@@ -45,7 +45,7 @@ New layers (no source in the old network) start from a layer init: ``"identity"`
 where the input unit's ID equals the output unit's ID, a conv kernel's centre tap only; bias 0;
 norm scale and variance 1), which preserves the function where the activation after the new
 layer keeps the values before it (none at all, or ReLU after ReLU: see
-:mod:`flaxsurgery.activations`); ``"near_identity"`` (identity plus ``0.01`` times the fresh
+`flaxsurgery.activations`); ``"near_identity"`` (identity plus ``0.01`` times the fresh
 kernel: the seeds' rule, not exact); ``"fresh"``; ``"zeros"`` (the neutral value).
 """
 
@@ -69,10 +69,10 @@ LAYER_INITS: tuple = get_args(LayerInit)
 NEAR_IDENTITY_NOISE = 0.01
 # The least margin of ``mean(offset="auto")``, the preserving preset's: a new action starts at
 # least this far below the old ones (more where the outputs are large or the dtype coarse: see
-# :func:`greedy_margin`).
+# `greedy_margin`).
 GREEDY_MARGIN = 1e-3
 # ``offset=AUTO``: the margin follows the old output layer's magnitude and dtype on the tree at
-# hand (:func:`greedy_margin`), resolved when the plan is built.
+# hand (`greedy_margin`), resolved when the plan is built.
 AUTO = "auto"
 # New actions' logits this far below the mean of the old ones: a new action's probability is at
 # most exp(-20) ~ 2e-9 of the most likely old action's, so the sampled policy is kept (KL < 1e-8
@@ -306,14 +306,14 @@ def mean(outgoing: str = "zeros", offset: float | str = 0.0) -> Rule:
     max: preserves the greedy action. With ``offset=0`` a tie (one old action, or old Q-values
     equal up to float rounding) can still go to the new action; a negative offset larger than
     the rounding of the outputs rules that out: ``offset="auto"`` (the "preserving" preset's)
-    derives it from the old output layer on the tree at hand (:func:`greedy_margin`). For
+    derives it from the old output layer on the tree at hand (`greedy_margin`). For
     inputs and hidden units (with zero outgoing weights) preserves the function.
     ``outgoing="mean"`` makes a new embedding token the mean of the old tokens.
 
     Args:
       outgoing: how a new unit's outgoing weights start: ``"zeros"`` (the neutral value),
         ``"fresh"`` or ``"mean"``.
-      offset: added to a new output unit's bias, or ``"auto"``: minus :func:`greedy_margin`.
+      offset: added to a new output unit's bias, or ``"auto"``: minus `greedy_margin`.
 
     Raises:
       ValueError: for another `outgoing`, or an offset that is neither a number nor "auto".
@@ -338,7 +338,7 @@ def _offset(offset) -> float | str:
 def copy_of(source: Source, offset: float | str = 0.0) -> Rule:
     """Incoming weights copied from old unit `source`, `offset` added to its bias, outgoing zero.
     For a new action with an offset below minus the outputs' rounding (``"auto"``: see
-    :func:`greedy_margin`) its Q is below the copied action's, so the greedy action is kept
+    `greedy_margin`) its Q is below the copied action's, so the greedy action is kept
     exactly; with ``offset >= 0`` neither is kept.
 
     Args:

@@ -400,7 +400,7 @@ def schedule_values(old_state: Any, new_state: Any, fresh_state: Any, plan: Plan
 
     Args:
       old_state, new_state, fresh_state: the old state, the moved one, and the fresh one (the
-        states :func:`transplant_state` took and returned).
+        states [`transplant_state`][flaxsurgery.transplant_state] took and returned).
       plan: the parameters' plan.
       schedules: ``{name: schedule}`` for a schedule of optax's schedule counter (the state's
         ``count`` beside no moments; where several hold the same count, as

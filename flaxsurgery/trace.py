@@ -914,9 +914,9 @@ def trace_layout(
 
     Returns:
       ``{leaf path: tuple of axis entries}`` for every leaf of the variables, in the format
-      :func:`flaxsurgery.plan` takes (entries: a space name, None, :class:`Flat`, and where
-      needed :class:`Concat` / :class:`Grid`), and under ``ACTIVATIONS`` the activation that
-      follows each space (see :mod:`flaxsurgery.activations`).
+      [`flaxsurgery.plan`][flaxsurgery.plan] takes (entries: a space name, None, [`Flat`][flaxsurgery.Flat], and where
+      needed [`Concat`][flaxsurgery.Concat] / [`Grid`][flaxsurgery.Grid]), and under ``ACTIVATIONS`` the activation that
+      follows each space (see `flaxsurgery.activations`).
 
     Raises:
       ValueError: for a primitive the tracer does not know, for units moved in a way a layout

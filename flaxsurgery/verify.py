@@ -28,7 +28,7 @@ class VerifyReport(NamedTuple):
         networks have.
       max_rel_diff: ``max_abs_diff`` divided by the largest ``|f_old(x)|`` over the same
         samples and units: the difference relative to the outputs' magnitude, comparable
-        across scales; rounding alone gives up to :data:`ROUNDING` of the outputs' dtype.
+        across scales; rounding alone gives up to [`ROUNDING`][flaxsurgery.ROUNDING] of the outputs' dtype.
       greedy_agreement: fraction of samples whose argmax output has the same unit ID in both.
       samples: number of samples compared.
       policy_kl: only where the outputs are declared a policy's logits (``verify(...,
@@ -80,7 +80,7 @@ def verify(
         plan's one input space.
       outputs: the output space, compared on the units both networks have. Default: the plan's
         one output space.
-      x_new: samples for the new network (default: `x_old` mapped by :func:`map_units`).
+      x_new: samples for the new network (default: `x_old` mapped by [`map_units`][flaxsurgery.map_units]).
       logits: whether the outputs are a policy's logits (a categorical's): then the report's
         ``policy_kl`` measures how the sampled policy changed. Q-values are not a policy: a
         greedy agent's policy is the argmax, which ``greedy_agreement`` measures.

@@ -16,7 +16,7 @@ at a truncation (the time limit) the value of the real next observation,
 episode end, terminated or truncated, since the next step belongs to another episode.
 
 A run can continue another: ``train``'s ``init_*`` arguments take what an old run's
-:class:`Trained` holds (parameters, Adam's state, the observation normaliser's statistics, the
+`Trained` holds (parameters, Adam's state, the observation normaliser's statistics, the
 step-size schedule's count), moved through a surgery where the network changed.
 
 Example:
@@ -72,7 +72,7 @@ class PPOConfig:
       vf_coef: weight of the value loss.
       max_grad_norm: global gradient norm clip.
       normalize_obs: feed the networks observations standardised by running statistics of every
-        observation the rollouts have seen (:class:`ObsNormalizer`), clipped to
+        observation the rollouts have seen (`ObsNormalizer`), clipped to
         ``[-obs_clip, obs_clip]``; off, the statistics are carried but not used.
       obs_clip: the clip of a standardised observation.
       eval_every: environment steps between greedy evaluations.
@@ -198,7 +198,7 @@ class Batch(NamedTuple):
 class ObsNormalizer(NamedTuple):
     """Running statistics of the observations (leaves ``obs_shape``, ``count`` a scalar).
 
-    The field names are those :func:`flaxsurgery.transplant_normalizer` knows: a new feature
+    The field names are those [`flaxsurgery.transplant_normalizer`][flaxsurgery.transplant_normalizer] knows: a new feature
     starts at ``mean`` 0 and ``var`` 1, and the shared ``count`` is kept.
     """
 
@@ -350,8 +350,8 @@ def make_rollout(config: PPOConfig, view: EnvView, apply: Callable) -> Callable:
     actions; the transitions' leaves are (rollout_steps, num_envs, ...).
 
     ``obs`` are the environment's observations; every step first adds them to the normaliser's
-    statistics (by default :func:`fresh_normalizer`), then the networks see them normalised
-    (:func:`normalize`), and the transitions store what the networks saw."""
+    statistics (by default `fresh_normalizer`), then the networks see them normalised
+    (`normalize`), and the transitions store what the networks saw."""
 
     def env_step(params, carry, key) -> tuple[tuple, Transition]:
         """Step every environment once with a sampled action."""
@@ -407,7 +407,7 @@ def make_train(
       ``train(key, init_params=None, init_opt_state=None, init_normalizer=None,
       init_updates=None) -> Trained``. ``init_params`` (e.g. a transplant) replaces the
       network's own initialisation, ``init_opt_state`` a fresh Adam state, ``init_normalizer``
-      (e.g. :func:`flaxsurgery.transplant_normalizer` of an old run's) :func:`fresh_normalizer`'s
+      (e.g. [`flaxsurgery.transplant_normalizer`][flaxsurgery.transplant_normalizer] of an old run's) `fresh_normalizer`'s
       statistics, and ``init_updates`` (an old run's ``Trained.updates``, to continue its
       step-size schedule) the count 0.
     """
