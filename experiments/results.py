@@ -8,6 +8,7 @@ only where they are used.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def seed_steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: f
     return values.astype(np.int64), reached
 
 
+def return_range(returns: np.ndarray) -> list[float]:
+    """The lowest and highest value of the mean over seeds of `returns` (seeds, evaluations)."""
+    mean = np.asarray(returns).mean(axis=0)
+    return [float(mean.min()), float(mean.max())]
+
+
+def with_return_ranges(summary: dict) -> dict:
+    """`summary` with each arm's ``return_range`` derived from the per-seed curves it stores
+    (``returns``), placed after ``return_ci95`` as :func:`summarise_arm` places it: for summaries
+    written before the range was recorded, without running the experiment again."""
+    arms = {}
+    for name, arm in summary["arms"].items():
+        derived = {"return_range": return_range(arm["returns"])}
+        keys = [k for k in arm if k != "return_range"]
+        at = keys.index("return_ci95") + 1
+        arms[name] = {**{k: arm[k] for k in keys[:at]}, **derived, **{k: arm[k] for k in keys[at:]}}
+    return {**summary, "arms": arms}
+
+
 def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> dict:
     """One arm's statistics from its returns (seeds, evaluations) at ``steps``.
 
@@ -58,7 +78,8 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
     (:func:`seed_steps_to_threshold`; None when the median is censored). ``auc`` is each
     seed's mean over the evaluations, averaged over seeds, with its 95% interval;
     ``steps_to_threshold`` the first step whose mean over seeds reaches ``threshold``
-    (or None). ``returns`` keeps every seed's curve.
+    (or None). ``return_range`` is the lowest and highest value of the mean curve (what a flat
+    curve stays between); ``returns`` keeps every seed's curve.
     """
     mean = returns.mean(axis=0)
     auc_per_seed = returns.mean(axis=1)
@@ -70,6 +91,7 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
         "steps": [int(s) for s in steps],
         "return_mean": [float(m) for m in mean],
         "return_ci95": [float(h) for h in ci95(returns)],
+        "return_range": return_range(returns),
         "first_return": float(mean[0]),
         "final_return": float(mean[-1]),
         "final_ci95": [float(mean[-1] - ci95(returns)[-1]), float(mean[-1] + ci95(returns)[-1])],
@@ -314,3 +336,18 @@ def write(summary: dict, folder: Path, **plot_labels) -> Path:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, folder / "curves.png", **plot_labels)
     return folder / "curves.png"
+
+
+def main(argv=None) -> None:
+    """``python -m experiments.results --return-ranges PATH ...``: adds each arm's
+    ``return_range`` to summaries written before it was recorded, from their stored curves."""
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--return-ranges", type=Path, nargs="+", required=True, metavar="PATH",
+                        help="summary.json files to complete in place")
+    for path in parser.parse_args(argv).return_ranges:
+        path.write_text(json.dumps(with_return_ranges(json.loads(path.read_text())), indent=2) + "\n")
+        print(f"{path}: return_range added to each arm")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,17 @@ def test_summary_statistics():
     lo, hi = arm["auc_ci95"]
     assert lo < 6.0 < hi
     assert results.summarise_arm(steps, returns, threshold=99.0)["steps_to_threshold"] is None
+    assert arm["return_range"] == [1.0, 11.0]  # the mean curve is 1, 6, 11
+
+
+def test_return_ranges_are_added_to_an_older_summary_from_its_curves():
+    steps = np.array([0, 10, 20])
+    returns = np.array([[-3.0, -9.0, 1.0], [-5.0, -1.0, 3.0]])  # the mean curve: -4, -5, 2
+    arm = results.summarise_arm(steps, returns, threshold=0.0)
+    older = {"experiment": "t", "arms": {"a": {k: v for k, v in arm.items() if k != "return_range"}}}
+    completed = results.with_return_ranges(older)
+    assert completed["arms"]["a"] == arm and list(completed["arms"]["a"]) == list(arm)
+    assert "return_range" not in older["arms"]["a"]  # the caller's summary is kept
 
 
 def test_paired_difference_and_table(tmp_path):
