@@ -40,7 +40,8 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.agents import plan_models  # layers paired by forward order, as surgery does
-from flaxsurgery.paths import flatten
+from flaxsurgery.layout import leaf_entries, output_axis, output_spaces, space_of
+from flaxsurgery.paths import flatten, path_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.trace import trace_layout
 
@@ -199,7 +200,21 @@ def _plan_from(args) -> tuple[Plan, Model]:
     old, new = load_model(args.old), load_model(args.new)
     shapes = _checkpoint().checkpoint_shapes(args.checkpoint)
     check_fits(args.checkpoint, shapes, f"--old {args.old}", old)
-    return build_plan(shapes, old, new, read_spec(args.spec)), new
+    return build_plan(with_output_values(args.checkpoint, shapes, old), old, new,
+                      read_spec(args.spec)), new
+
+
+def with_output_values(checkpoint: str, shapes: Any, old: Model) -> Any:
+    """The checkpoint's shapes with the values of the leaves that hold the outputs' incoming
+    weights (the output layer: small): a new action's margin, and so what the plan claims for
+    it, follows the old outputs' magnitude, which shapes alone do not tell."""
+    layout = trace_layout(old.apply, shapes, *old.inputs)
+    outputs = output_spaces(layout)
+    paths = [path for path, axes in leaf_entries(layout).items()
+             if output_axis(axes) is not None and space_of(axes[output_axis(axes)]) in outputs]
+    values = _checkpoint().load_leaves(checkpoint, paths)
+    return jax.tree_util.tree_map_with_path(
+        lambda key, leaf: values.get(path_name(key), leaf), shapes)
 
 
 class ProgressBar:
