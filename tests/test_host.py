@@ -40,7 +40,7 @@ class Corridor(gym.Env):
         return np.array([self.position, 10 + self.position], np.float32)
 
 
-gym.register(id="Corridor-v0", entry_point=Corridor, max_episode_steps=4)
+gym.register(id="TestCorridor-v0", entry_point=Corridor, max_episode_steps=4)
 CORRIDOR = {"env_obs_ids": ("pos", "pos10"), "env_action_ids": ("stay", "right")}
 
 
@@ -56,7 +56,7 @@ def fixed_act(actions):
 
 def corridor_transitions(actions, obs_ids=None):
     """Play ``actions`` in one Corridor environment through :func:`host.collect`."""
-    view = HostView("Corridor-v0", obs_ids=obs_ids, **CORRIDOR)
+    view = HostView("TestCorridor-v0", obs_ids=obs_ids, **CORRIDOR)
     config = dataclasses.replace(TINY, num_envs=1, collect_steps=len(actions))
     env = view.make_vector(1)
     first, _ = env.reset(seed=[0])
@@ -127,11 +127,11 @@ def test_view_lists_every_problem_at_once():
     message = str(error.value)
     assert "'phi'" in message and "duplicate observation ID 'x'" in message and "'up'" in message
     with pytest.raises(ValueError, match="(?s)pass env_obs_ids=.*pass env_action_ids="):
-        HostView("Corridor-v0")
+        HostView("TestCorridor-v0")
 
 
 def test_view_checks_the_environment_s_spaces():
-    view = HostView("Corridor-v0", env_obs_ids=("pos",), env_action_ids=("stay", "right"))
+    view = HostView("TestCorridor-v0", env_obs_ids=("pos",), env_action_ids=("stay", "right"))
     with pytest.raises(ValueError, match="names 1 observation features"):
         view.make()
 
