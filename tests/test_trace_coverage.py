@@ -67,8 +67,9 @@ def test_every_claim_on_a_grouped_space_holds(groups, channels, added, seed):
                         spaces={"Dense_0.1": (list(range(channels)), order + list(range(channels, channels + added)))})
     report = result.verify(SAMPLES)
     assert overall(result) == ("overall: preserves none" if added else "overall: preserves function")
-    if not added:
-        assert report.max_abs_diff < 1e-5
+    if not added:  # exact up to rounding: the permutation reorders each group's sums, and the
+        # normalisation divides them by the group's spread (seed 70 gave 7.5e-6 relative)
+        assert report.max_rel_diff < 8 * fs.ROUNDING["float32"]
 
 
 class C51(nn.Module):
