@@ -8,7 +8,7 @@ default (120-84) trained with the Acrobot defaults (flaxsurgery.rl.defaults).
     python examples/acrobot_add_action.py --seeds 20
 """
 
-from experiments.dqn import ACROBOT_THRESHOLD, Experiment, main
+from experiments.dqn import ACROBOT_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +23,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

@@ -9,7 +9,7 @@ transplant arm was run (docs/experiments.md).
     python examples/cartpole_add_layer.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import CARTPOLE_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -25,4 +25,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

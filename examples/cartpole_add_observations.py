@@ -8,7 +8,7 @@ CartPole default (120-84) trained with the CartPole defaults (flaxsurgery.rl.def
     python examples/cartpole_add_observations.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import CARTPOLE_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +23,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

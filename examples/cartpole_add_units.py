@@ -8,7 +8,7 @@ CartPole less reliably, and that is what the wider network is for.
     python examples/cartpole_add_units.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import ABLATION_ARMS, CARTPOLE_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +23,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=(*ABLATION_ARMS, "continue_seed"))

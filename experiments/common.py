@@ -144,12 +144,17 @@ class Progress:
 
 
 def parse_args(description: str, argv: Sequence[str] | None, *, seeds: int, steps: int,
-               steps_help: str) -> argparse.Namespace:
-    """An example's command line: ``--seeds`` (at least 2), ``--steps`` (per phase), ``--out``."""
+               steps_help: str, arms: Sequence[str] | None = None,
+               arms_help: str = "arms to train") -> argparse.Namespace:
+    """An example's command line: ``--seeds`` (at least 2), ``--steps`` (per phase), ``--out``,
+    and, given default ``arms``, ``--arms`` (comma-separated names)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm (at least 2)")
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    if arms is not None:
+        parser.add_argument("--arms", type=lambda text: tuple(text.split(",")),
+                            default=tuple(arms), help=f"{arms_help} (comma-separated)")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the 95%% interval needs two)")

@@ -58,9 +58,11 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
     (:func:`seed_steps_to_threshold`; None when the median is censored). ``auc`` is each
     seed's mean over the evaluations, averaged over seeds, with its 95% interval;
     ``steps_to_threshold`` the first step whose mean over seeds reaches ``threshold``
-    (or None). ``returns`` keeps every seed's curve.
+    (or None). ``lowest_return`` is the mean curve's lowest point and ``lowest_step`` the
+    first step where it is reached. ``returns`` keeps every seed's curve.
     """
     mean = returns.mean(axis=0)
+    lowest = int(np.argmin(mean))
     auc_per_seed = returns.mean(axis=1)
     auc, auc_half = float(auc_per_seed.mean()), float(ci95(auc_per_seed))
     crossed = np.flatnonzero(mean >= threshold)
@@ -75,6 +77,8 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
         "final_ci95": [float(mean[-1] - ci95(returns)[-1]), float(mean[-1] + ci95(returns)[-1])],
         "auc": auc,
         "auc_ci95": [auc - auc_half, auc + auc_half],
+        "lowest_return": float(mean[lowest]),
+        "lowest_step": int(steps[lowest]),
         "steps_to_threshold": int(steps[crossed[0]]) if crossed.size else None,
         "reached": int(reached.sum()),
         "seeds": int(returns.shape[0]),
@@ -163,29 +167,35 @@ def headline(summary: dict) -> str:
 def markdown_table(summary: dict, measure: str = "return", digits: int = 1) -> str:
     """The arms as a markdown table, the headline first: seeds that reach the threshold and the
     median seed's steps to it; then first return, AUC and final return with 95% intervals.
-    Then the paired differences from scratch, when the summary has them: steps to threshold
-    first, then AUC and final return."""
+    Last, the mean curve's lowest point and where it is. Then the paired differences from
+    scratch and from the control, when the summary has them: steps to threshold first, then
+    AUC and final return."""
     f = f"{{:.{digits}f}}".format
     budget = summary["steps_per_phase"]
     lines = [
         (f"| arm | seeds reaching {summary['threshold']:g} | median steps to {summary['threshold']:g} "
-         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) |"),
-        "|---|---:|---:|---:|---:|---:|",
+         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) "
+         f"| lowest mean {measure} (step) |"),
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, a in summary["arms"].items():
         lo, hi = a["auc_ci95"]
         final = f(a["final_return"])
         if "final_ci95" in a:
             final += f" ({f(a['final_ci95'][0])}, {f(a['final_ci95'][1])})"
+        lowest = (f"{f(a['lowest_return'])} ({a['lowest_step']:,})" if "lowest_return" in a
+                  else "n/a")
         lines.append(f"| {arm} | {reached_cell(a)} | {median_cell(a, budget)} "
-                     f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {final} |")
+                     f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {final} "
+                     f"| {lowest} |")
     g = f"{{:+.{digits}f}}".format
-    for arm, p in summary.get("paired_vs_scratch", {}).items():
-        auc, final = p["auc"], p["final"]
-        lines.append(f"\n{arm} - scratch, paired by seed: steps to threshold "
-                     f"{steps_difference_cell(p)}; AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
-                     f"{g(auc['ci95'][1])}); final {measure} {g(final['mean'])} "
-                     f"({g(final['ci95'][0])}, {g(final['ci95'][1])})")
+    for base in ("scratch", "control"):
+        for arm, p in summary.get(f"paired_vs_{base}", {}).items():
+            auc, final = p["auc"], p["final"]
+            lines.append(f"\n{arm} - {base}, paired by seed: steps to threshold "
+                         f"{steps_difference_cell(p)}; AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
+                         f"{g(auc['ci95'][1])}); final {measure} {g(final['mean'])} "
+                         f"({g(final['ci95'][0])}, {g(final['ci95'][1])})")
     return "\n".join(lines)
 
 
