@@ -25,6 +25,7 @@ table of the arms.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -291,7 +292,8 @@ def run(
         check = verify_first_seed(experiment, plan, old.params, transplanted[preset][0])
         print(
             f"[{name}] {arm} (preset {preset!r}):\n{plan.report()}\n"
-            f"seed 0 on 1,000 random observations: max |Q_new - Q_old| = {check.max_abs_diff:.3g},"
+            f"check on samples, seed 0 on 1,000 random observations (new input features at 0):"
+            f" max |Q_new - Q_old| = {check.max_abs_diff:.3g},"
             f" greedy agreement {check.greedy_agreement:.1%}",
             flush=True,
         )
@@ -331,6 +333,38 @@ def run(
 def _view_config(view: EnvView, hidden: Sequence[int], network: nn.Module) -> dict:
     return {"obs_ids": list(view.obs_ids), "action_ids": list(view.action_ids),
             "network": type(network).__name__, "hidden": list(hidden)}
+
+
+def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> dict:
+    """``returns`` with the arms of an earlier summary of the same experiment that it lacks,
+    in :func:`run`'s order (``old``, :data:`NEW_ARMS`, ``control``).
+
+    An arm trained by an earlier run is the arm this run would train only if both ran the same
+    settings on the same keys; the old phase, which every run trains first, shows it: its
+    returns must equal the earlier run's to the last bit.
+
+    Raises:
+      ValueError: the earlier summary is of another experiment, has other settings or another
+        number of seeds, or its old arm's returns differ from this run's.
+    """
+    config = json.loads(json.dumps(dataclasses.asdict(experiment.config)))
+    seeds = returns["old"].shape[0]
+    problems = []
+    if earlier["experiment"] != experiment.name:
+        problems.append(f"it is experiment {earlier['experiment']!r}, not {experiment.name!r}")
+    if earlier["config"]["dqn"] != config:
+        changed = sorted(k for k in config if earlier["config"]["dqn"].get(k) != config[k])
+        problems.append(f"its DQN settings differ in {changed}")
+    if earlier["seeds"] != seeds:
+        problems.append(f"it has {earlier['seeds']} seeds, this run {seeds}")
+    elif not np.array_equal(np.asarray(earlier["arms"]["old"]["returns"]),
+                            returns["old"].astype(np.float64)):
+        problems.append("its old arm's returns differ from this run's")
+    if problems:
+        raise ValueError("cannot reuse the earlier summary's arms: " + "; ".join(problems))
+    order = ["old", *NEW_ARMS, "control"]
+    merged = {**{arm: np.asarray(a["returns"]) for arm, a in earlier["arms"].items()}, **returns}
+    return {arm: merged[arm] for arm in order if arm in merged}
 
 
 def paired_against(returns: Mapping[str, np.ndarray], base: str, steps: np.ndarray,
@@ -422,10 +456,18 @@ def main(
         steps_help="environment steps per phase (keeps the number of evaluations and the shares"
         " of the run that explore and that wait for learning to start)",
         arms=arms, arms_help=f"new-phase arms to train, of {[*NEW_ARMS, 'control']}",
+        reuse_help="an earlier summary.json of this experiment: its arms that --arms does not"
+        " train are taken from it, after checking that its settings and seeds are this run's and"
+        " that its old arm's returns equal this run's exactly",
     )
     if args.steps != experiment.config.total_steps:
         experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
     info: dict = {}
     returns = run(experiment, seeds=args.seeds, trainer=trainer, arms=args.arms, info=info)
+    if args.reuse is not None:
+        earlier = json.loads(args.reuse.read_text())
+        returns = with_earlier_arms(returns, earlier, experiment)
+        info["reused"] = {"from": str(args.reuse), "wall_s": earlier["wall_s"],
+                          "arms": [arm for arm in returns if arm not in args.arms and arm != "old"]}
     return report(experiment, returns, time.perf_counter() - start, args.out, info)

@@ -21,6 +21,13 @@ def test_summary_statistics():
     assert results.summarise_arm(steps, returns, threshold=99.0)["steps_to_threshold"] is None
 
 
+def test_lowest_point_is_the_mean_curves_first_minimum():
+    steps = np.array([0, 10, 20, 30])
+    returns = np.array([[5.0, 1.0, 3.0, 1.0], [5.0, 3.0, 1.0, 3.0]])  # mean 5, 2, 2, 2
+    arm = results.summarise_arm(steps, returns, threshold=6.0)
+    assert arm["lowest_return"] == 2.0 and arm["lowest_step"] == 10
+
+
 def test_paired_difference_and_table(tmp_path):
     steps = np.array([0, 1])
     scratch = np.array([[0.1, 0.5], [0.2, 0.6], [0.3, 0.7]])
