@@ -207,12 +207,13 @@ def move_buffers(plan: fs.Plan, buffers: Buffer) -> tuple[Buffer, np.ndarray]:
     if hasattr(fs, "transplant_buffer"):
         moved = jax.jit(jax.vmap(lambda buffer: fs.transplant_buffer(buffer, plan)))(buffers)
         return moved.buffer, np.asarray(moved.dropped)
-    changed = [name for name in ("obs", "out")
-               if plan.space(name).old_ids != plan.space(name).new_ids]
-    if changed:
-        raise ValueError(f"the plan changes the spaces {changed}: moving a replay buffer along"
-                         " them needs fs.transplant_buffer")
-    # Neither the observations nor the actions change: every stored transition stays as is.
+    obs, out = plan.space("obs"), plan.space("out")
+    actions_in_place = tuple(out.new_ids[:len(out.old_ids)]) == tuple(out.old_ids)
+    if tuple(obs.old_ids) != tuple(obs.new_ids) or not actions_in_place:
+        raise ValueError("the plan moves the stored observations or actions (spaces 'obs',"
+                         " 'out'): moving a replay buffer along them needs fs.transplant_buffer")
+    # Every observation feature and every old action keeps its position (actions may only be
+    # added after them): each stored transition means in the new network what it meant.
     return buffers, np.zeros(buffers.count.shape, np.int64)
 
 
@@ -243,7 +244,7 @@ def check_arms(arms: Sequence[str]) -> None:
 
 def run(
     experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train,
-    arms: Sequence[str] = RESTART_ARMS, info: dict | None = None,
+    arms: Sequence[str] = RESTART_ARMS, info: dict | None = None, earlier: dict | None = None,
 ) -> dict:
     """Run all phases of ``experiment`` with ``seeds`` seeds per arm; ``trainer`` builds each
     phase's population training function (:func:`population_train`'s signature).
@@ -257,6 +258,8 @@ def run(
       info: when given, filled with what the continue arms started from: per seed the
         transitions the buffer move dropped (``buffer_dropped``) and the old run's final
         counters (``old_steps``, ``old_updates``).
+      earlier: an earlier summary whose arms will join this run's (:func:`with_earlier_arms`):
+        checked (:func:`check_earlier`) as soon as the old phase has trained, before the rest.
 
     Returns:
       ``{arm: returns}``, ``old`` and then ``arms`` in :data:`NEW_ARMS`' order and ``control``
@@ -275,6 +278,8 @@ def run(
     progress = Progress(name, "old", seeds, config.total_steps)
     train_old = trainer(config, experiment.old_view, experiment.old_network, progress)
     old = train_old(jax.random.split(key_old, seeds))
+    if earlier is not None:
+        check_earlier(earlier, experiment, np.asarray(old.returns))
     if continues and old.buffer is None:
         raise ValueError(f"arms {[a for a in arms if a in CONTINUE or a == 'control']} go on"
                          " from the old run's buffer and counters, which this trainer does not"
@@ -335,9 +340,8 @@ def _view_config(view: EnvView, hidden: Sequence[int], network: nn.Module) -> di
             "network": type(network).__name__, "hidden": list(hidden)}
 
 
-def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> dict:
-    """``returns`` with the arms of an earlier summary of the same experiment that it lacks,
-    in :func:`run`'s order (``old``, :data:`NEW_ARMS`, ``control``).
+def check_earlier(earlier: dict, experiment: Experiment, old_returns: np.ndarray) -> None:
+    """Check that an earlier summary's arms are the arms this run would train.
 
     An arm trained by an earlier run is the arm this run would train only if both ran the same
     settings on the same keys; the old phase, which every run trains first, shows it: its
@@ -348,7 +352,7 @@ def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> d
         number of seeds, or its old arm's returns differ from this run's.
     """
     config = json.loads(json.dumps(dataclasses.asdict(experiment.config)))
-    seeds = returns["old"].shape[0]
+    seeds = old_returns.shape[0]
     problems = []
     if earlier["experiment"] != experiment.name:
         problems.append(f"it is experiment {earlier['experiment']!r}, not {experiment.name!r}")
@@ -358,10 +362,17 @@ def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> d
     if earlier["seeds"] != seeds:
         problems.append(f"it has {earlier['seeds']} seeds, this run {seeds}")
     elif not np.array_equal(np.asarray(earlier["arms"]["old"]["returns"]),
-                            returns["old"].astype(np.float64)):
+                            np.asarray(old_returns, np.float64)):
         problems.append("its old arm's returns differ from this run's")
     if problems:
         raise ValueError("cannot reuse the earlier summary's arms: " + "; ".join(problems))
+
+
+def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> dict:
+    """``returns`` with the arms of an earlier summary of the same experiment that it lacks,
+    in :func:`run`'s order (``old``, :data:`NEW_ARMS`, ``control``), once
+    :func:`check_earlier` accepts it."""
+    check_earlier(earlier, experiment, returns["old"])
     order = ["old", *NEW_ARMS, "control"]
     merged = {**{arm: np.asarray(a["returns"]) for arm, a in earlier["arms"].items()}, **returns}
     return {arm: merged[arm] for arm in order if arm in merged}
@@ -464,9 +475,10 @@ def main(
         experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
     info: dict = {}
-    returns = run(experiment, seeds=args.seeds, trainer=trainer, arms=args.arms, info=info)
-    if args.reuse is not None:
-        earlier = json.loads(args.reuse.read_text())
+    earlier = None if args.reuse is None else json.loads(args.reuse.read_text())
+    returns = run(experiment, seeds=args.seeds, trainer=trainer, arms=args.arms, info=info,
+                  earlier=earlier)
+    if earlier is not None:
         returns = with_earlier_arms(returns, earlier, experiment)
         info["reused"] = {"from": str(args.reuse), "wall_s": earlier["wall_s"],
                           "arms": [arm for arm in returns if arm not in args.arms and arm != "old"]}
