@@ -6,6 +6,7 @@ into index arrays, and :func:`transplant` applies it as pure, jit- and vmap-able
 """
 
 from flaxsurgery.agents import Surgery, surgery, transplant_normalizer
+from flaxsurgery.buffers import BufferSurgery, transplant_buffer
 from flaxsurgery.layout import MIXING, OUTPUTS, WINDOW, Concat, Flat, Grid, chain_layout
 from flaxsurgery.plans import Plan
 from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
@@ -20,6 +21,7 @@ __all__ = (
     "MIXING",
     "OUTPUTS",
     "WINDOW",
+    "BufferSurgery",
     "Concat",
     "Fill",
     "Flat",
@@ -40,6 +42,7 @@ __all__ = (
     "surgery",
     "trace_layout",
     "transplant",
+    "transplant_buffer",
     "transplant_normalizer",
     "transplant_state",
     "verify",

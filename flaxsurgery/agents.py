@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxsurgery.buffers import BufferSurgery, transplant_buffer
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.leaves import NEUTRAL_BY_NAME
 from flaxsurgery.paths import flatten, layer_of, leaf_name
@@ -40,6 +41,8 @@ class Surgery(NamedTuple):
       normalizer: the moved observation-normalisation statistics (None if none were given).
       old_fn, new_fn: ``inputs -> selected output`` of the old and new agent, for checks.
       input_space: the name of the (first) input's space.
+      buffer: the moved replay buffer and the transitions it dropped (a
+        :class:`~flaxsurgery.BufferSurgery`; None if no buffer was given).
     """
 
     state: Any
@@ -48,6 +51,7 @@ class Surgery(NamedTuple):
     old_fn: Callable
     new_fn: Callable
     input_space: str
+    buffer: BufferSurgery | None = None
 
     def verify(self, *samples: Any, outputs: str | None = None) -> VerifyReport:
         """:func:`flaxsurgery.verify` of the old and new agent on the old agent's `samples`."""
@@ -75,6 +79,8 @@ def surgery(
     reset: Collection[str] = (),
     kinds: Mapping | None = None,
     normalizer: Any = None,
+    buffer: Any = None,
+    buffer_options: Mapping[str, Any] | None = None,
 ) -> Surgery:
     """Moves a trained agent into a new architecture, in one call.
 
@@ -105,9 +111,15 @@ def surgery(
       kinds: as :func:`flaxsurgery.transplant_state`: how unknown parameter-shaped fields move.
       normalizer: observation-normalisation statistics to move along the first input's space
         (see :func:`transplant_normalizer`; `neutral` applies to them too).
+      buffer: the old agent's replay buffer, moved along the first input's space and the output
+        space (:func:`flaxsurgery.transplant_buffer`); new features start at the moved
+        normaliser's mean when `normalizer` is given, else 0.
+      buffer_options: more keyword arguments of :func:`flaxsurgery.transplant_buffer`
+        (``fields=``, ``output_space=``, ``new_features=``, ``items=``).
 
     Returns:
-      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, and ``.verify(samples)``.
+      A :class:`Surgery`: ``.state``, ``.plan``, ``.normalizer``, ``.buffer`` and
+      ``.verify(samples)``.
 
     Raises:
       ValueError: every problem at once, as :func:`flaxsurgery.plan` does; for a layer pairing
@@ -124,11 +136,15 @@ def surgery(
                               leaf_rules=leaf_rules, drop=drop, neutral=neutral)
     state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
     moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], neutral)
+    moved_buffer = None
+    if buffer is not None:
+        options = {"input_space": names[0], "normalizer": moved, **(buffer_options or {})}
+        moved_buffer = transplant_buffer(buffer, plan, **options)
     new_vars_out = variables_of(state)
     return Surgery(
         state=state, plan=plan, normalizer=moved,
         old_fn=lambda *x: old_apply(old_vars, *x), new_fn=lambda *x: new_apply(new_vars_out, *x),
-        input_space=names[0],
+        input_space=names[0], buffer=moved_buffer,
     )
 
 
