@@ -193,28 +193,20 @@ def population_train(
 
 
 def move_buffers(plan: fs.Plan, buffers: Buffer) -> tuple[Buffer, np.ndarray]:
-    """Every seed's replay buffer moved through ``plan`` (a leading seed axis): stored
-    observations along the input space ``obs``, actions along the output space ``out``.
+    """Every seed's replay buffer moved through ``plan`` (a leading seed axis) by
+    :func:`flaxsurgery.transplant_buffer`: stored observations along the input space ``obs``
+    (new features at 0, what the preserving rules' zero rows ignore), actions along the output
+    space ``out``.
 
     Returns:
       ``(buffers, dropped)``: the moved buffers, and per seed the transitions dropped because
       their action has no place in the new network.
-
-    Raises:
-      ValueError: the plan changes ``obs`` or ``out`` and ``fs.transplant_buffer`` is not
-        available to move the stored transitions along them.
     """
-    if hasattr(fs, "transplant_buffer"):
-        moved = jax.jit(jax.vmap(lambda buffer: fs.transplant_buffer(buffer, plan)))(buffers)
-        return moved.buffer, np.asarray(moved.dropped)
-    obs, out = plan.space("obs"), plan.space("out")
-    actions_in_place = tuple(out.new_ids[:len(out.old_ids)]) == tuple(out.old_ids)
-    if tuple(obs.old_ids) != tuple(obs.new_ids) or not actions_in_place:
-        raise ValueError("the plan moves the stored observations or actions (spaces 'obs',"
-                         " 'out'): moving a replay buffer along them needs fs.transplant_buffer")
-    # Every observation feature and every old action keeps its position (actions may only be
-    # added after them): each stored transition means in the new network what it meant.
-    return buffers, np.zeros(buffers.count.shape, np.int64)
+    def move(buffer):
+        return fs.transplant_buffer(buffer, plan, input_space="obs", output_space="out")
+
+    moved = jax.jit(jax.vmap(move))(buffers)
+    return moved.buffer, np.asarray(moved.dropped)
 
 
 def empty_buffers(config: DQNConfig, obs_shape: tuple[int, ...], seeds: int) -> Buffer:

@@ -302,6 +302,34 @@ def test_reuse_refuses_an_earlier_run_whose_old_agents_differ():
         exp.with_earlier_arms({"old": old}, earlier, other)
 
 
+def test_buffers_move_along_the_views_ids():
+    """Seed by seed, a stored observation's features move to their IDs' new places (new ones
+    at 0) and actions by ID; where no space changes, every stored value stays."""
+    old_view = EnvView("CartPole-v1", obs_ids=("x_dot", "theta"))
+    new_view = EnvView("CartPole-v1", obs_ids=("theta", "x", "x_dot"))
+    experiment = exp.Experiment(name="t", old_view=old_view, new_view=new_view, old_hidden=(4,),
+                                new_hidden=(4,), config=TINY, threshold=475.0)
+    rng = np.random.default_rng(0)
+    buffers = dqn.Buffer(
+        dqn.Transition(obs=jnp.asarray(rng.standard_normal((2, 5, 2)), jnp.float32),
+                       action=jnp.asarray(rng.integers(0, 2, (2, 5)), jnp.int32),
+                       reward=jnp.ones((2, 5)),
+                       next_obs=jnp.asarray(rng.standard_normal((2, 5, 2)), jnp.float32),
+                       terminated=jnp.zeros((2, 5), bool)),
+        jnp.array([5, 3], jnp.int32))
+    moved, dropped = exp.move_buffers(exp.make_plan(experiment, "preserving"), buffers)
+    assert dropped.tolist() == [0, 0]
+    for field in ("obs", "next_obs"):
+        old = np.asarray(getattr(buffers.data, field))
+        expected = np.stack([old[..., 1], np.zeros_like(old[..., 0]), old[..., 0]], axis=-1)
+        np.testing.assert_array_equal(getattr(moved.data, field), expected)
+    np.testing.assert_array_equal(moved.data.action, buffers.data.action)
+    np.testing.assert_array_equal(moved.count, buffers.count)
+    same = dataclasses.replace(experiment, new_view=old_view)
+    unchanged, _ = exp.move_buffers(exp.make_plan(same, "preserving"), buffers)
+    jax.tree.map(np.testing.assert_array_equal, unchanged, buffers)
+
+
 def test_unknown_arms_are_refused():
     with pytest.raises(ValueError, match="unknown arms \\['contineu'\\]"):
         exp.check_arms(["continue", "contineu"])
