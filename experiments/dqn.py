@@ -473,5 +473,7 @@ def main(
     if earlier is not None:
         returns = with_earlier_arms(returns, earlier, experiment)
         info["reused"] = {"from": str(args.reuse), "wall_s": earlier["wall_s"],
-                          "arms": [arm for arm in returns if arm not in args.arms and arm != "old"]}
+                          "arms": [arm for arm in returns if arm not in args.arms and arm != "old"],
+                          # the earlier run's own provenance, when it reused arms too
+                          "earlier": earlier.get("continuation", {}).get("reused")}
     return report(experiment, returns, time.perf_counter() - start, args.out, info)
