@@ -5,7 +5,7 @@ The old agents see two of CartPole's four features; the new network sees all fou
 train the new network, paired by seed: ``continue`` (the preserving transplant going on from the
 old run: its replay buffer moved through the surgery, exploration and counters kept),
 ``transplant`` (the same transplant restarting: an empty buffer, epsilon back at 1) and
-``scratch``. 8 seeds per arm at the full budget (300,000 steps per phase, the CartPole
+``scratch``. 6 seeds per arm at the full budget (300,000 steps per phase, the CartPole
 defaults); results/cartpole_add_observations has the 20-seed run with the control. Progress
 lines estimate each phase's time left.
 
@@ -17,7 +17,7 @@ from cartpole_add_observations import EXPERIMENT
 from experiments import results
 from experiments.dqn import main
 
-SEEDS = 8
+SEEDS = 6
 ARMS = ("transplant", "scratch", "continue")
 
 CLAIMS_AND_CHECKS = """\
