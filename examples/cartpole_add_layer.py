@@ -6,6 +6,9 @@ output layer Dense_1's weights. The new layer is square so that it can start as 
 120-120 was checked to learn CartPole from scratch with the CartPole defaults before any
 transplant arm was run (docs/experiments.md).
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue) and the old agent going on without surgery (control).
+
     python examples/cartpole_add_layer.py --seeds 20
 """
 

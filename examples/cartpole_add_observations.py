@@ -5,6 +5,10 @@ theta_dot). The transplant moves each kept feature's kernel row to its ID's new 
 rows of x and theta_dot start at zero (preserving) or fresh (seed rules). Both networks are the
 CartPole default (120-84) trained with the CartPole defaults (flaxsurgery.rl.defaults).
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue) and the old agent going on without surgery (control);
+``--arms`` picks others (continue_seed), ``--reuse`` takes the rest from an earlier summary.
+
     python examples/cartpole_add_observations.py --seeds 20
 """
 

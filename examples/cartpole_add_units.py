@@ -5,6 +5,11 @@ are new (fresh incoming weights and zero outgoing under the preserving rules; fr
 seeds'). The old network is narrower than the defaults were chosen for: a 16-16 network learns
 CartPole less reliably, and that is what the wider network is for.
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue), its ablation (continue_buffer, continue_explore), the seeds'
+rules continued (continue_seed) and the old agent going on without surgery (control);
+``--arms`` picks some, ``--reuse`` takes the rest from an earlier summary (docs/experiments.md).
+
     python examples/cartpole_add_units.py --seeds 20
 """
 
