@@ -5,10 +5,14 @@ torque0, torque+1) in the new one. The new action's Q-value starts as the mean o
 (preserving: the greedy action is kept) or fresh (seed rules). Both networks are the Acrobot
 default (120-84) trained with the Acrobot defaults (flaxsurgery.rl.defaults).
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue: the buffers' actions keep their IDs) and the old agent going
+on without surgery (control).
+
     python examples/acrobot_add_action.py --seeds 20
 """
 
-from experiments.dqn import ACROBOT_THRESHOLD, Experiment, main
+from experiments.dqn import ACROBOT_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +27,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

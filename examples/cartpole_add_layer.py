@@ -6,10 +6,13 @@ output layer Dense_1's weights. The new layer is square so that it can start as 
 120-120 was checked to learn CartPole from scratch with the CartPole defaults before any
 transplant arm was run (docs/experiments.md).
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue) and the old agent going on without surgery (control).
+
     python examples/cartpole_add_layer.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import CARTPOLE_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -25,4 +28,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

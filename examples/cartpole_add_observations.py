@@ -5,10 +5,14 @@ theta_dot). The transplant moves each kept feature's kernel row to its ID's new 
 rows of x and theta_dot start at zero (preserving) or fresh (seed rules). Both networks are the
 CartPole default (120-84) trained with the CartPole defaults (flaxsurgery.rl.defaults).
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue) and the old agent going on without surgery (control);
+``--arms`` picks others (continue_seed), ``--reuse`` takes the rest from an earlier summary.
+
     python examples/cartpole_add_observations.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import CARTPOLE_THRESHOLD, CONTINUE_ARMS, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +27,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=CONTINUE_ARMS)

@@ -5,10 +5,15 @@ are new (fresh incoming weights and zero outgoing under the preserving rules; fr
 seeds'). The old network is narrower than the defaults were chosen for: a 16-16 network learns
 CartPole less reliably, and that is what the wider network is for.
 
+Arms of the new phase: the restart protocol (transplant, transplant_seed, scratch), the
+transplant continued (continue), its ablation (continue_buffer, continue_explore), the seeds'
+rules continued (continue_seed) and the old agent going on without surgery (control);
+``--arms`` picks some, ``--reuse`` takes the rest from an earlier summary (docs/experiments.md).
+
     python examples/cartpole_add_units.py --seeds 20
 """
 
-from experiments.dqn import CARTPOLE_THRESHOLD, Experiment, main
+from experiments.dqn import ABLATION_ARMS, CARTPOLE_THRESHOLD, Experiment, main
 from flaxsurgery.rl import EnvView
 from flaxsurgery.rl.defaults import default_config
 
@@ -23,4 +28,4 @@ EXPERIMENT = Experiment(
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT)
+    main(EXPERIMENT, arms=(*ABLATION_ARMS, "continue_seed"))

@@ -1,9 +1,13 @@
 """Issue 6, part 4: one table of every experiment's arms, from results/*/summary.json.
 
 Rows per experiment: the function-preserving rules (arm ``transplant``), the seeds' rules
-(``transplant_seed``) and ``scratch``. For ``digits_classes`` the return is test accuracy.
+(``transplant_seed``), the preserving transplant continued (``continue``, where a run has it)
+and ``scratch``. For ``digits_classes`` the return is test accuracy. ``--headline`` gives the
+short table, ``--continuation`` the dip after the transplant against the control (experiments
+with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment.
 
-    python examples/rules_table.py [--results results] [--headline]
+    python examples/rules_table.py [--results results] [--headline | --continuation
+                                    | --ablation cartpole_add_units]
 """
 
 import argparse
@@ -12,13 +16,36 @@ from pathlib import Path
 
 from experiments import results
 
+# What each new-phase arm keeps of the old run beyond the transplanted networks and Adam state
+# (experiments.dqn.NEW_ARMS), for the ablation table.
+KEEPS = {
+    "control": "everything, no surgery (the old network)",
+    "continue": "buffer (moved) and counters (epsilon at its end value)",
+    "continue_buffer": "buffer (moved); counters restart (epsilon 1 -> 0.05)",
+    "continue_explore": "counters (epsilon at its end value); buffer empty",
+    "continue_seed": "as continue, with the seeds' rules",
+    "transplant": "nothing (restart: buffer empty, epsilon 1 -> 0.05)",
+    "transplant_seed": "nothing, with the seeds' rules",
+    "scratch": "nothing, fresh network",
+}
+
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
-    parser.add_argument("--headline", action="store_true",
-                        help="the short table: preserving transplant against scratch only")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--headline", action="store_true",
+                       help="the short table: preserving transplant against scratch only")
+    which.add_argument("--continuation", action="store_true",
+                       help="the dip after the transplant, continue against control")
+    which.add_argument("--ablation", metavar="NAME",
+                       help="one experiment's arms with what each keeps of the old run")
     args = parser.parse_args(argv)
+    if args.ablation:
+        summary = json.loads((args.results / args.ablation / "summary.json").read_text())
+        table = results.arms_table(summary, KEEPS)
+        print(table)
+        return table
     paths = sorted(args.results.glob("*/summary.json"))
     if not paths:
         parser.error(f"no */summary.json under {args.results}")
@@ -28,7 +55,10 @@ def main(argv=None) -> str:
     # docs/transformer.md tabulate them).
     summaries = [s for s in summaries if {"old", "transplant", "transplant_seed"} <= set(s["arms"])
                  and s.get("learner", "dqn") != "ppo"]
-    table = (results.headline_table if args.headline else results.rules_table)(summaries)
+    if args.continuation:
+        table = results.continuation_table(summaries)
+    else:
+        table = (results.headline_table if args.headline else results.rules_table)(summaries)
     print(table)
     return table
 

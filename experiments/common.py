@@ -130,26 +130,44 @@ def split_arms(arms: Sequence[str], population: Any, seeds: int) -> dict[str, An
 
 
 class Progress:
-    """Host-side progress line of one training phase, called once per evaluation."""
+    """Host-side progress line of one training phase, called once per evaluation: the step,
+    the seconds so far and, from the second call on, an estimate of the phase's time left."""
 
     def __init__(self, experiment: str, phase: str, seeds: int, total_steps: int):
         self.prefix = f"[{experiment}] {phase}: {seeds} seeds"
         self.total_steps = total_steps
         self.start = time.perf_counter()
+        self.first: tuple[int, float] | None = None  # (step, time) of the first call
         print(f"{self.prefix}, compiling and training {total_steps:,} steps", flush=True)
 
     def __call__(self, step) -> None:
-        elapsed = time.perf_counter() - self.start
-        print(f"{self.prefix}, step {int(step):,}/{self.total_steps:,}, {elapsed:.0f}s", flush=True)
+        now, step = time.perf_counter(), int(step)
+        line = f"{self.prefix}, step {step:,}/{self.total_steps:,}, {now - self.start:.0f}s"
+        if self.first is None:
+            self.first = (step, now)
+        elif step > self.first[0]:
+            # The pace since the first call: the time before it includes compiling.
+            rate = (now - self.first[1]) / (step - self.first[0])
+            line += f", about {rate * (self.total_steps - step):.0f}s left"
+        print(line, flush=True)
 
 
 def parse_args(description: str, argv: Sequence[str] | None, *, seeds: int, steps: int,
-               steps_help: str) -> argparse.Namespace:
-    """An example's command line: ``--seeds`` (at least 2), ``--steps`` (per phase), ``--out``."""
+               steps_help: str, arms: Sequence[str] | None = None,
+               arms_help: str = "arms to train", reuse_help: str | None = None
+               ) -> argparse.Namespace:
+    """An example's command line: ``--seeds`` (at least 2), ``--steps`` (per phase), ``--out``;
+    given default ``arms``, ``--arms`` (comma-separated names); given ``reuse_help``,
+    ``--reuse`` (an earlier summary.json)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm (at least 2)")
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    if arms is not None:
+        parser.add_argument("--arms", type=lambda text: tuple(text.split(",")),
+                            default=tuple(arms), help=f"{arms_help} (comma-separated)")
+    if reuse_help is not None:
+        parser.add_argument("--reuse", type=Path, default=None, help=reuse_help)
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the 95%% interval needs two)")

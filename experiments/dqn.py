@@ -5,10 +5,14 @@ network with its view, and the spec between them (unit IDs of the views, a layer
 
 1. ``old``: train the old network, one population of seeds in one jitted, vmapped call.
 2. transplant every seed's parameters, target network and Adam state into the new network,
-   with the function-preserving rules (arm ``transplant``) and the seeds' rules
-   (arm ``transplant_seed``): one vmapped call per plan.
-3. train the new network from each transplant and from scratch (arm ``scratch``): all three
-   arms in one jitted, vmapped call, arm ``a`` seed ``i`` with the same training key.
+   with the function-preserving rules and the seeds' rules: one vmapped call per plan; move
+   every seed's replay buffer through the plan (:func:`move_buffers`).
+3. train the new network from each start (:data:`NEW_ARMS`): all of them in one jitted, vmapped
+   call, arm ``a`` seed ``i`` with the same training key. The restart arms (``transplant``,
+   ``transplant_seed``) begin like a fresh run, with an empty buffer and epsilon back at its
+   start; the continue arms go on from where the old run ended (:data:`CONTINUE`).
+4. ``control``: the old agent trains on, on its own network and view, without surgery, with
+   the continue arm's settings and the same keys (one more vmapped call).
 
 Phases train with gymnax (:func:`population_train`) by default; ``trainer=`` swaps in
 :func:`flaxsurgery.rl.host.make_host_train` for gymnasium environments (views are then
@@ -21,18 +25,21 @@ table of the arms.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
 from experiments import results
 from experiments.common import (
-    ARMS,
+    ARMS,  # noqa: F401 (the restart protocol's summary arms, in order: tests read it here)
     PRESETS,
     Progress,
     ViewChange,
@@ -42,7 +49,15 @@ from experiments.common import (
     stack_arms,
 )
 from flaxsurgery.rl.defaults import scaled
-from flaxsurgery.rl.dqn import DQNConfig, QNetwork, Trained, make_optimizer, make_train
+from flaxsurgery.rl.dqn import (
+    Buffer,
+    DQNConfig,
+    QNetwork,
+    Trained,
+    buffer_init,
+    make_optimizer,
+    make_train,
+)
 from flaxsurgery.rl.envs import EnvView
 
 
@@ -69,6 +84,44 @@ class Experiment(ViewChange):
     def build(self, hidden: tuple[int, ...], num_actions: int) -> nn.Module:
         return self.network(hidden, num_actions)
 
+
+class Continuation(NamedTuple):
+    """How a new-phase arm starts, beyond its network: which plan's transplant it trains from,
+    and which parts of the old run it keeps. What it does not keep starts as in a fresh run.
+
+    Attributes:
+      preset: the transplant's rules (:data:`~experiments.common.PRESETS`' values), or None
+        for the new network's own initialisation (scratch).
+      buffer: the old run's replay buffer, moved through the plan; else an empty one.
+      counters: the old run's environment-step and gradient-step counters; else zero. With a
+        constant learning rate they drive only epsilon (kept: the schedule's end value) and
+        the target network's copy cadence.
+    """
+
+    preset: str | None
+    buffer: bool = False
+    counters: bool = False
+
+
+# Every arm of the new phase, settings fixed before any result was seen (docs/experiments.md).
+NEW_ARMS = {
+    "transplant": Continuation("preserving"),
+    "transplant_seed": Continuation("seed"),
+    "scratch": Continuation(None),
+    "continue": Continuation("preserving", buffer=True, counters=True),
+    "continue_buffer": Continuation("preserving", buffer=True),
+    "continue_explore": Continuation("preserving", counters=True),
+    "continue_seed": Continuation("seed", buffer=True, counters=True),
+}
+# The arms that go on from the old run, compared with the control as well as with scratch.
+CONTINUE = tuple(arm for arm, c in NEW_ARMS.items() if c.buffer or c.counters)
+# The restart protocol's arms, what a run trains unless told otherwise (``arms=``, ``--arms``).
+RESTART_ARMS = ("transplant", "transplant_seed", "scratch")
+# The continuation experiments' arms: the restart protocol, the continue arm and its control.
+# The ablation (continue_buffer, continue_explore) and the seeds' rules continued
+# (continue_seed) are asked for by name.
+CONTINUE_ARMS = (*RESTART_ARMS, "continue", "control")
+ABLATION_ARMS = (*CONTINUE_ARMS, "continue_buffer", "continue_explore")
 
 # The mean evaluation return that counts as solving each environment.
 CARTPOLE_THRESHOLD = 475.0
@@ -139,50 +192,136 @@ def population_train(
     return jax.jit(jax.vmap(make_train(config, view, network, progress)))
 
 
+def move_buffers(plan: fs.Plan, buffers: Buffer) -> tuple[Buffer, np.ndarray]:
+    """Every seed's replay buffer moved through ``plan`` (a leading seed axis) by
+    :func:`flaxsurgery.transplant_buffer`: stored observations along the input space ``obs``
+    (new features at 0, what the preserving rules' zero rows ignore), actions along the output
+    space ``out``.
+
+    Returns:
+      ``(buffers, dropped)``: the moved buffers, and per seed the transitions dropped because
+      their action has no place in the new network.
+    """
+    def move(buffer):
+        return fs.transplant_buffer(buffer, plan, input_space="obs", output_space="out")
+
+    moved = jax.jit(jax.vmap(move))(buffers)
+    return moved.buffer, np.asarray(moved.dropped)
+
+
+def empty_buffers(config: DQNConfig, obs_shape: tuple[int, ...], seeds: int) -> Buffer:
+    """An empty replay buffer per seed (a leading seed axis): a fresh run's."""
+    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (seeds, *leaf.shape)),
+                        buffer_init(config.buffer_size, obs_shape))
+
+
+def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping, old: Trained,
+              scratch: tuple, empty: Buffer) -> tuple:
+    """One new-phase arm's ``train`` arguments after the key, a leading seed axis on each:
+    ``(params, target_params, opt_state, buffer, steps, updates)``."""
+    c = continuation
+    networks = scratch if c.preset is None else transplanted[c.preset]
+    buffer = moved[c.preset] if c.buffer else empty
+    zeros = jnp.zeros_like(old.steps)
+    counters = (old.steps, old.updates) if c.counters else (zeros, zeros)
+    return (*networks, buffer, *counters)
+
+
+def check_arms(arms: Sequence[str]) -> None:
+    """Every name in ``arms`` is a new-phase arm or ``control``; otherwise a ValueError."""
+    unknown = [arm for arm in arms if arm not in NEW_ARMS and arm != "control"]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; the arms are {[*NEW_ARMS, 'control']}")
+
+
 def run(
-    experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train
+    experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train,
+    arms: Sequence[str] = RESTART_ARMS, info: dict | None = None, earlier: dict | None = None,
 ) -> dict:
     """Run all phases of ``experiment`` with ``seeds`` seeds per arm; ``trainer`` builds each
     phase's population training function (:func:`population_train`'s signature).
 
+    Args:
+      experiment: the old and new networks, views and spec.
+      seeds: seeds per arm.
+      seed: the key of the whole run.
+      trainer: builds each phase's training function.
+      arms: the new-phase arms to train (:data:`NEW_ARMS`) and ``control``.
+      info: when given, filled with what the continue arms started from: per seed the
+        transitions the buffer move dropped (``buffer_dropped``) and the old run's final
+        counters (``old_steps``, ``old_updates``).
+      earlier: an earlier summary whose arms will join this run's (:func:`with_earlier_arms`):
+        checked (:func:`check_earlier`) as soon as the old phase has trained, before the rest.
+
     Returns:
-      ``{arm: returns}``, each returns array (seeds, evaluations) of mean greedy returns at
+      ``{arm: returns}``, ``old`` and then ``arms`` in :data:`NEW_ARMS`' order and ``control``
+      last, each returns array (seeds, evaluations) of mean greedy returns at
       ``experiment.config.eval_steps``.
     """
+    check_arms(arms)
     config, name = experiment.config, experiment.name
     tx = make_optimizer(config)
     key_old, key_new, key_init = jax.random.split(jax.random.key(seed), 3)
+    new_arms = [arm for arm in NEW_ARMS if arm in arms]
+    continues = [NEW_ARMS[arm] for arm in new_arms if arm in CONTINUE] + (
+        [Continuation(None, buffer=True, counters=True)] if "control" in arms else [])
 
     # Phase 1: the old network, on the old view.
     progress = Progress(name, "old", seeds, config.total_steps)
     train_old = trainer(config, experiment.old_view, experiment.old_network, progress)
     old = train_old(jax.random.split(key_old, seeds))
+    if earlier is not None:
+        check_earlier(earlier, experiment, np.asarray(old.returns))
+    if continues and old.buffer is None:
+        raise ValueError(f"arms {[a for a in arms if a in CONTINUE or a == 'control']} go on"
+                         " from the old run's buffer and counters, which this trainer does not"
+                         " return; train them with population_train")
 
     # Phase 2: transplant every seed, with each plan. Fresh values (and the scratch arm) come
     # from the same per-seed initialisation of the new network.
     new_net, new_view = experiment.new_network, experiment.new_view
     fresh = init_population(new_net, new_view.obs_shape, jax.random.split(key_init, seeds))
     fresh_opt = jax.vmap(tx.init)(fresh)
-    starts = {}  # arm -> (params, target_params, opt_state), leading seed axis
+    transplanted, moved = {}, {}  # preset -> (params, target_params, opt_state) / buffers
     for arm, preset in PRESETS.items():
         plan = make_plan(experiment, preset)
-        starts[arm] = transplant_agents(plan, old, fresh, fresh_opt)
-        check = verify_first_seed(experiment, plan, old.params, starts[arm][0])
+        transplanted[preset] = transplant_agents(plan, old, fresh, fresh_opt)
+        check = verify_first_seed(experiment, plan, old.params, transplanted[preset][0])
         print(
             f"[{name}] {arm} (preset {preset!r}):\n{plan.report()}\n"
-            f"seed 0 on 1,000 random observations: max |Q_new - Q_old| = {check.max_abs_diff:.3g},"
+            f"check on samples, seed 0 on 1,000 random observations (new input features at 0):"
+            f" max |Q_new - Q_old| = {check.max_abs_diff:.3g},"
             f" greedy agreement {check.greedy_agreement:.1%}",
             flush=True,
         )
-    starts["scratch"] = (fresh, fresh, fresh_opt)
+        if any(c.buffer and c.preset == preset for c in continues):
+            moved[preset], dropped = move_buffers(plan, old.buffer)
+            if info is not None:
+                info["buffer_dropped"] = [int(d) for d in dropped]
+            print(f"[{name}] replay buffers moved through the {preset!r} plan: per seed"
+                  f" {int(dropped.max())} transitions dropped at most", flush=True)
+    if info is not None and continues:
+        info["old_steps"] = [int(s) for s in old.steps]
+        info["old_updates"] = [int(u) for u in old.updates]
 
     # Phase 3: the new network from each start, every arm's seed i on the same key.
-    new_arms = list(starts)
+    empty = empty_buffers(config, new_view.obs_shape, seeds)
+    starts = {arm: arm_start(NEW_ARMS[arm], transplanted, moved, old, (fresh, fresh, fresh_opt),
+                             empty) for arm in new_arms}
     progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
     train_new = trainer(config, new_view, new_net, progress)
     stacked, keys = stack_arms(starts, key_new, seeds)
     new = train_new(keys, *stacked)
-    return {"old": np.asarray(old.returns), **split_arms(new_arms, np.asarray(new.returns), seeds)}
+    out = {"old": np.asarray(old.returns), **split_arms(new_arms, np.asarray(new.returns), seeds)}
+
+    # Phase 4: the old agent going on without surgery, on the same keys as every arm's seeds.
+    if "control" in arms:
+        progress = Progress(name, "control", seeds, config.total_steps)
+        train_control = trainer(config, experiment.old_view, experiment.old_network, progress)
+        control = train_control(jax.random.split(key_new, seeds), old.params, old.target_params,
+                                old.opt_state, old.buffer, old.steps, old.updates)
+        out["control"] = np.asarray(control.returns)
+    return out
 
 
 # ---------------------------------------------------------------------------------- report
@@ -193,7 +332,79 @@ def _view_config(view: EnvView, hidden: Sequence[int], network: nn.Module) -> di
             "network": type(network).__name__, "hidden": list(hidden)}
 
 
-def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> dict:
+def check_earlier(earlier: dict, experiment: Experiment, old_returns: np.ndarray) -> None:
+    """Check that an earlier summary's arms are the arms this run would train.
+
+    An arm trained by an earlier run is the arm this run would train only if both ran the same
+    settings on the same keys; the old phase, which every run trains first, shows it: its
+    returns must equal the earlier run's to the last bit.
+
+    Raises:
+      ValueError: the earlier summary is of another experiment, has other settings or another
+        number of seeds, or its old arm's returns differ from this run's.
+    """
+    config = json.loads(json.dumps(dataclasses.asdict(experiment.config)))
+    seeds = old_returns.shape[0]
+    problems = []
+    if earlier["experiment"] != experiment.name:
+        problems.append(f"it is experiment {earlier['experiment']!r}, not {experiment.name!r}")
+    if earlier["config"]["dqn"] != config:
+        changed = sorted(k for k in config if earlier["config"]["dqn"].get(k) != config[k])
+        problems.append(f"its DQN settings differ in {changed}")
+    if earlier["seeds"] != seeds:
+        problems.append(f"it has {earlier['seeds']} seeds, this run {seeds}")
+    elif not np.array_equal(np.asarray(earlier["arms"]["old"]["returns"]),
+                            np.asarray(old_returns, np.float64)):
+        problems.append("its old arm's returns differ from this run's")
+    if problems:
+        raise ValueError("cannot reuse the earlier summary's arms: " + "; ".join(problems))
+
+
+def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> dict:
+    """``returns`` with the arms of an earlier summary of the same experiment that it lacks,
+    in :func:`run`'s order (``old``, :data:`NEW_ARMS`, ``control``), once
+    :func:`check_earlier` accepts it."""
+    check_earlier(earlier, experiment, returns["old"])
+    order = ["old", *NEW_ARMS, "control"]
+    merged = {**{arm: np.asarray(a["returns"]) for arm, a in earlier["arms"].items()}, **returns}
+    return {arm: merged[arm] for arm in order if arm in merged}
+
+
+def paired_against(returns: Mapping[str, np.ndarray], base: str, steps: np.ndarray,
+                   threshold: float, exclude: Sequence[str] = ()) -> dict:
+    """Every arm's paired difference from arm ``base`` (seed i of both shares its keys), but
+    ``base`` itself and the arms in ``exclude``."""
+    return {arm: results.paired_difference(r, returns[base], steps, threshold)
+            for arm, r in returns.items() if arm != base and arm not in exclude}
+
+
+# Issue 17's targets, fixed before the continuation runs: the continue arm's mean curve falls at
+# most this share of the old agent's final return below the control's lowest point.
+DIP_TOLERANCE = 0.05
+
+
+def targets(summary: dict) -> dict:
+    """The continue arm against its targets: ``dip`` (its mean curve's lowest point is at most
+    :data:`DIP_TOLERANCE` of the old agent's final return below the control's) and
+    ``auc_above_scratch`` (the lower end of its paired AUC difference from scratch is above 0).
+    Both are computed on every experiment; issue 17 sets the dip target on CartPole's."""
+    arms = summary["arms"]
+    if "continue" not in arms:
+        return {}
+    old_final = arms["old"]["final_return"]
+    floor = arms["control"]["lowest_return"] - DIP_TOLERANCE * abs(old_final)
+    auc = summary["paired_vs_scratch"]["continue"]["auc"]
+    return {
+        "dip": {"continue_lowest": arms["continue"]["lowest_return"],
+                "control_lowest": arms["control"]["lowest_return"],
+                "old_final": old_final, "tolerance": DIP_TOLERANCE, "floor": floor,
+                "met": bool(arms["continue"]["lowest_return"] >= floor)},
+        "auc_above_scratch": {"ci95": auc["ci95"], "met": bool(auc["ci95"][0] > 0)},
+    }
+
+
+def report(experiment: Experiment, returns: dict, wall_s: float, out: Path,
+           info: dict | None = None) -> dict:
     """Write ``summary.json`` and ``curves.png`` under ``out / experiment.name``; print the table."""
     config = experiment.config
     seeds = returns["old"].shape[0]
@@ -212,15 +423,19 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path) -> d
             "spaces": {space: [list(old), list(new)] for space, (old, new) in experiment.spaces.items()},
         },
         "arms": {
-            arm: results.summarise_arm(config.eval_steps, returns[arm], experiment.threshold)
-            for arm in ARMS
+            arm: results.summarise_arm(config.eval_steps, arm_returns, experiment.threshold)
+            for arm, arm_returns in returns.items()
         },
-        "paired_vs_scratch": {
-            arm: results.paired_difference(returns[arm], returns["scratch"], config.eval_steps,
-                                           experiment.threshold)
-            for arm in PRESETS
-        },
+        "paired_vs_scratch": paired_against(returns, "scratch", config.eval_steps,
+                                            experiment.threshold, exclude=("old", "control")),
     }
+    if "control" in returns:
+        summary["paired_vs_control"] = paired_against(
+            {arm: r for arm, r in returns.items() if arm in CONTINUE or arm == "control"},
+            "control", config.eval_steps, experiment.threshold)
+        summary["targets"] = targets(summary)
+    if info:
+        summary["continuation"] = info
     results.write(summary, out / experiment.name, xlabel="environment steps (0 = transplant)",
                   ylabel="greedy evaluation return", title=f"{experiment.name} ({summary['env']})")
     print(f"\n{results.headline(summary)}\n\n{experiment.name}: {seeds} seeds, "
@@ -234,17 +449,31 @@ def main(
     argv: Sequence[str] | None = None,
     trainer: Callable = population_train,
     default_seeds: int = 20,
+    arms: Sequence[str] = RESTART_ARMS,
 ) -> dict:
-    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``; ``trainer``
-    as in :func:`run`."""
+    """Command line of an example: ``--seeds``, ``--steps`` (per phase), ``--out``, ``--arms``
+    (default ``arms``); ``trainer`` as in :func:`run`."""
     args = parse_args(
         f"Transplant experiment {experiment.name}.", argv, seeds=default_seeds,
         steps=experiment.config.total_steps,
         steps_help="environment steps per phase (keeps the number of evaluations and the shares"
         " of the run that explore and that wait for learning to start)",
+        arms=arms, arms_help=f"new-phase arms to train, of {[*NEW_ARMS, 'control']}",
+        reuse_help="an earlier summary.json of this experiment: its arms that --arms does not"
+        " train are taken from it, after checking that its settings and seeds are this run's and"
+        " that its old arm's returns equal this run's exactly",
     )
     if args.steps != experiment.config.total_steps:
         experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
-    returns = run(experiment, seeds=args.seeds, trainer=trainer)
-    return report(experiment, returns, time.perf_counter() - start, args.out)
+    info: dict = {}
+    earlier = None if args.reuse is None else json.loads(args.reuse.read_text())
+    returns = run(experiment, seeds=args.seeds, trainer=trainer, arms=args.arms, info=info,
+                  earlier=earlier)
+    if earlier is not None:
+        returns = with_earlier_arms(returns, earlier, experiment)
+        info["reused"] = {"from": str(args.reuse), "wall_s": earlier["wall_s"],
+                          "arms": [arm for arm in returns if arm not in args.arms and arm != "old"],
+                          # the earlier run's own provenance, when it reused arms too
+                          "earlier": earlier.get("continuation", {}).get("reused")}
+    return report(experiment, returns, time.perf_counter() - start, args.out, info)

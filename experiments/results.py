@@ -78,10 +78,12 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
     (:func:`seed_steps_to_threshold`; None when the median is censored). ``auc`` is each
     seed's mean over the evaluations, averaged over seeds, with its 95% interval;
     ``steps_to_threshold`` the first step whose mean over seeds reaches ``threshold``
-    (or None). ``return_range`` is the lowest and highest value of the mean curve (what a flat
-    curve stays between); ``returns`` keeps every seed's curve.
+    (or None). ``lowest_return`` is the mean curve's lowest point and ``lowest_step`` the
+    first step where it is reached; ``return_range`` is the lowest and highest value of the mean
+    curve (what a flat curve stays between). ``returns`` keeps every seed's curve.
     """
     mean = returns.mean(axis=0)
+    lowest = int(np.argmin(mean))
     auc_per_seed = returns.mean(axis=1)
     auc, auc_half = float(auc_per_seed.mean()), float(ci95(auc_per_seed))
     crossed = np.flatnonzero(mean >= threshold)
@@ -97,6 +99,8 @@ def summarise_arm(steps: np.ndarray, returns: np.ndarray, threshold: float) -> d
         "final_ci95": [float(mean[-1] - ci95(returns)[-1]), float(mean[-1] + ci95(returns)[-1])],
         "auc": auc,
         "auc_ci95": [auc - auc_half, auc + auc_half],
+        "lowest_return": float(mean[lowest]),
+        "lowest_step": int(steps[lowest]),
         "steps_to_threshold": int(steps[crossed[0]]) if crossed.size else None,
         "reached": int(reached.sum()),
         "seeds": int(returns.shape[0]),
@@ -157,15 +161,16 @@ def median_cell(arm: dict, budget: int) -> str:
     return f"> {budget:,}" if median is None else f"{median:,.0f}"
 
 
-def steps_difference_cell(paired: dict | None) -> str:
-    """Paired difference in steps to threshold with its 95% interval and censored pairs."""
+def steps_difference_cell(paired: dict | None, base: str = "scratch") -> str:
+    """Paired difference in steps to threshold with its 95% interval and censored pairs;
+    ``base`` names the arm the difference is from (``paired_difference``'s ``scratch``)."""
     if not paired or "steps_to_threshold" not in paired:
         return "n/a"
     d = paired["steps_to_threshold"]
     c = d["censored"]
     cell = f"{d['mean']:+,.0f} ({d['ci95'][0]:+,.0f}, {d['ci95'][1]:+,.0f})"
     if c["arm_only"] or c["scratch_only"] or c["both"]:
-        cell += f" [censored: arm {c['arm_only']}, scratch {c['scratch_only']}, both {c['both']}]"
+        cell += f" [censored: arm {c['arm_only']}, {base} {c['scratch_only']}, both {c['both']}]"
     return cell
 
 
@@ -185,33 +190,40 @@ def headline(summary: dict) -> str:
 def markdown_table(summary: dict, measure: str = "return", digits: int = 1) -> str:
     """The arms as a markdown table, the headline first: seeds that reach the threshold and the
     median seed's steps to it; then first return, AUC and final return with 95% intervals.
-    Then the paired differences from scratch, when the summary has them: steps to threshold
-    first, then AUC and final return."""
+    Last, the mean curve's lowest point and where it is. Then the paired differences from
+    scratch and from the control, when the summary has them: steps to threshold first, then
+    AUC and final return."""
     f = f"{{:.{digits}f}}".format
     budget = summary["steps_per_phase"]
     lines = [
         (f"| arm | seeds reaching {summary['threshold']:g} | median steps to {summary['threshold']:g} "
-         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) |"),
-        "|---|---:|---:|---:|---:|---:|",
+         f"| first {measure} | AUC (95% CI) | final {measure} (95% CI) "
+         f"| lowest mean {measure} (step) |"),
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, a in summary["arms"].items():
         lo, hi = a["auc_ci95"]
         final = f(a["final_return"])
         if "final_ci95" in a:
             final += f" ({f(a['final_ci95'][0])}, {f(a['final_ci95'][1])})"
+        lowest = (f"{f(a['lowest_return'])} ({a['lowest_step']:,})" if "lowest_return" in a
+                  else "n/a")
         lines.append(f"| {arm} | {reached_cell(a)} | {median_cell(a, budget)} "
-                     f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {final} |")
+                     f"| {f(a['first_return'])} | {f(a['auc'])} ({f(lo)}, {f(hi)}) | {final} "
+                     f"| {lowest} |")
     g = f"{{:+.{digits}f}}".format
-    for arm, p in summary.get("paired_vs_scratch", {}).items():
-        auc, final = p["auc"], p["final"]
-        lines.append(f"\n{arm} - scratch, paired by seed: steps to threshold "
-                     f"{steps_difference_cell(p)}; AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
-                     f"{g(auc['ci95'][1])}); final {measure} {g(final['mean'])} "
-                     f"({g(final['ci95'][0])}, {g(final['ci95'][1])})")
+    for base in ("scratch", "control"):
+        for arm, p in summary.get(f"paired_vs_{base}", {}).items():
+            auc, final = p["auc"], p["final"]
+            lines.append(f"\n{arm} - {base}, paired by seed: steps to threshold "
+                         f"{steps_difference_cell(p, base)}; AUC {g(auc['mean'])} ({g(auc['ci95'][0])}, "
+                         f"{g(auc['ci95'][1])}); final {measure} {g(final['mean'])} "
+                         f"({g(final['ci95'][0])}, {g(final['ci95'][1])})")
     return "\n".join(lines)
 
 
-RULES = {"transplant": "preserving", "transplant_seed": "seeds'", "scratch": "scratch"}
+RULES = {"transplant": "preserving", "transplant_seed": "seeds'", "continue": "preserving, continued",
+         "scratch": "scratch"}
 
 
 def _decimals(summary: dict) -> int:
@@ -227,7 +239,8 @@ def rules_table(summaries: list[dict]) -> str:
     the median seed's steps to it, and the paired difference from scratch in steps to it (95%
     interval; censored pairs counted); then first return, AUC with its 95% interval, the paired
     AUC difference from scratch, and final return. ``old final`` is the old agent's last
-    return, the level a transplant starts from when it keeps the function.
+    return, the level a transplant starts from when it keeps the function. A summary with a
+    ``continue`` arm (the preserving transplant going on from the old run) gets its row too.
     """
     lines = [
         ("| experiment (threshold) | old final | rules | seeds reaching | median steps "
@@ -241,6 +254,8 @@ def rules_table(summaries: list[dict]) -> str:
         old_final = f(summary["arms"]["old"]["final_return"])
         budget = summary.get("steps_per_phase", max(summary["arms"]["old"]["steps"]))
         for arm, rules in RULES.items():
+            if arm not in summary["arms"]:
+                continue
             a = summary["arms"][arm]
             lo, hi = a["auc_ci95"]
             paired = summary.get("paired_vs_scratch", {}).get(arm)
@@ -258,10 +273,30 @@ def rules_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _paired_cell(paired: dict | None, measure: str, g) -> str:
+    """``mean (low, high)`` of one paired difference, or ``n/a`` where there is none."""
+    if not paired:
+        return "n/a"
+    d = paired[measure]
+    return f"{g(d['mean'])} ({g(d['ci95'][0])}, {g(d['ci95'][1])})"
+
+
+def _lowest_cell(arm: dict | None, f) -> str:
+    """The mean curve's lowest point and its step, or ``n/a``."""
+    if not arm or "lowest_return" not in arm:
+        return "n/a"
+    return f"{f(arm['lowest_return'])} ({arm['lowest_step']:,})"
+
+
 def headline_table(summaries: list[dict]) -> str:
     """The short table over experiments: per experiment the seeds that reach its threshold
     under the preserving transplant and from scratch, and the paired differences
-    (transplant - scratch, 95% intervals) in steps to threshold, AUC and final return."""
+    (transplant - scratch, 95% intervals) in steps to threshold, AUC and final return.
+
+    The first row of an experiment is the transplant that restarts training (arm
+    ``transplant``); where the summary has a ``continue`` arm (the same transplant going on
+    from the old run's buffer and counters), a second row, ``<experiment>, continued``,
+    gives it in the transplant columns."""
     lines = [
         ("| experiment (threshold) | seeds x steps | transplant reaching | scratch reaching "
          "| steps to threshold, transplant - scratch | AUC, transplant - scratch "
@@ -270,15 +305,79 @@ def headline_table(summaries: list[dict]) -> str:
     ]
     for summary in summaries:
         g = f"{{:+.{_decimals(summary)}f}}".format
-        paired = summary["paired_vs_scratch"]["transplant"]
-        auc, final = paired["auc"], paired["final"]
+        for arm, suffix in (("transplant", ""), ("continue", ", continued")):
+            if arm not in summary["arms"]:
+                continue
+            paired = summary["paired_vs_scratch"][arm]
+            lines.append(
+                f"| {summary['experiment']} ({summary['threshold']:g}){suffix} "
+                f"| {summary['seeds']} x {summary['steps_per_phase']:,} "
+                f"| {reached_cell(summary['arms'][arm])} "
+                f"| {reached_cell(summary['arms']['scratch'])} | {steps_difference_cell(paired)} "
+                f"| {_paired_cell(paired, 'auc', g)} | {_paired_cell(paired, 'final', g)} |"
+            )
+    return "\n".join(lines)
+
+
+def continuation_table(summaries: list[dict]) -> str:
+    """One row per experiment with a ``control`` arm: the dip after the transplant, measured as
+    each arm's mean-curve lowest point (with its step) for the old agent going on without
+    surgery (``control``), the transplant going on from the old run (``continue``), the
+    transplant that restarts training (``transplant``) and ``scratch``; the dip target (the
+    continue arm at most ``tolerance`` of the old agent's final return below the control's
+    lowest point); and the continue arm's paired differences (95% intervals) in AUC from
+    scratch and from the control, and in final return from the control."""
+    lines = [
+        ("| experiment (threshold) | old final | lowest: control | lowest: continue "
+         "| lowest: transplant (restart) | lowest: scratch | dip target: continue >= | met "
+         "| AUC, continue - scratch | AUC, continue - control | final, continue - control |"),
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        if "control" not in summary["arms"]:
+            continue
+        f = f"{{:.{_decimals(summary)}f}}".format
+        g = f"{{:+.{_decimals(summary)}f}}".format
+        arms = summary["arms"]
+        dip = summary.get("targets", {}).get("dip")
+        to_scratch = summary["paired_vs_scratch"].get("continue")
+        to_control = summary.get("paired_vs_control", {}).get("continue")
         lines.append(
             f"| {summary['experiment']} ({summary['threshold']:g}) "
-            f"| {summary['seeds']} x {summary['steps_per_phase']:,} "
-            f"| {reached_cell(summary['arms']['transplant'])} "
-            f"| {reached_cell(summary['arms']['scratch'])} | {steps_difference_cell(paired)} "
-            f"| {g(auc['mean'])} ({g(auc['ci95'][0])}, {g(auc['ci95'][1])}) "
-            f"| {g(final['mean'])} ({g(final['ci95'][0])}, {g(final['ci95'][1])}) |"
+            f"| {f(arms['old']['final_return'])} | {_lowest_cell(arms['control'], f)} "
+            f"| {_lowest_cell(arms.get('continue'), f)} "
+            f"| {_lowest_cell(arms.get('transplant'), f)} | {_lowest_cell(arms['scratch'], f)} "
+            f"| {f(dip['floor']) if dip else 'n/a'} "
+            f"| {('yes' if dip['met'] else 'no') if dip else 'n/a'} "
+            f"| {_paired_cell(to_scratch, 'auc', g)} | {_paired_cell(to_control, 'auc', g)} "
+            f"| {_paired_cell(to_control, 'final', g)} |"
+        )
+    return "\n".join(lines)
+
+
+def arms_table(summary: dict, labels: dict[str, str]) -> str:
+    """The arms ``labels`` names, in its order, each with its label (what the arm keeps):
+    seeds that reach the threshold, the mean curve's lowest point (step), AUC (95% interval),
+    its paired differences from scratch and from the control, and the final return."""
+    f = f"{{:.{_decimals(summary)}f}}".format
+    g = f"{{:+.{_decimals(summary)}f}}".format
+    lines = [
+        (f"| arm | what it keeps | seeds reaching {summary['threshold']:g} | lowest (step) "
+         "| AUC (95% CI) | AUC - scratch | AUC - control | final (95% CI) |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, label in labels.items():
+        a = summary["arms"].get(arm)
+        if a is None:
+            continue
+        lo, hi = a["auc_ci95"]
+        final_lo, final_hi = a["final_ci95"]
+        lines.append(
+            f"| {arm} | {label} | {reached_cell(a)} | {_lowest_cell(a, f)} "
+            f"| {f(a['auc'])} ({f(lo)}, {f(hi)}) "
+            f"| {_paired_cell(summary['paired_vs_scratch'].get(arm), 'auc', g)} "
+            f"| {_paired_cell(summary.get('paired_vs_control', {}).get(arm), 'auc', g)} "
+            f"| {f(a['final_return'])} ({f(final_lo)}, {f(final_hi)}) |"
         )
     return "\n".join(lines)
 

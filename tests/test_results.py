@@ -32,6 +32,13 @@ def test_return_ranges_are_added_to_an_older_summary_from_its_curves():
     assert "return_range" not in older["arms"]["a"]  # the caller's summary is kept
 
 
+def test_lowest_point_is_the_mean_curves_first_minimum():
+    steps = np.array([0, 10, 20, 30])
+    returns = np.array([[5.0, 1.0, 3.0, 1.0], [5.0, 3.0, 1.0, 3.0]])  # mean 5, 2, 2, 2
+    arm = results.summarise_arm(steps, returns, threshold=6.0)
+    assert arm["lowest_return"] == 2.0 and arm["lowest_step"] == 10
+
+
 def test_paired_difference_and_table(tmp_path):
     steps = np.array([0, 1])
     scratch = np.array([[0.1, 0.5], [0.2, 0.6], [0.3, 0.7]])
@@ -109,3 +116,33 @@ def test_headline_leads_with_seeds_reaching_and_the_paired_steps():
     assert "[censored: arm 0, scratch 1, both 1]" in lines[1]
     row = results.headline_table([summary]).splitlines()[2]
     assert row.startswith("| t (5) | 3 x 30 | 2/3 | 1/3 | -7 (-21, +8) [censored: arm 0, scratch 1, both 1] |")
+
+
+def test_continuation_and_arms_tables_show_the_dip_and_the_paired_differences():
+    steps = np.array([0, 10, 20])
+    curves = {"old": np.array([[0.0, 5.0, 10.0], [0.0, 5.0, 10.0]]),
+              "scratch": np.array([[0.0, 2.0, 9.0], [0.0, 4.0, 9.0]]),
+              "transplant": np.array([[10.0, 1.0, 9.0], [10.0, 3.0, 9.0]]),
+              "continue": np.array([[10.0, 8.0, 10.0], [10.0, 6.0, 10.0]]),
+              "control": np.array([[10.0, 9.0, 10.0], [10.0, 9.0, 10.0]])}
+    arms = {arm: results.summarise_arm(steps, r, 9.5) for arm, r in curves.items()}
+    summary = {
+        "experiment": "t", "seeds": 2, "steps_per_phase": 20, "threshold": 9.5, "arms": arms,
+        "paired_vs_scratch": {arm: results.paired_difference(curves[arm], curves["scratch"])
+                              for arm in ("transplant", "continue")},
+        "paired_vs_control": {"continue": results.paired_difference(curves["continue"],
+                                                                    curves["control"])},
+        "targets": {"dip": {"floor": 8.5, "met": False}},
+    }
+    row = results.continuation_table([summary]).splitlines()[2]
+    # old final 10; lowest points: control 9 (10), continue 7 (10), transplant 2 (10), scratch 0
+    # AUC per seed: continue 28/3, 26/3; scratch 11/3, 13/3; control 29/3, 29/3.
+    assert row == ("| t (9.5) | 10.0 | 9.0 (10) | 7.0 (10) | 2.0 (10) | 0.0 (0) | 8.5 | no "
+                   "| +5.0 (-3.5, +13.5) | -0.7 (-4.9, +3.6) | +0.0 (+0.0, +0.0) |")
+    table = results.arms_table(summary, {"continue": "all", "control": "no surgery"})
+    continued, control = table.splitlines()[2:]
+    assert continued.startswith("| continue | all | 2/2 | 7.0 (10) | 9.0 (")
+    assert "| +5.0 (-3.5, +13.5) | -0.7 (-4.9, +3.6) | 10.0 (10.0, 10.0) |" in continued
+    assert control.startswith("| control | no surgery | 2/2 | 9.0 (10) |")
+    headline = results.headline_table([summary]).splitlines()[2:]
+    assert [line.split(" |")[0] for line in headline] == ["| t (9.5)", "| t (9.5), continued"]

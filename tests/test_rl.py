@@ -158,6 +158,46 @@ def test_starts_from_given_parameters():
     jax.tree.map(np.testing.assert_array_equal, out.params, params)
 
 
+def test_run_returns_where_it_ended_and_a_second_run_goes_on_from_there():
+    """The first run's buffer, step and update counters come back; a run given them keeps
+    counting, explores at epsilon's end value and learns from the first iteration, where a
+    fresh run waits for its buffer to fill."""
+    view = EnvView("CartPole-v1")
+    net = QNetwork((8,), view.num_actions)
+    config = dataclasses.replace(TINY, buffer_size=400, learning_starts=400, epsilon_steps=200)
+    train = jax.jit(make_train(config, view, net))
+    first = train(jax.random.key(0))
+    assert int(first.steps) == config.total_steps and int(first.buffer.count) == 400
+    iterations = config.total_steps // (config.num_envs * config.collect_steps)
+    # the buffer reaches learning_starts only after the last collection: one iteration learns
+    assert int(first.updates) == config.gradient_steps
+    fresh = train(jax.random.key(1), first.params, first.target_params, first.opt_state)
+    assert int(fresh.updates) == config.gradient_steps  # an empty buffer waits again
+    going_on = train(jax.random.key(1), first.params, first.target_params, first.opt_state,
+                     first.buffer, first.steps, first.updates)
+    assert int(going_on.steps) == 2 * config.total_steps
+    assert int(going_on.buffer.count) == 800
+    assert int(going_on.updates) == config.gradient_steps * (1 + iterations)
+    assert float(dqn.epsilon(config, going_on.steps)) == pytest.approx(config.epsilon_end)
+
+
+def test_default_run_equals_one_given_an_empty_buffer_and_zero_counters():
+    view = EnvView("CartPole-v1")
+    train = jax.jit(make_train(TINY, view, QNetwork((8,), view.num_actions)))
+    default = train(jax.random.key(2))
+    empty = dqn.buffer_init(TINY.buffer_size, view.obs_shape)
+    explicit = train(jax.random.key(2), None, None, None, empty, jnp.int32(0), jnp.int32(0))
+    jax.tree.map(np.testing.assert_array_equal, default, explicit)
+
+
+def test_a_buffer_of_another_shape_is_refused():
+    view = EnvView("CartPole-v1")
+    train = make_train(TINY, view, QNetwork((8,), view.num_actions))
+    small = dqn.buffer_init(TINY.buffer_size, (3,))
+    with pytest.raises(ValueError, match=r"init_buffer holds observations shaped \(10000, 3\)"):
+        train(jax.random.key(0), init_buffer=small)
+
+
 def test_dqn_learns_cartpole_in_a_few_thousand_steps():
     config = DQNConfig(
         total_steps=8_000, num_envs=4, collect_steps=25, gradient_steps=50, learning_starts=500,
@@ -193,6 +233,106 @@ def test_experiment_transplants_every_seed_and_writes_results(tmp_path, capsys):
     # The preserving transplant keeps the greedy policy: the same return on the same episodes.
     assert arms["transplant"]["first_return"] == pytest.approx(arms["old"]["final_return"])
     assert "| transplant |" in capsys.readouterr().out
+
+
+def test_continue_arms_and_control_go_on_from_the_old_run(tmp_path):
+    """The continue arms start from the old agent's greedy policy (preserving rules), the
+    control from the old agent itself; the summary pairs them with scratch and the control
+    and checks the continue arm's targets."""
+    experiment = exp.Experiment(
+        name="tiny_continue", old_view=EnvView("CartPole-v1"), new_view=EnvView("CartPole-v1"),
+        old_hidden=(4,), new_hidden=(6,), config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+    )
+    arms = (*exp.ABLATION_ARMS, "continue_seed")
+    summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
+                                    "--arms", ",".join(arms)])
+    got = summary["arms"]
+    assert list(got) == ["old", *[arm for arm in exp.NEW_ARMS if arm in arms], "control"]
+    old_final = got["old"]["final_return"]
+    for arm in ("transplant", "continue", "continue_buffer", "continue_explore", "control"):
+        assert got[arm]["first_return"] == pytest.approx(old_final), arm
+    assert set(summary["paired_vs_scratch"]) == set(arms) - {"scratch", "control"}
+    assert set(summary["paired_vs_control"]) == set(exp.CONTINUE)
+    continuation = summary["continuation"]
+    assert continuation["old_steps"] == [TINY.total_steps] * 2
+    assert continuation["buffer_dropped"] == [0, 0]
+    dip = summary["targets"]["dip"]
+    assert dip["floor"] == pytest.approx(got["control"]["lowest_return"] - 0.05 * abs(old_final))
+    assert dip["met"] == (got["continue"]["lowest_return"] >= dip["floor"])
+
+
+def test_arms_trained_apart_equal_arms_trained_together_and_merge(tmp_path):
+    """Arm seed i trains on the same key whatever else trains: continue and control trained
+    alone, with the restart arms taken from an earlier summary, give the summary of one run
+    that trained them all."""
+    experiment = exp.Experiment(
+        name="tiny_reuse", old_view=EnvView("CartPole-v1"), new_view=EnvView("CartPole-v1"),
+        old_hidden=(4,), new_hidden=(6,), config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+    )
+    together = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path / "a")],
+                        arms=exp.CONTINUE_ARMS)
+    earlier = tmp_path / "a" / "tiny_reuse" / "summary.json"
+    apart = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path / "b"),
+                                  "--arms", "continue,control", "--reuse", str(earlier)])
+    assert list(apart["arms"]) == list(together["arms"])
+    for arm in together["arms"]:
+        assert apart["arms"][arm]["returns"] == together["arms"][arm]["returns"], arm
+    assert apart["continuation"]["reused"]["arms"] == ["transplant", "transplant_seed", "scratch"]
+
+
+def test_reuse_refuses_an_earlier_run_whose_old_agents_differ():
+    experiment = exp.Experiment(
+        name="t", old_view=EnvView("CartPole-v1"), new_view=EnvView("CartPole-v1"),
+        old_hidden=(4,), new_hidden=(6,), config=TINY, threshold=475.0,
+    )
+    old = np.zeros((2, 3), np.float32)
+    earlier = {"experiment": "t", "seeds": 2,
+               "config": {"dqn": json.loads(json.dumps(dataclasses.asdict(TINY)))},
+               "arms": {"old": {"returns": [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]},
+                        "scratch": {"returns": old.tolist()}}}
+    with pytest.raises(ValueError, match="old arm's returns differ"):
+        exp.with_earlier_arms({"old": old}, earlier, experiment)
+    earlier["arms"]["old"]["returns"] = old.tolist()
+    merged = exp.with_earlier_arms({"old": old, "control": old}, earlier, experiment)
+    assert list(merged) == ["old", "scratch", "control"]
+    other = dataclasses.replace(experiment, config=dataclasses.replace(TINY, learning_rate=1e-2))
+    with pytest.raises(ValueError, match=r"settings differ in \['learning_rate'\]"):
+        exp.with_earlier_arms({"old": old}, earlier, other)
+
+
+def test_buffers_move_along_the_views_ids():
+    """Seed by seed, a stored observation's features move to their IDs' new places (new ones
+    at 0) and actions by ID; where no space changes, every stored value stays."""
+    old_view = EnvView("CartPole-v1", obs_ids=("x_dot", "theta"))
+    new_view = EnvView("CartPole-v1", obs_ids=("theta", "x", "x_dot"))
+    experiment = exp.Experiment(name="t", old_view=old_view, new_view=new_view, old_hidden=(4,),
+                                new_hidden=(4,), config=TINY, threshold=475.0)
+    rng = np.random.default_rng(0)
+    buffers = dqn.Buffer(
+        dqn.Transition(obs=jnp.asarray(rng.standard_normal((2, 5, 2)), jnp.float32),
+                       action=jnp.asarray(rng.integers(0, 2, (2, 5)), jnp.int32),
+                       reward=jnp.ones((2, 5)),
+                       next_obs=jnp.asarray(rng.standard_normal((2, 5, 2)), jnp.float32),
+                       terminated=jnp.zeros((2, 5), bool)),
+        jnp.array([5, 3], jnp.int32))
+    moved, dropped = exp.move_buffers(exp.make_plan(experiment, "preserving"), buffers)
+    assert dropped.tolist() == [0, 0]
+    for field in ("obs", "next_obs"):
+        old = np.asarray(getattr(buffers.data, field))
+        expected = np.stack([old[..., 1], np.zeros_like(old[..., 0]), old[..., 0]], axis=-1)
+        np.testing.assert_array_equal(getattr(moved.data, field), expected)
+    np.testing.assert_array_equal(moved.data.action, buffers.data.action)
+    np.testing.assert_array_equal(moved.count, buffers.count)
+    same = dataclasses.replace(experiment, new_view=old_view)
+    unchanged, _ = exp.move_buffers(exp.make_plan(same, "preserving"), buffers)
+    jax.tree.map(np.testing.assert_array_equal, unchanged, buffers)
+
+
+def test_unknown_arms_are_refused():
+    with pytest.raises(ValueError, match="unknown arms \\['contineu'\\]"):
+        exp.check_arms(["continue", "contineu"])
 
 
 def test_experiment_spaces_replace_the_ids_the_views_give():

@@ -204,12 +204,20 @@ class Learner(NamedTuple):
 
 
 class Trained(NamedTuple):
-    """What ``train`` returns; with ``vmap`` every leaf gains a leading seed axis."""
+    """What ``train`` returns; with ``vmap`` every leaf gains a leading seed axis.
+
+    ``buffer``, ``steps`` and ``updates`` are where the run ended, so that a later run can go on
+    from them (``train``'s ``init_buffer``, ``init_steps``, ``init_updates``); a trainer that
+    does not keep them leaves them ``None``.
+    """
 
     params: Any
     target_params: Any
     opt_state: optax.OptState
     returns: jax.Array  # (num_evals + 1,) mean greedy return at each of config.eval_steps
+    buffer: Buffer | None = None
+    steps: jax.Array | None = None  # () int32, environment steps at the end (epsilon's clock)
+    updates: jax.Array | None = None  # () int32, gradient steps at the end
 
 
 # ---------------------------------------------------------------------------------- buffer
@@ -368,6 +376,23 @@ def start_learner(network: nn.Module, tx: optax.GradientTransformation, obs_shap
     return init_params, target, opt_state
 
 
+def start_buffer(config: DQNConfig, obs_shape: tuple[int, ...], init_buffer: Buffer | None
+                 ) -> Buffer:
+    """The buffer a run starts with: ``init_buffer`` (e.g. moved through a surgery), else an
+    empty one. A given buffer must hold ``config.buffer_size`` transitions of ``obs_shape``
+    observations: a ring of another size would wrap at another place than the run expects."""
+    if init_buffer is None:
+        return buffer_init(config.buffer_size, obs_shape)
+    expected = (config.buffer_size, *obs_shape)
+    if init_buffer.data.obs.shape != expected or init_buffer.data.next_obs.shape != expected:
+        raise ValueError(
+            f"init_buffer holds observations shaped {init_buffer.data.obs.shape} (next_obs"
+            f" {init_buffer.data.next_obs.shape}); this run needs {expected} (buffer_size,"
+            " *the view's obs_shape)"
+        )
+    return init_buffer
+
+
 def make_train(
     config: DQNConfig,
     view: EnvView,
@@ -385,9 +410,15 @@ def make_train(
         evaluation (through ``jax.debug.callback``, once per evaluation even under ``vmap``).
 
     Returns:
-      ``train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained``.
+      ``train(key, init_params=None, init_target=None, init_opt_state=None, init_buffer=None,
+      init_steps=None, init_updates=None) -> Trained``.
       ``init_params`` (e.g. a transplant) replaces the network's own initialisation;
       ``init_target`` defaults to the initial parameters, ``init_opt_state`` to a fresh one.
+      A run goes on from an earlier one with the rest: ``init_buffer`` (default empty; the
+      first gradient step waits until it holds ``learning_starts`` transitions, so a full one
+      learns at once), ``init_steps`` (default 0; epsilon follows this clock, so a kept count
+      goes on exploring at the schedule's end value) and ``init_updates`` (default 0; the
+      target network is copied whenever it is a multiple of ``target_period``).
     """
     tx = make_optimizer(config)
     apply = network.apply
@@ -438,7 +469,8 @@ def make_train(
             jax.debug.callback(progress, step)
         return state, returns
 
-    def train(key, init_params=None, init_target=None, init_opt_state=None) -> Trained:
+    def train(key, init_params=None, init_target=None, init_opt_state=None, init_buffer=None,
+              init_steps=None, init_updates=None) -> Trained:
         key_init, key_reset, key_run = jax.random.split(key, 3)
         init_params, target, opt_state = start_learner(
             network, tx, view.obs_shape, key_init, init_params, init_target, init_opt_state
@@ -448,16 +480,17 @@ def make_train(
             params=init_params,
             target_params=target,
             opt_state=opt_state,
-            buffer=buffer_init(config.buffer_size, view.obs_shape),
+            buffer=start_buffer(config, view.obs_shape, init_buffer),
             env_state=env_state,
             obs=obs,
-            steps=jnp.int32(0),
-            updates=jnp.int32(0),
+            steps=jnp.int32(0) if init_steps is None else jnp.asarray(init_steps, jnp.int32),
+            updates=jnp.int32(0) if init_updates is None else jnp.asarray(init_updates, jnp.int32),
             key=key_run,
         )
         first = evaluate(view, apply, init_params, eval_keys)
         state, returns = jax.lax.scan(interval, state, jnp.asarray(config.eval_steps[1:]))
         returns = jnp.concatenate([first[None], returns])  # (num_evals + 1,)
-        return Trained(state.params, state.target_params, state.opt_state, returns)
+        return Trained(state.params, state.target_params, state.opt_state, returns,
+                       state.buffer, state.steps, state.updates)
 
     return train
