@@ -218,9 +218,15 @@ def empty_buffers(config: DQNConfig, obs_shape: tuple[int, ...], seeds: int) -> 
 def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping, old: Trained,
               scratch: tuple, empty: Buffer) -> tuple:
     """One new-phase arm's ``train`` arguments after the key, a leading seed axis on each:
-    ``(params, target_params, opt_state, buffer, steps, updates)``."""
+    ``(params, target_params, opt_state, buffer, steps, updates)``; only the networks where the
+    trainer keeps no buffer or counters (the host path's), which then cannot continue."""
     c = continuation
     networks = scratch if c.preset is None else transplanted[c.preset]
+    if old.steps is None:
+        if c.buffer or c.counters:
+            raise ValueError("this trainer returns no replay buffer or counters to continue from: "
+                             "run the restart arms (--arms transplant,transplant_seed,scratch)")
+        return networks
     buffer = moved[c.preset] if c.buffer else empty
     zeros = jnp.zeros_like(old.steps)
     counters = (old.steps, old.updates) if c.counters else (zeros, zeros)
@@ -316,6 +322,9 @@ def run(
 
     # Phase 4: the old agent going on without surgery, on the same keys as every arm's seeds.
     if "control" in arms:
+        if old.steps is None:
+            raise ValueError("this trainer returns no replay buffer or counters: the control "
+                             "continues the old run and needs them")
         progress = Progress(name, "control", seeds, config.total_steps)
         train_control = trainer(config, experiment.old_view, experiment.old_network, progress)
         control = train_control(jax.random.split(key_new, seeds), old.params, old.target_params,
