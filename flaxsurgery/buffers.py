@@ -32,7 +32,7 @@ import numpy as np
 
 from flaxsurgery.paths import flatten, leaf_name
 from flaxsurgery.plans import Plan
-from flaxsurgery.units import index_by_id, show
+from flaxsurgery.units import index_by_id, problems_error, show
 
 # Field names that hold observations (units of the input space on their last axis) and actions
 # (indices into the output space's units), by default.
@@ -205,7 +205,7 @@ def _field_moves(leaves: Mapping[str, Any], fields: Mapping | None, spaces: _Spa
             problems.append(f"fields[{path!r}] must be a space name, (space, 'index') or None, got "
                             f"{show(how)}")
     if problems:
-        raise ValueError("the buffer's fields do not fit:\n  - " + "\n  - ".join(problems))
+        raise problems_error("the buffer's fields do not fit", problems)
     return moves
 
 
@@ -234,7 +234,7 @@ def _check_shapes(leaves: Mapping, moves: Mapping, plan: Plan, batch_dims: int) 
             problems.append(f"buffer field {path!r} has shape {tuple(shape)}, but its last axis "
                             f"should hold the {n_old} old units of space {move.space!r}")
     if problems:
-        raise ValueError("the buffer does not fit the plan:\n  - " + "\n  - ".join(problems))
+        raise problems_error("the buffer does not fit the plan", problems)
 
 
 def _drops_actions(plan: Plan, moves: Mapping) -> str | None:
@@ -291,7 +291,7 @@ def _new_feature_fills(plan: Plan, moves: Mapping, new_features: Mapping | None,
             else:
                 computed.append((position[uid], fn))
         if problems:
-            raise ValueError("new_features do not fit:\n  - " + "\n  - ".join(problems))
+            raise problems_error("new_features do not fit", problems)
         fills[space] = _Fills(constant, tuple(computed))
     return fills
 

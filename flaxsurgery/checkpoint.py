@@ -35,6 +35,7 @@ from flaxsurgery.paths import flatten, path_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.sharding import source_sharding, transplant_fn
 from flaxsurgery.transplant import transplant
+from flaxsurgery.units import problems_error
 
 PathLike = str | os.PathLike
 PARTIAL_SUFFIX = ".partial_save"  # where orbax's partial saves write before the final rename
@@ -143,8 +144,8 @@ def _check_fits(plan: Plan, entries: dict, path: PathLike) -> None:
                  f"{expected[p][0]} {expected[p][1]}" for p in entries
                  if p in expected and (entries[p][1], entries[p][2]) != expected[p]]
     if problems:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit the plan (build the plan from "
-                         f"checkpoint_shapes of this checkpoint):\n  - " + "\n  - ".join(problems))
+        raise problems_error(f"checkpoint {os.fspath(path)!r} does not fit the plan (build the "
+                             f"plan from checkpoint_shapes of this checkpoint)", problems)
 
 
 def _new_key_paths(plan: Plan) -> dict[str, tuple]:

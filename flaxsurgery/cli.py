@@ -44,6 +44,7 @@ from flaxsurgery.layout import leaf_entries, output_axis, output_spaces, space_o
 from flaxsurgery.paths import flatten, path_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.trace import trace_layout
+from flaxsurgery.units import problems_error
 
 RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,
          "mean": rules_lib.mean, "copy_of": rules_lib.copy_of, "split": rules_lib.split}
@@ -138,7 +139,7 @@ def plan_arguments(spec: dict) -> dict:
             continue
         spaces[space] = (_ids(pair[0]), _ids(pair[1]))
     if problems:
-        raise ValueError("the spec has problems:\n  - " + "\n  - ".join(problems))
+        raise problems_error("the spec has problems", problems)
     return {"spaces": spaces, "rules": rules, "layer_map": spec.get("layer_map"),
             "preset": spec.get("preset", "preserving"), "drop": tuple(spec.get("drop") or ()),
             "leaf_rules": spec.get("leaf_rules") or {}}
@@ -154,8 +155,8 @@ def check_fits(checkpoint: str, shapes: Any, model_name: str, model: Model) -> N
                  f"{tuple(want[p].shape)}" for p in have  # dtypes may differ (a bfloat16 checkpoint)
                  if p in want and tuple(have[p].shape) != tuple(want[p].shape)]
     if problems:
-        raise ValueError(f"checkpoint {checkpoint!r} does not fit the model {model_name} (is it the "
-                         f"checkpoint's model?):\n  - " + "\n  - ".join(problems))
+        raise problems_error(f"checkpoint {checkpoint!r} does not fit the model {model_name} (is "
+                             f"it the checkpoint's model?)", problems)
 
 
 def build_plan(old_shapes: Any, old: Model, new: Model, spec: dict) -> Plan:

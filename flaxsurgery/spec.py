@@ -40,6 +40,7 @@ from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.spaces import roles_by_axis, space_ids, space_sizes
+from flaxsurgery.units import problems_error
 
 IdSpec = int | Sequence[Hashable]
 
@@ -222,7 +223,7 @@ def _layer_inits(new_layer_leaves, dropped_layers, ctx, activations, input_space
 
 
 def _raise(problems: list[str]) -> None:
-    raise ValueError("the transplant spec does not fit the parameters:\n  - " + "\n  - ".join(problems))
+    raise problems_error("the transplant spec does not fit the parameters", problems)
 
 
 def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rule]:

@@ -22,6 +22,7 @@ from flaxsurgery.checks import show
 from flaxsurgery.paths import flatten
 from flaxsurgery.plans import Plan
 from flaxsurgery.transplant import apply_leaf
+from flaxsurgery.units import problems_error
 
 Kind = Literal["params", "statistic"]
 
@@ -146,7 +147,7 @@ def transplant_state(
             problems.append(f"old_state leaf {path!r} has no counterpart in fresh_state: are they "
                             f"states of the same optimizer?")
     if problems:
-        raise ValueError("the state does not fit the plan:\n  - " + "\n  - ".join(problems))
+        raise problems_error("the state does not fit the plan", problems)
     return jax.tree_util.tree_unflatten(treedef, [result[path] for path in fresh_leaves])
 
 
@@ -171,7 +172,7 @@ def _reset_paths(reset: Collection[str], fresh_leaves: Mapping, new_index: dict)
                             f"{show(counters)})")
         resolved.update(matches)
     if problems:
-        raise ValueError("reset does not fit the state:\n  - " + "\n  - ".join(problems))
+        raise problems_error("reset does not fit the state", problems)
     return frozenset(resolved)
 
 
@@ -430,7 +431,7 @@ def schedule_values(old_state: Any, new_state: Any, fresh_state: Any, plan: Plan
         restart = ("schedule",) if path in schedule_counters(new_state, plan) else (path,)
         values.append(ScheduleValue(name, path, np.asarray(count), value, kept, start, ended, restart))
     if problems:
-        raise ValueError("the schedules do not fit the state:\n  - " + "\n  - ".join(problems))
+        raise problems_error("the schedules do not fit the state", problems)
     return tuple(values)
 
 

@@ -52,6 +52,7 @@ from flaxsurgery.layout import (
     spaces_in,
 )
 from flaxsurgery.paths import path_name
+from flaxsurgery.units import problems_error
 
 try:  # Only for error messages; private, so its absence must not break tracing.
     from jax._src import source_info_util as _source_info
@@ -1036,8 +1037,7 @@ def _resolve(g, leaves, params, input_axes, output_axes, use_order, has_collecti
             + "; trace a function that uses them or write their layout by hand"
         )
     if problems:
-        raise ValueError("trace_layout cannot build a layout for this model:\n  - "
-                         + "\n  - ".join(problems))
+        raise problems_error("trace_layout cannot build a layout for this model", problems)
     first_used = [paths[i] for i in use_order]
     ordered = first_used + [p for p in paths if p not in set(first_used)]
     order = {p: k for k, p in enumerate(ordered)}

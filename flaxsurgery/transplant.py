@@ -17,7 +17,7 @@ from flaxsurgery.paths import flatten
 from flaxsurgery.plans import LeafArrays, LeafPlan, Plan
 from flaxsurgery.rules import NEAR_IDENTITY_NOISE
 from flaxsurgery.spec import Spec
-from flaxsurgery.units import Fill
+from flaxsurgery.units import Fill, problems_error
 
 
 def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) -> Any:
@@ -90,7 +90,7 @@ def _check_leaves(leaves: dict, expected: dict, name: str) -> None:
             problems.append(f"{name} leaf {path!r} has dtype {_dtype(leaf)}, the plan expects {dtype}; "
                             f"cast it first (transplant does not cast)")
     if problems:
-        raise ValueError(f"{name} does not match the plan:\n  - " + "\n  - ".join(problems))
+        raise problems_error(f"{name} does not match the plan", problems)
 
 
 def _dtype(leaf: Any) -> np.dtype:

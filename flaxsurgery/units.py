@@ -72,6 +72,11 @@ def prefix_length(src: np.ndarray) -> int | None:
 MAX_SHOWN = 8  # IDs shown in an error message before "..."
 
 
+def problems_error(title: str, problems: Sequence[str]) -> ValueError:
+    """One ValueError listing every problem, under `title` (what does not fit what)."""
+    return ValueError(f"{title}:\n  - " + "\n  - ".join(problems))
+
+
 def show(value: Any, limit: int = MAX_SHOWN) -> str:
     """``repr`` for error messages: never raises, and long sequences are cut after `limit`."""
     if isinstance(value, (list, tuple)) and len(value) > limit:
