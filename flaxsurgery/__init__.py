@@ -18,12 +18,13 @@ from flaxsurgery.layout import (
     chain_layout,
 )
 from flaxsurgery.plans import Plan
-from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
-from flaxsurgery.spec import Spec, plan
+from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, register_rule, split, zeros
+from flaxsurgery.planner import plan
+from flaxsurgery.spec import Spec
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import trace_layout
 from flaxsurgery.transplant import transplant
-from flaxsurgery.units import Fill
+from flaxsurgery.units import Fill, SurgeryError
 from flaxsurgery.verify import ROUNDING, VerifyReport, map_units, verify
 
 __all__ = (
@@ -41,6 +42,7 @@ __all__ = (
     "Rule",
     "Spec",
     "Surgery",
+    "SurgeryError",
     "VerifyReport",
     "chain_layout",
     "copy_of",
@@ -49,6 +51,7 @@ __all__ = (
     "map_units",
     "mean",
     "plan",
+    "register_rule",
     "split",
     "surgery",
     "trace_layout",
