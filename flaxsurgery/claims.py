@@ -1,7 +1,8 @@
-"""What a plan preserves, derived in one place from what it does on the given trees: the rule of
-each space, where its offsets land, which leaves carry its units, whether the forward pass mixes
-them (the layout's MIXING), and what each new layer's init keeps (after the activation the
-layout's ACTIVATIONS says follows it)."""
+"""What a plan preserves, derived in one place from the finished leaf plans and the layouts: the
+rule of each space, where its offsets land, which leaves carry its units, whether the forward
+pass mixes them (the layout's MIXING), and what each new layer's init keeps (after the activation
+the layout's ACTIVATIONS says follows it). The planner calls `derive_claims` once, after every
+leaf is planned, so what a plan claims never depends on the order leaves were planned in."""
 
 from __future__ import annotations
 
@@ -16,9 +17,52 @@ from flaxsurgery import rules as rules_lib
 from flaxsurgery.activations import KNOWN, identity_layer_claim
 from flaxsurgery.layout import carries_units, output_axis, space_of, spaces_in
 from flaxsurgery.leaves import BIAS_NAMES
-from flaxsurgery.paths import leaf_name
+from flaxsurgery.paths import layer_of, leaf_name
 from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
 from flaxsurgery.rules import PRESERVED
+
+
+class Spaces(NamedTuple):
+    """What the planner found about the spaces: IDs, roles, rules (margins resolved), which the
+    old network has, which the forward pass mixes, and the margins the old outputs need."""
+
+    ids: dict
+    roles: dict
+    rules: dict
+    in_old: set
+    mixing: set
+    margins: dict
+
+
+def derive_claims(leaf_plans, new_layer_leaves, dropped_layers, sources, old_axes, new_axes,
+                  spaces: Spaces, activations) -> tuple[tuple, tuple, tuple]:
+    """What the finished plan preserves: ``(space infos, layer inits, layer notes)``, as
+    [`Plan`][flaxsurgery.Plan] holds them."""
+    input_spaces = {name for name, role in spaces.roles.items() if role == "input"}
+    layer_inits, layer_notes = _layer_claims(new_layer_leaves, dropped_layers,
+                                             self_paired(sources, old_axes, new_axes), activations,
+                                             input_spaces)
+    facts = space_facts(leaf_plans, new_axes)
+    infos = tuple(
+        space_info(name, spaces.ids[name], spaces.roles[name], spaces.rules[name], name in spaces.in_old,
+                   name in spaces.mixing, facts, spaces.margins)
+        for name in sorted(spaces.ids, key=str)
+    )
+    return infos, layer_inits, layer_notes
+
+
+def _layer_claims(new_layer_leaves, dropped_layers, paired, activations, input_spaces) -> tuple:
+    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits), and
+    the reasons (see Plan.layer_notes)."""
+    inits: dict = {layer: {("dropped", "none", "")} for layer in dropped_layers}
+    for leaf, arr, axes in new_layer_leaves:
+        out = output_axis(axes)
+        writes_old = out is not None and any(s in paired for s in spaces_in(axes[out]))
+        claim = init_claim(leaf, arr, writes_old, axes, activations, input_spaces)
+        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, *claim))
+    summaries = [summarise_layer(layer, found) for layer, found in sorted(inits.items())]
+    notes = tuple((summary[0], why) for summary, why in summaries if why)
+    return tuple(summary for summary, _ in summaries), notes
 
 
 def space_info(name, both_ids, role, rule, in_old, mixing, facts, margins) -> SpaceInfo:

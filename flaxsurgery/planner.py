@@ -17,15 +17,7 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.checks import checked_spec, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import (
-    init_claim,
-    output_margins,
-    resolve_margins,
-    self_paired,
-    space_facts,
-    space_info,
-    summarise_layer,
-)
+from flaxsurgery.claims import Spaces, derive_claims, output_margins, resolve_margins
 from flaxsurgery.layout import (
     activations_of,
     carries_units,
@@ -96,17 +88,10 @@ def plan(old_tree: Any, new_tree: Any, spec: Spec | Mapping | None = None, **opt
     ctx = Context(ids, chosen, problems, args.neutral)
     leaf_plans, arrays, new_layer_leaves = _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources,
                                                        args.leaf_inits, preset_rules.layer, ctx)
-    # What the plan preserves, derived from the finished leaf plans and the layouts.
-    input_spaces = {name for name, role in new_roles.items() if role == "input"}
-    layer_inits, layer_notes = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop),
-                                            self_paired(sources, old_axes, new_axes),
-                                            activations_of(args.new_layout), input_spaces)
-    facts = space_facts(leaf_plans, new_axes)
-    infos = tuple(
-        space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing,
-                   facts, margins)
-        for name in sorted(ids, key=str)
-    )
+    infos, layer_inits, layer_notes = derive_claims(
+        leaf_plans, new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop), sources,
+        old_axes, new_axes, Spaces(ids, roles, chosen, set(old_sizes), mixing, margins),
+        activations_of(args.new_layout))
     problems.check(TITLE)
     return Plan(
         leaves=tuple(leaf_plans),
@@ -137,20 +122,6 @@ def _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources, leaf_inits,
         leaf_plans.append(leaf)
         arrays.append(read_only(arr))
     return leaf_plans, arrays, new_layer_leaves
-
-
-def _layer_inits(new_layer_leaves, dropped_layers, paired, activations, input_spaces) -> tuple:
-    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits), and
-    the reasons (see Plan.layer_notes)."""
-    inits: dict = {layer: {("dropped", "none", "")} for layer in dropped_layers}
-    for leaf, arr, axes in new_layer_leaves:
-        out = output_axis(axes)
-        writes_old = out is not None and any(s in paired for s in spaces_in(axes[out]))
-        claim = init_claim(leaf, arr, writes_old, axes, activations, input_spaces)
-        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, *claim))
-    summaries = [summarise_layer(layer, found) for layer, found in sorted(inits.items())]
-    notes = tuple((summary[0], why) for summary, why in summaries if why)
-    return tuple(summary for summary, _ in summaries), notes
 
 
 def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rule]:

@@ -203,7 +203,8 @@ class Plan:
 
         >>> from flaxsurgery import plan
         >>> tree = {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32)}
-        >>> [leaf.path for leaf in plan(tree, tree, {}).restricted(["w"]).leaves]
+        >>> part = plan(tree, tree, {}).restricted({"w"})
+        >>> [leaf.path for leaf in part.leaves]
         ['w']
 
         Raises:
