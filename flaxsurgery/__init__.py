@@ -21,7 +21,12 @@ from flaxsurgery.plans import Plan
 from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
 from flaxsurgery.spec import Spec, plan
 from flaxsurgery.state import transplant_state
-from flaxsurgery.trace import trace_layout
+from flaxsurgery.trace import (
+    register_elementwise,
+    register_primitive,
+    trace_layout,
+    unregister_primitive,
+)
 from flaxsurgery.transplant import transplant
 from flaxsurgery.units import Fill
 from flaxsurgery.verify import ROUNDING, VerifyReport, map_units, verify
@@ -49,6 +54,8 @@ __all__ = (
     "map_units",
     "mean",
     "plan",
+    "register_elementwise",
+    "register_primitive",
     "split",
     "surgery",
     "trace_layout",
@@ -56,6 +63,7 @@ __all__ = (
     "transplant_buffer",
     "transplant_normalizer",
     "transplant_state",
+    "unregister_primitive",
     "verify",
     "zeros",
 )
