@@ -189,7 +189,7 @@ class Growth:
 
     Attributes:
       config: the grown model's config.
-      spaces, rules, leaf_rules: passed to ``fs.plan``.
+      spaces, rules, leaf_inits: passed to ``fs.plan``.
       final_norm_factor: multiplies the final norm's scale after the transplant (see
         :func:`widen`); 1.0 for every other operation.
     """
@@ -197,7 +197,7 @@ class Growth:
     config: Config
     spaces: dict = dataclasses.field(default_factory=dict)
     rules: dict = dataclasses.field(default_factory=dict)
-    leaf_rules: dict = dataclasses.field(default_factory=dict)
+    leaf_inits: dict = dataclasses.field(default_factory=dict)
     final_norm_factor: float = 1.0
 
 
@@ -255,17 +255,17 @@ def insert_block(config: Config, name: str, after: str) -> Growth:
 
     ``x + attn(norm(x)) @ 0`` is ``x`` exactly, and so is the MLP's half, so the block is an
     identity whatever its norms and reading kernels hold. The norms start at scale 1 (the
-    preset's identity init of a norm); the kernels by ``leaf_rules``.
+    preset's identity init of a norm); the kernels by ``leaf_inits``.
     """
     if name in config.blocks or after not in config.blocks:
         raise ValueError(f"insert_block: {name!r} must be a new block name and {after!r} one of "
                          f"{config.blocks}")
     blocks = list(config.blocks)
     blocks.insert(blocks.index(after) + 1, name)
-    leaf_rules = {f"params/{name}/attn/{k}/kernel": "fresh" for k in "qkv"}
-    leaf_rules |= {f"params/{name}/mlp/{k}/kernel": "fresh" for k in ("gate", "up")}
-    leaf_rules |= {f"params/{name}/attn/o/kernel": "zeros", f"params/{name}/mlp/down/kernel": "zeros"}
-    return Growth(dataclasses.replace(config, blocks=tuple(blocks)), leaf_rules=leaf_rules)
+    leaf_inits = {f"params/{name}/attn/{k}/kernel": "fresh" for k in "qkv"}
+    leaf_inits |= {f"params/{name}/mlp/{k}/kernel": "fresh" for k in ("gate", "up")}
+    leaf_inits |= {f"params/{name}/attn/o/kernel": "zeros", f"params/{name}/mlp/down/kernel": "zeros"}
+    return Growth(dataclasses.replace(config, blocks=tuple(blocks)), leaf_inits=leaf_inits)
 
 
 def grow_vocab(config: Config, added: int, offset: float = -20.0) -> Growth:
@@ -288,7 +288,7 @@ def grow(config: Config, variables: dict, growth: Growth, key: jax.Array) -> tup
     """The grown model's variables, and the plan that made them."""
     fresh = init(growth.config, key)
     plan = fs.plan(variables, fresh, layout(config), new_layout=layout(growth.config),
-                   spaces=growth.spaces, rules=growth.rules, leaf_rules=growth.leaf_rules)
+                   spaces=growth.spaces, rules=growth.rules, leaf_inits=growth.leaf_inits)
     grown = fs.transplant(variables, plan, fresh)
     if growth.final_norm_factor != 1.0:
         scale = grown["params"]["final_norm"]["scale"] * growth.final_norm_factor

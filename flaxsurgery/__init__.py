@@ -18,8 +18,9 @@ from flaxsurgery.layout import (
     chain_layout,
 )
 from flaxsurgery.plans import Plan
-from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, split, zeros
-from flaxsurgery.spec import Spec, plan
+from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, register_rule, split, zeros
+from flaxsurgery.planner import plan
+from flaxsurgery.spec import Spec
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import (
     register_elementwise,
@@ -28,7 +29,7 @@ from flaxsurgery.trace import (
     unregister_primitive,
 )
 from flaxsurgery.transplant import transplant
-from flaxsurgery.units import Fill
+from flaxsurgery.units import Fill, SurgeryError
 from flaxsurgery.verify import ROUNDING, VerifyReport, map_units, verify
 
 __all__ = (
@@ -46,6 +47,7 @@ __all__ = (
     "Rule",
     "Spec",
     "Surgery",
+    "SurgeryError",
     "VerifyReport",
     "chain_layout",
     "copy_of",
@@ -56,6 +58,7 @@ __all__ = (
     "plan",
     "register_elementwise",
     "register_primitive",
+    "register_rule",
     "split",
     "surgery",
     "trace_layout",

@@ -21,9 +21,10 @@ from flaxsurgery.forward import ForwardPassError, VariablesMismatch
 from flaxsurgery.layout import carries_units, leaf_entries, spaces_in
 from flaxsurgery.leaves import NEUTRAL_BY_NAME
 from flaxsurgery.paths import flatten, layer_of, leaf_name
+from flaxsurgery.planner import plan as make_plan
 from flaxsurgery.plans import Plan
 from flaxsurgery.spaces import roles_of
-from flaxsurgery.spec import plan as make_plan
+from flaxsurgery.spec import Spec
 from flaxsurgery.state import ScheduleValue, schedule_values, transplant_state
 from flaxsurgery.trace import argument_names, traced_model
 from flaxsurgery.units import index_by_id
@@ -73,14 +74,8 @@ def surgery(
     new_state: Any,
     samples: Any,
     *,
+    spec: Spec | None = None,
     new_samples: Any = None,
-    spaces: Mapping | None = None,
-    layer_map: Mapping | None = None,
-    rules: Mapping | None = None,
-    preset: str = "preserving",
-    leaf_rules: Mapping | None = None,
-    drop: Sequence[str] = (),
-    neutral: Mapping | None = None,
     output: Callable | None = None,
     input_names: Sequence[str] | None = None,
     reset: Collection[str] = (),
@@ -89,6 +84,7 @@ def surgery(
     buffer: Any = None,
     buffer_options: Mapping[str, Any] | None = None,
     schedules: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> Surgery:
     """Moves a trained agent into a new architecture, in one call.
 
@@ -101,17 +97,17 @@ def surgery(
         new model's init; a variables dict from ``new_model.init``): gives the result's
         structure, the new units' fresh values and the optimizer's initial statistics.
       samples: a sample input of the old model (a batch of more than one), or a tuple of them.
+      spec: the planning options as one [`Spec`][flaxsurgery.Spec] (without layouts: both
+        models are traced). Its ``layer_map`` defaults to pairing layers by their place in the
+        forward pass (an inserted or removed layer needs none); its ``neutral`` applies to the
+        normaliser's statistics too.
       new_samples: the new model's; by default the old samples with their input space's units
-        mapped by `spaces` (new features 0).
-      spaces: ``{space: (old_ids, new_ids)}`` for the spaces whose units change; spaces are
-        named after the inputs (``obs``), the output (``out``) and the layers (``Dense_0``).
-      layer_map: ``{new layer: old layer or None}``; by default layers pair by their place in
-        the forward pass (an inserted or removed layer needs none).
-      rules: as [`flaxsurgery.plan`][flaxsurgery.plan].
-      preset: as [`flaxsurgery.plan`][flaxsurgery.plan].
-      leaf_rules: as [`flaxsurgery.plan`][flaxsurgery.plan].
-      drop: as [`flaxsurgery.plan`][flaxsurgery.plan].
-      neutral: as [`flaxsurgery.plan`][flaxsurgery.plan] (and for the normaliser's statistics).
+        mapped by the spec's `spaces` (new features 0).
+      **options: any of [`Spec`][flaxsurgery.Spec]'s fields, in place of the spec's:
+        ``spaces`` (``{space: (old_ids, new_ids)}`` for the spaces whose units change; spaces
+        are named after the inputs (``obs``), the output (``out``) and the layers
+        (``Dense_0``)), ``layer_map``, ``rules``, ``preset``, ``leaf_inits``, ``drop``,
+        ``neutral``.
       output: selects the array that carries units from the model's output (the logits of a
         categorical, the loc of a Gaussian, one element of a tuple).
       input_names: names for the input spaces (default: the model's argument names).
@@ -138,17 +134,16 @@ def surgery(
       ValueError: every problem at once, as [`flaxsurgery.plan`][flaxsurgery.plan] does; for a layer pairing
         the forward order cannot settle, the candidates.
     """
+    spec = Spec.of(spec, **options)
     samples = samples if isinstance(samples, tuple) else (samples,)
     old_vars, new_vars = variables_of(old_state), variables_of(new_state)
     old_apply, new_apply = _apply_of(old_model, output), _apply_of(new_model, output)
     if input_names is None:  # from the model itself: a selector's wrapper has no argument names
         input_names = argument_names(_apply_of(old_model, None), len(samples), skip=1)
-    plan, names = plan_models(old_apply, old_vars, new_apply, new_vars, samples,
-                              new_samples=new_samples, input_names=input_names, spaces=spaces,
-                              layer_map=layer_map, rules=rules, preset=preset,
-                              leaf_rules=leaf_rules, drop=drop, neutral=neutral)
+    plan, names = plan_models(old_apply, old_vars, new_apply, new_vars, samples, spec,
+                              new_samples=new_samples, input_names=input_names)
     state = transplant_state(old_state, plan, new_state, reset=reset, kinds=kinds)
-    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], neutral)
+    moved = None if normalizer is None else transplant_normalizer(normalizer, plan, names[0], spec.neutral)
     moved_buffer = None
     if buffer is not None:
         options = {"input_space": names[0], "normalizer": moved, **(buffer_options or {})}
@@ -163,9 +158,8 @@ def surgery(
 
 
 def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_vars: Any,
-                samples: tuple, *, new_samples: Any = None, input_names: Sequence[str] | None = None,
-                spaces: Mapping | None = None, layer_map: Mapping | None = None,
-                drop: Sequence[str] = (), **plan_kwargs: Any) -> tuple[Plan, tuple]:
+                samples: tuple, spec: Spec | None = None, *, new_samples: Any = None,
+                input_names: Sequence[str] | None = None, **options: Any) -> tuple[Plan, tuple]:
     """The plan between two models, both traced, layers paired by forward order when no
     `layer_map` is given: what [`surgery`][flaxsurgery.surgery] builds before it moves the state (the variables
     may be ``ShapeDtypeStruct`` trees, as from a checkpoint's metadata).
@@ -176,7 +170,14 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
     Raises:
       ValueError: as [`flaxsurgery.plan`][flaxsurgery.plan]; when the new model does not run on the new
         samples (naming a `spaces` key that is no input); for an ambiguous layer pairing.
+      TypeError: for an option that is not one of Spec's fields, or a spec that has layouts
+        (both are traced here).
     """
+    spec = Spec.of(spec, **options)
+    if spec.layout is not None or spec.new_layout is not None:
+        raise TypeError("the models are traced for their layouts: give a spec without layout and "
+                        "new_layout (fs.plan takes layouts)")
+    spaces = spec.spaces
     try:
         old_traced = traced_model(old_apply, old_vars, *samples, input_names=input_names)
     except VariablesMismatch as error:
@@ -201,12 +202,13 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
     # or Grid apart (a critic's obs and action, concatenated), which the leaves cannot.
     unchanged = {name: (size, size) for name, size in old_traced.sizes.items()
                  if new_traced.sizes.get(name) == size}
-    spaces = {**unchanged, **(spaces or {})}
-    if layer_map is None:
+    spec = spec.replace(layout=old_traced.layout, new_layout=new_traced.layout,
+                        spaces={**unchanged, **(spaces or {})})
+    if spec.layer_map is None:
         layer_map, removed = aligned_layers(old_traced, new_traced)
-        drop = tuple(drop) + tuple(removed)
-    plan = make_plan(old_vars, new_vars, old_traced.layout, new_layout=new_traced.layout,
-                     spaces=spaces, layer_map=layer_map, drop=drop, **plan_kwargs)
+        drop = (spec.drop,) if isinstance(spec.drop, str) else tuple(spec.drop)
+        spec = spec.replace(layer_map=layer_map, drop=drop + tuple(removed))
+    plan = make_plan(old_vars, new_vars, spec)
     return plan, names
 
 

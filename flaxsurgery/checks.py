@@ -1,10 +1,9 @@
-"""Input checks: the arguments of [`flaxsurgery.plan`][flaxsurgery.plan], unit IDs and layouts, each problem
+"""Input checks: a [`Spec`][flaxsurgery.Spec]'s options, unit IDs and layouts, each problem
 a line of the one error that lists them all."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -15,24 +14,13 @@ from flaxsurgery import rules as rules_lib
 from flaxsurgery.activations import KNOWN
 from flaxsurgery.layout import ACTIVATIONS, MIXING, WINDOW, Concat, Flat, Grid, leaf_entries
 from flaxsurgery.paths import layer_of
+from flaxsurgery.spec import Spec
 from flaxsurgery.units import MAX_SHOWN, show
 
 
-@dataclasses.dataclass
-class Arguments:
-    layout: Mapping
-    new_layout: Mapping
-    spaces: dict
-    layer_map: dict
-    rules: dict
-    leaf_rules: dict
-    drop: tuple
-    neutral: dict
-
-
-def checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules, preset,
-                       leaf_rules, drop, neutral, problems) -> Arguments:
-    """The keyword arguments as the types plan works with; a problem for each that is not."""
+def checked_spec(spec: Spec, old_tree: Any, new_tree: Any, problems: list) -> Spec:
+    """`spec` with every option as the type planning works with (dicts, tuples; the new layout
+    defaulted to the old one); a problem for each option that is not."""
 
     def mapping(value, name, example):
         if value is None:
@@ -49,30 +37,34 @@ def checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map,
             problems.append(f"{name} must be a tree of named arrays (a dict such as "
                             f"{{'Dense_0': {{'kernel': ...}}}} or an NNX State), got "
                             f"{type(tree).__name__}: leaves need paths for the layout to name them")
-    if not (isinstance(preset, str) and preset in rules_lib.PRESETS):
-        problems.append(f"unknown preset {show(preset)}; choose one of {sorted(rules_lib.PRESETS)}")
-    if isinstance(drop, str):
-        drop = (drop,)
+    if spec.layout is None:
+        problems.append("no layout: say which axes carry which space with the old tree's layout "
+                        "(fs.trace_layout traces one; fs.surgery traces both models itself)")
+    if not (isinstance(spec.preset, str) and spec.preset in rules_lib.PRESETS):
+        problems.append(f"unknown preset {show(spec.preset)}; choose one of {sorted(rules_lib.PRESETS)}")
+    drop = (spec.drop,) if isinstance(spec.drop, str) else spec.drop
     if not isinstance(drop, (list, tuple, set, frozenset)) or not all(isinstance(d, str) for d in drop):
         problems.append(f"drop must be a list of old leaf or layer paths, got {show(drop)}")
         drop = ()
-    layer_map = mapping(layer_map, "layer_map", "{'Dense_2': 'Dense_1', 'Dense_1': None}")
+    layer_map = mapping(spec.layer_map, "layer_map", "{'Dense_2': 'Dense_1', 'Dense_1': None}")
     for new_layer, old_layer in layer_map.items():
         if not isinstance(new_layer, str) or not (old_layer is None or isinstance(old_layer, str)):
             problems.append(f"layer_map entry {show(new_layer)}: {show(old_layer)} must map a new "
                             f"layer path to an old layer path or None")
-    neutral = mapping(neutral, "neutral", "{'gamma': 1.0}")
+    neutral = mapping(spec.neutral, "neutral", "{'gamma': 1.0}")
     for key, value in neutral.items():
         if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
             problems.append(f"neutral[{show(key)}] must be a number, got {show(value)}")
-    return Arguments(
-        layout=mapping(layout, "layout", "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
-        new_layout=mapping(layout if new_layout is None else new_layout, "new_layout",
-                           "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"),
-        spaces=mapping(spaces, "spaces", "{'obs': (['x', 'y'], ['x', 'y', 'z'])}"),
+    layout_example = "{'params/Dense_0/kernel': ('obs', 'Dense_0')}"
+    layout = mapping(spec.layout, "layout", layout_example)
+    return Spec(
+        layout=layout,
+        new_layout=layout if spec.new_layout is None else mapping(spec.new_layout, "new_layout", layout_example),
+        spaces=mapping(spec.spaces, "spaces", "{'obs': (['x', 'y'], ['x', 'y', 'z'])}"),
         layer_map=layer_map,
-        rules=mapping(rules, "rules", "{'out': fs.mean()}"),
-        leaf_rules=mapping(leaf_rules, "leaf_rules", "{'params/Dense_1/kernel': 'fresh'}"),
+        rules=mapping(spec.rules, "rules", "{'out': fs.mean()}"),
+        preset=spec.preset,
+        leaf_inits=mapping(spec.leaf_inits, "leaf_inits", "{'params/Dense_1/kernel': 'fresh'}"),
         drop=tuple(drop),
         neutral=neutral,
     )
@@ -87,23 +79,23 @@ def _named(name: str, names: set) -> list[str]:
     return sorted(n for n in names if n.partition("/")[2] == name) or [name]
 
 
-def full_names(args: Arguments, old_leaves: dict, new_leaves: dict) -> Arguments:
-    """`layer_map`, `leaf_rules` and `drop` with every name as the trees write it."""
+def full_names(spec: Spec, old_leaves: dict, new_leaves: dict) -> Spec:
+    """A checked spec's `layer_map`, `leaf_inits` and `drop` with every name as the trees write it."""
     old_layers = {layer_of(p) for p in old_leaves}
     new_layers = {layer_of(p) for p in new_leaves}
     old_prefixes = old_layers | set(old_leaves) | {p.rpartition("/")[0] for p in old_layers}
     layer_map = {}
-    for new_name, old_name in args.layer_map.items():
+    for new_name, old_name in spec.layer_map.items():
         for new_layer in _named(new_name, new_layers):
             collection = new_layer[: len(new_layer) - len(new_name)] if new_layer != new_name else ""
             old_layer = old_name
             if isinstance(old_name, str) and old_name not in old_layers and collection + old_name in old_layers:
                 old_layer = collection + old_name
             layer_map[new_layer] = old_layer
-    leaf_rules = {full: rule for path, rule in args.leaf_rules.items()
+    leaf_inits = {full: init for path, init in spec.leaf_inits.items()
                   for full in _named(path, set(new_leaves))}
-    drop = tuple(full for d in args.drop for full in _named(d.rstrip("/"), old_prefixes))
-    return dataclasses.replace(args, layer_map=layer_map, leaf_rules=leaf_rules, drop=drop)
+    drop = tuple(full for d in spec.drop for full in _named(d.rstrip("/"), old_prefixes))
+    return spec.replace(layer_map=layer_map, leaf_inits=leaf_inits, drop=drop)
 
 
 def _unit_ids(spec: Any, space: str, which: str, problems: list) -> tuple | None:

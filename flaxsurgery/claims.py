@@ -15,15 +15,13 @@ import numpy as np
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.activations import KNOWN, identity_layer_claim
 from flaxsurgery.layout import carries_units, output_axis, space_of, spaces_in
+from flaxsurgery.leaves import BIAS_NAMES
 from flaxsurgery.paths import leaf_name
 from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
 from flaxsurgery.rules import EXACTNESS
 
-# One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
-BIAS_NAMES = ("bias", "b", "beta")
 
-
-def space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
+def space_info(name, both_ids, role, rule, in_old, mixing, facts, margins) -> SpaceInfo:
     """A space's info with what the plan preserves of it, derived from what the plan does."""
     old_ids, new_ids = both_ids
     info = SpaceInfo(name, old_ids, new_ids, role, rule, in_old)
@@ -39,16 +37,16 @@ def space_info(name, both_ids, role, rule, in_old, mixing, ctx) -> SpaceInfo:
         preserves, why = "none", ("the forward pass mixes this space's units (a norm's statistics, "
                                   "a softmax): new units change what the old ones compute")
     elif added:
-        preserves, why = _rule_preserves(name, role, rule, ctx)
+        preserves, why = _rule_preserves(role, rule, facts.get(name, SpaceFacts()), margins.get(name))
     return dataclasses.replace(info, preserves=preserves, why=why)
 
 
-def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
-    """What `rule` keeps for the new units of space `name` on these leaves, and why not more."""
+def _rule_preserves(role, rule, facts, margin) -> tuple[str, str]:
+    """What `rule` keeps for a space's new units, given what the plan does to them (`facts`)
+    and the margin the old outputs need, and why not more."""
     nominal, why = rule.promise(role)
     if role != "output" or nominal not in ("greedy", "policy"):
         return nominal, why
-    facts = ctx.facts.get(name, SpaceFacts())
     if facts.input_leaves:
         return "none", (f"leaves {sorted(facts.input_leaves)} also carry the output units on an input "
                         f"axis (tied weights), where a new unit's values are not the mean or copy "
@@ -56,7 +54,6 @@ def _rule_preserves(name, role, rule, ctx) -> tuple[str, str]:
     if facts.other_leaves:
         return "none", (f"leaves {sorted(facts.other_leaves)} carry the output units but are neither "
                         f"a kernel nor a bias, so the new actions' values are not a mean/copy of old ones")
-    margin = ctx.margins.get(name)
     dtypes = "/".join(sorted(str(d) for d in facts.dtypes))
     if margin is None or margin.needed is None:
         return "none", ("the old tree's values are not known (shapes only, or traced under jax.jit), "
@@ -158,22 +155,41 @@ class SpaceFacts:
     dtypes: set = dataclasses.field(default_factory=set)
 
 
-def note_output_facts(path, new_axes, leaf, axes, ctx) -> None:
-    """Records, per space, which leaves its new output units land on and how."""
-    out = output_axis(new_axes)
-    for axis, entry in enumerate(new_axes):
-        if axis != out:
-            for name in spaces_in(entry):
-                ctx.fact(name).input_leaves.add(path)
-    if out is None or not isinstance(new_axes[out], str):
-        return
-    facts = ctx.fact(new_axes[out])
-    facts.dtypes.add(leaf.dtype)
-    unit_axes = sum(carries_units(a) for a in new_axes)
-    if axes[out].offset:
-        facts.offset_leaves.add(path)
-    elif unit_axes == 1 and leaf_name(path) not in BIAS_NAMES:
-        facts.other_leaves.add(path)
+def space_facts(leaf_plans, new_axes: dict) -> dict[str, SpaceFacts]:
+    """Per space, which of the finished plan's leaves taken from an old leaf carry its new units,
+    and how: on an input axis, with the rule's offset (a bias), or otherwise."""
+    facts: dict[str, SpaceFacts] = {}
+    for leaf in leaf_plans:
+        axes = new_axes[leaf.path]
+        if leaf.source is None or len(leaf.axes) != len(axes):
+            continue  # a new layer's leaf (its init decides), or one with a problem reported
+        out = output_axis(axes)
+        for axis, entry in enumerate(axes):
+            if axis != out:
+                for name in spaces_in(entry):
+                    facts.setdefault(name, SpaceFacts()).input_leaves.add(leaf.path)
+        if out is None or not isinstance(axes[out], str):
+            continue
+        space = facts.setdefault(axes[out], SpaceFacts())
+        space.dtypes.add(leaf.dtype)
+        if leaf.axes[out].offset:
+            space.offset_leaves.add(leaf.path)
+        elif sum(carries_units(a) for a in axes) == 1 and leaf_name(leaf.path) not in BIAS_NAMES:
+            space.other_leaves.add(leaf.path)
+    return facts
+
+
+def self_paired(sources: dict, old_axes: dict, new_axes: dict) -> set[str]:
+    """Spaces an old leaf carries into the same space of its new leaf (a new layer that writes
+    one of them adds to an old network's space, a residual stream)."""
+    found: set[str] = set()
+    for path, source in sources.items():
+        if source is None:
+            continue
+        for old_spec, new_spec in zip(old_axes[source], new_axes[path]):
+            if carries_units(old_spec) or carries_units(new_spec):
+                found |= set(spaces_in(old_spec)) & set(spaces_in(new_spec))
+    return found
 
 
 def init_claim(leaf: LeafPlan, arrays: LeafArrays, writes_old: bool, axes: tuple,

@@ -12,25 +12,24 @@ a tuple of sample inputs (batch size above 1). For a Linen module::
         model, x = MLP((64, 3)), jnp.zeros((4, 5))
         return model.apply, lambda key: model.init(key, x), (x,)
 
-The spec (JSON, or YAML with PyYAML) holds [`flaxsurgery.plan`][flaxsurgery.plan]'s arguments::
+The spec (JSON, or YAML with PyYAML) holds a [`Spec`][flaxsurgery.Spec]'s options, without
+the layouts (the command traces them; `Spec.from_file` reads it)::
 
     {"spaces": {"x": [["cart_x", "theta"], ["cart_x", "cart_v", "theta"]], "out": [3, 4]},
      "rules": {"x": "zeros", "out": {"mean": {"offset": -0.001}}},
      "layer_map": {"params/Dense_2": null}, "preset": "preserving", "drop": [],
-     "leaf_rules": {}}
+     "leaf_inits": {}, "neutral": {}}
 
 Space names are the model's traced ones (``flaxsurgery inspect CKPT --model ...`` lists them).
-Rules are a rule's name, or ``{name: {keyword: value}}`` (``zeros``, ``fresh``,
-``fresh_in_zero_out``, ``mean``, ``copy_of``, ``split``). Errors exit with status 1 and the list
-of problems.
+Rules are a registered rule's name, or ``{name: {keyword: value}}`` (``zeros``, ``fresh``,
+``fresh_in_zero_out``, ``mean``, ``copy_of``, ``split``, and any registered with
+``flaxsurgery.rules.register_rule``). Errors exit with status 1 and the list of problems.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -38,17 +37,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from flaxsurgery import rules as rules_lib
 from flaxsurgery.agents import plan_models  # layers paired by forward order, as surgery does
 from flaxsurgery.layout import leaf_entries, output_axis, output_spaces, space_of
 from flaxsurgery.paths import flatten, path_name
 from flaxsurgery.plans import Plan
+from flaxsurgery.spec import FILE_KEYS, Spec
 from flaxsurgery.trace import trace_layout
 from flaxsurgery.units import problems_error
-
-RULES = {"zeros": rules_lib.zeros, "fresh": rules_lib.fresh, "fresh_in_zero_out": rules_lib.fresh_in_zero_out,
-         "mean": rules_lib.mean, "copy_of": rules_lib.copy_of, "split": rules_lib.split}
-SPEC_KEYS = ("spaces", "rules", "layer_map", "preset", "drop", "leaf_rules")
 
 
 class Model(NamedTuple):
@@ -82,69 +77,6 @@ def shapes_of(model: Model) -> Any:
     return jax.eval_shape(model.init, jax.random.key(0))
 
 
-def read_spec(path: str) -> dict:
-    """A spec file (JSON, or YAML by its suffix), its keys checked."""
-    text = pathlib.Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        try:
-            spec = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:  # the parser's own message says line and column
-            raise ValueError(f"spec {path!r} is not valid YAML: {error}") from error
-    else:
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"spec {path!r} is not valid JSON: {error}") from error
-    if not isinstance(spec, dict):
-        raise ValueError(f"spec {path!r} must hold a mapping with keys among {SPEC_KEYS}")  # noqa: TRY004 (user input)
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"spec {path!r} has unknown keys {unknown}; the keys are {SPEC_KEYS}")
-    return spec
-
-
-def parse_rule(space: str, given: Any) -> rules_lib.Rule:
-    """``"zeros"`` or ``{"mean": {"offset": -0.001}}`` as a Rule."""
-    if not (isinstance(given, str) or (isinstance(given, dict) and len(given) == 1)):
-        raise ValueError(f"rule of space {space!r} must be a rule's name or {{name: {{keyword: value}}}}, got {given!r}")
-    name, kwargs = (given, {}) if isinstance(given, str) else next(iter(given.items()))
-    if name not in RULES:
-        raise ValueError(f"rule of space {space!r}: unknown rule {name!r}; choose one of {sorted(RULES)}")
-    try:
-        return RULES[name](**(kwargs or {}))
-    except TypeError as error:
-        raise ValueError(f"rule of space {space!r}: {error}") from error
-
-
-def _ids(given: Any) -> Any:
-    return given if isinstance(given, int) else [tuple(i) if isinstance(i, list) else i for i in given]
-
-
-def plan_arguments(spec: dict) -> dict:
-    """[`flaxsurgery.plan`][flaxsurgery.plan]'s keyword arguments from a spec; every problem in one ValueError."""
-    problems, rules = [], {}
-    for space, given in (spec.get("rules") or {}).items():
-        try:
-            rules[space] = parse_rule(space, given)
-        except ValueError as error:
-            problems.append(str(error))
-    spaces = {}
-    for space, pair in (spec.get("spaces") or {}).items():
-        if isinstance(pair, dict) and set(pair) == {"old", "new"}:
-            pair = [pair["old"], pair["new"]]
-        if not (isinstance(pair, list) and len(pair) == 2):
-            problems.append(f"space {space!r} must be [old IDs, new IDs] or {{old: ..., new: ...}}, got {pair!r}")
-            continue
-        spaces[space] = (_ids(pair[0]), _ids(pair[1]))
-    if problems:
-        raise problems_error("the spec has problems", problems)
-    return {"spaces": spaces, "rules": rules, "layer_map": spec.get("layer_map"),
-            "preset": spec.get("preset", "preserving"), "drop": tuple(spec.get("drop") or ()),
-            "leaf_rules": spec.get("leaf_rules") or {}}
-
-
 def check_fits(checkpoint: str, shapes: Any, model_name: str, model: Model) -> None:
     """One ValueError naming every leaf where a checkpoint and the model's variables differ
     (leaves only the checkpoint has are the plan's to judge: the spec may ``drop`` them)."""
@@ -159,11 +91,11 @@ def check_fits(checkpoint: str, shapes: Any, model_name: str, model: Model) -> N
                              f"it the checkpoint's model?)", problems)
 
 
-def build_plan(old_shapes: Any, old: Model, new: Model, spec: dict) -> Plan:
+def build_plan(old_shapes: Any, old: Model, new: Model, spec: Spec) -> Plan:
     """The plan from the checkpoint's shapes, both models' traced layouts and the spec."""
     new_shapes = shapes_of(new)
-    return plan_models(old.apply, old_shapes, new.apply, new_shapes, tuple(old.inputs),
-                       new_samples=tuple(new.inputs), **plan_arguments(spec))[0]
+    return plan_models(old.apply, old_shapes, new.apply, new_shapes, tuple(old.inputs), spec,
+                       new_samples=tuple(new.inputs))[0]
 
 
 def _checkpoint():
@@ -202,7 +134,7 @@ def _plan_from(args) -> tuple[Plan, Model]:
     shapes = _checkpoint().checkpoint_shapes(args.checkpoint)
     check_fits(args.checkpoint, shapes, f"--old {args.old}", old)
     return build_plan(with_output_values(args.checkpoint, shapes, old), old, new,
-                      read_spec(args.spec)), new
+                      Spec.from_file(args.spec)), new
 
 
 def with_output_values(checkpoint: str, shapes: Any, old: Model) -> Any:
@@ -265,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--quiet", action="store_true", help="no progress bar")
         cmd.add_argument("--old", required=True, help="module:factory of the old model")
         cmd.add_argument("--new", required=True, help="module:factory of the new model")
-        cmd.add_argument("--spec", required=True, help="JSON or YAML spec: spaces, rules, layer_map, preset, drop")
+        cmd.add_argument("--spec", required=True, help=f"JSON or YAML spec with keys among {', '.join(FILE_KEYS)}")
     return top
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxsurgery.claims import BIAS_NAMES, SpaceFacts, note_output_facts
 from flaxsurgery.layout import (
     WINDOW,
     Concat,
@@ -19,13 +18,14 @@ from flaxsurgery.layout import (
     carries_units,
     output_axis,
     space_of,
-    spaces_in,
 )
 from flaxsurgery.paths import leaf_name
 from flaxsurgery.plans import AxisArrays, AxisPlan, LeafArrays, LeafPlan
 from flaxsurgery.spaces import entry_size
 from flaxsurgery.units import Fill, Units, index_by_id, kept, no_fill, prefix_length
 
+# One-axis leaves that add to their space's units: where a rule's offset (a margin) lands.
+BIAS_NAMES = ("bias", "b", "beta")
 # The value a new unit takes under the NEUTRAL fill on a one-axis leaf, by the leaf's name: a shift
 # is neutral at 0, a scale at 1. A leaf of another name must be told (plan(neutral=...)).
 NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.0,
@@ -35,18 +35,15 @@ NEUTRAL_BY_NAME = {"bias": 0.0, "b": 0.0, "beta": 0.0, "mean": 0.0, "kernel": 0.
 
 @dataclasses.dataclass
 class Context:
-    """What planning shares across leaves: each space's (old, new) IDs and rule, the problems
-    found so far, the neutral values given; and what it learns on the way: facts for the claims,
-    cached ID indices, and the spaces an old leaf carries into the same space."""
+    """What planning reads across leaves: each space's (old, new) IDs and rule, the neutral
+    values given, and the collector of problems. Nothing a leaf's plan learns is left here:
+    what the plan preserves is derived from the finished leaf plans (`flaxsurgery.claims`)."""
 
     ids: dict
     rules: dict
     problems: list
     neutral: dict
-    facts: dict = dataclasses.field(default_factory=dict)
-    margins: dict = dataclasses.field(default_factory=dict)  # output space -> claims.Margin
-    indices: dict = dataclasses.field(default_factory=dict)
-    self_paired: set = dataclasses.field(default_factory=set)  # spaces an old leaf carries to the same space
+    indices: dict = dataclasses.field(default_factory=dict)  # a cache, see `index`
 
     def index(self, old_space: str, new_space: str) -> np.ndarray:
         """Each new unit's position among the old units (cached: spaces recur across leaves)."""
@@ -54,9 +51,6 @@ class Context:
         if key not in self.indices:
             self.indices[key] = index_by_id(self.ids[new_space][1], self.ids[old_space][0])
         return self.indices[key].copy()
-
-    def fact(self, space: str) -> SpaceFacts:
-        return self.facts.setdefault(space, SpaceFacts())
 
 
 def _neutral(path: str, axes: tuple, given: dict) -> float | None:
@@ -100,7 +94,6 @@ def gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
         else:
             side = "incoming" if axis == out else "outgoing"
             units = _entry_units(old_spec, new_spec, side, path, ctx, where)
-            ctx.self_paired.update(set(spaces_in(old_spec)) & set(spaces_in(new_spec)))
         if units is None:
             continue
         if Fill.MEAN in set(units.fill) and not isinstance(new_spec, str):
@@ -115,7 +108,6 @@ def gather_leaf(path, new, new_axes, source, old, old_axes, ctx):
             f"leaf {path!r}: new units take the neutral value, but the name {leaf_name(path)!r} does "
             f"not say whether that is 0 (a shift: bias, mean) or 1 (a scale: scale, var, std); "
             f"say it with neutral={{{leaf_name(path)!r}: 0.0 or 1.0}}")
-    note_output_facts(path, new_axes, leaf, axes, ctx)
     return dataclasses.replace(leaf, axes=tuple(axes)), LeafArrays(tuple(arrays))
 
 
@@ -244,13 +236,13 @@ def init_leaf(path, new, new_axes, init, ctx):
         ctx.problems.append(
             f"new leaf {path!r} has no source and {init} gives it the neutral value, but the name "
             f"{leaf_name(path)!r} does not say whether that is 0 (a shift) or 1 (a scale); say it "
-            f"with neutral={{{leaf_name(path)!r}: ...}} or give it a leaf_rules entry such as 'fresh'")
+            f"with neutral={{{leaf_name(path)!r}: ...}} or give it a leaf_inits entry such as 'fresh'")
     if init not in ("identity", "near_identity") or len(mapped) <= 1 and len(shape) <= 1:
         return leaf, LeafArrays()
     if len(mapped) != 2 or any(not isinstance(new_axes[i], str) for i in mapped):
         ctx.problems.append(
             f"new leaf {path!r} (axes {new_axes}) has no source and {init} needs a kernel with one input "
-            f"and one output space; give it a source in layer_map or a leaf_rules entry such as 'fresh'")
+            f"and one output space; give it a source in layer_map or a leaf_inits entry such as 'fresh'")
         return leaf, LeafArrays()
     in_ids = ctx.ids[space_of(new_axes[mapped[0]])][1]
     out_ids = ctx.ids[space_of(new_axes[mapped[1]])][1]

@@ -52,8 +52,8 @@ kernel: the seeds' rule, not exact); ``"fresh"``; ``"zeros"`` (the neutral value
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
-from typing import ClassVar, Literal, get_args
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, ClassVar, Literal, get_args
 
 import jax.numpy as jnp
 import numpy as np
@@ -426,3 +426,51 @@ PRESETS: dict[PresetName, Preset] = {
     # The original paper's rules: new units fresh, new layers near-identity.
     "seed": Preset(input=fresh(), hidden=fresh(), output=fresh(), layer="near_identity"),
 }
+
+
+# ----------------------------------------------------------------------------- registry
+
+# Rules by name, for spec files and the command line: a factory taking the rule's keywords.
+RULES: dict[str, Callable[..., Rule]] = {}
+
+
+def register_rule(name: str, factory: Callable[..., Rule]) -> None:
+    """Makes a rule known by `name` to spec files (``{"rules": {"out": {name: {...}}}}``) and the
+    command line: `factory` takes the keywords the file gives and returns a [`Rule`][flaxsurgery.Rule].
+
+    >>> register_rule("quiet_mean", lambda offset=-0.5: mean(offset=offset))
+    >>> rule_from_text({"quiet_mean": {"offset": -1.0}}).offset
+    -1.0
+    >>> del RULES["quiet_mean"]
+    """
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"a rule's name must be a non-empty string, got {show(name)}")
+    if not callable(factory):
+        raise ValueError(f"rule {name!r}: the factory must be callable, got {show(factory)}")  # noqa: TRY004 (user input: one error type)
+    RULES[name] = factory
+
+
+def rule_from_text(given: Any) -> Rule:
+    """A rule as a spec file writes it, ``"zeros"`` or ``{"mean": {"offset": -0.001}}``.
+
+    Raises:
+      ValueError: for an unknown name or keywords the rule does not take.
+    """
+    if not (isinstance(given, str) or (isinstance(given, Mapping) and len(given) == 1)):
+        raise ValueError(f"a rule is a rule's name or {{name: {{keyword: value}}}}, got {show(given)}")
+    name, kwargs = (given, {}) if isinstance(given, str) else next(iter(given.items()))
+    if name not in RULES:
+        raise ValueError(f"unknown rule {show(name)}; choose one of {sorted(RULES)}")
+    if not isinstance(kwargs or {}, Mapping):
+        raise ValueError(f"rule {name!r}: keywords must be a mapping, got {show(kwargs)}")  # noqa: TRY004
+    try:
+        rule = RULES[name](**(kwargs or {}))
+    except TypeError as error:
+        raise ValueError(f"rule {name!r}: {error}") from error
+    if not isinstance(rule, Rule):
+        raise ValueError(f"rule {name!r}: its factory returned {show(rule)}, not a Rule")  # noqa: TRY004
+    return rule
+
+
+for _factory in (zeros, fresh, fresh_in_zero_out, mean, copy_of, split):
+    register_rule(_factory.__name__, _factory)

@@ -1,114 +1,38 @@
-"""Planning: what the host computes once, from layouts, unit IDs, a layer map and init rules.
+"""A transplant's options as one value: [`Spec`][flaxsurgery.Spec].
 
-Everything here is NumPy on the host. [`plan`][flaxsurgery.plan] checks the arguments
-(`flaxsurgery.checks`), finds each space's size, IDs and role (`flaxsurgery.spaces`),
-chooses each space's rule and each new leaf's source (here), plans every leaf
-(`flaxsurgery.leaves`), derives what the plan preserves (`flaxsurgery.claims`) and
-returns a [`Plan`][flaxsurgery.Plan]; applying it ([`flaxsurgery.transplant`][flaxsurgery.transplant.transplant]) is
-pure ``jax.numpy``.
+Every way in reads its options from a Spec: [`plan`][flaxsurgery.plan] (whose keyword
+arguments are built into one by `Spec.of`), [`surgery`][flaxsurgery.surgery], the command
+line's spec file (`Spec.from_file`). Adding an option is adding a field here (and, where a file
+writes it otherwise than Python does, a converter in `_FROM_TEXT`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Hashable, Mapping, Sequence
+import json
+import pathlib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.checks import checked_arguments, full_names, given_ids, resolve_layout, show
-from flaxsurgery.claims import (
-    has_values,
-    init_claim,
-    output_margins,
-    resolve_margins,
-    space_info,
-    summarise_layer,
-)
-from flaxsurgery.layout import (
-    activations_of,
-    carries_units,
-    mixing_spaces,
-    output_axis,
-    output_spaces,
-    spaces_in,
-)
-from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
-from flaxsurgery.paths import flatten, layer_of, leaf_name
-from flaxsurgery.plans import Plan
-from flaxsurgery.spaces import roles_by_axis, space_ids, space_sizes
-from flaxsurgery.units import problems_error
+from flaxsurgery.units import SurgeryError, show
 
-IdSpec = int | Sequence[Hashable]
+# Options renamed, old name -> new; the old name still works, with a DeprecationWarning.
+RENAMED = {"leaf_rules": "leaf_inits"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Spec:
-    """What to transplant, as a value: [`plan`][flaxsurgery.plan]'s arguments without the trees. Pass it where
-    a plan goes (``fs.transplant(old, spec, fresh)``). Under ``jax.jit`` it builds the plan once
-    per tree structure and shapes: no values are seen there, so a new action takes the least
-    margin and the plan claims nothing for it. For an old tree with values it plans on every
-    call, so what the plan claims (a new action's margin follows the outputs' magnitude,
-    ``offset="auto"``) is always derived from the tree at hand, never from an earlier one.
+    """What to transplant, as a value: every option of [`plan`][flaxsurgery.plan], without the
+    trees.
 
-    >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
-    >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")
-    array([ 0, -1], dtype=int32)
-    """
-
-    layout: Mapping
-    new_layout: Mapping | None = None
-    spaces: Mapping | None = None
-    layer_map: Mapping | None = None
-    rules: Mapping | None = None
-    preset: str = "preserving"
-    leaf_rules: Mapping | None = None
-    drop: Sequence[str] = ()
-    neutral: Mapping | None = None
-    _plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
-
-    def plan_for(self, old_tree: Any, new_tree: Any) -> Plan:
-        """The plan for these trees: built once per structure, shapes and dtypes for an old tree
-        without values (traced, or shapes only); built anew for one with values, whose margins
-        (and so claims) may differ from an earlier tree's of the same shapes."""
-        build = functools.partial(
-            plan, old_tree, new_tree, self.layout, new_layout=self.new_layout, spaces=self.spaces,
-            layer_map=self.layer_map, rules=self.rules, preset=self.preset,
-            leaf_rules=self.leaf_rules, drop=self.drop, neutral=self.neutral)
-        if all(has_values(x) for x in jax.tree_util.tree_leaves(old_tree)):
-            return build()
-        key = tuple((jax.tree_util.tree_structure(t),
-                     tuple((np.shape(x), str(x.dtype)) for x in jax.tree_util.tree_leaves(t)))
-                    for t in (old_tree, new_tree))
-        if key not in self._plans:
-            self._plans[key] = build()
-        return self._plans[key]
-
-
-def plan(
-    old_tree: Any,
-    new_tree: Any,
-    layout: Mapping[str, tuple],
-    *,
-    new_layout: Mapping[str, tuple] | None = None,
-    spaces: Mapping[str, tuple[IdSpec, IdSpec]] | None = None,
-    layer_map: Mapping[str, str | None] | None = None,
-    rules: Mapping[str, rules_lib.Rule] | None = None,
-    preset: str = "preserving",
-    leaf_rules: Mapping[str, str] | None = None,
-    drop: Sequence[str] = (),
-    neutral: Mapping[str, float] | None = None,
-) -> Plan:
-    """Computes, on the host, how every leaf of `new_tree` is made from `old_tree`.
-
-    Args:
-      old_tree: the trained parameters (or any tree of arrays / ``jax.ShapeDtypeStruct``).
-      new_tree: the new network's parameters or their shapes (``jax.eval_shape(model.init, ...)``).
-      layout: the old tree's layout (see `flaxsurgery.layout`); leaves it omits have no
-        unit axis, and must keep their shape.
+    Attributes:
+      layout: the old tree's layout (see `flaxsurgery.layout`; [`surgery`][flaxsurgery.surgery]
+        traces it); leaves it omits have no unit axis, and must keep their shape.
       new_layout: the new tree's layout (default: `layout`).
       spaces: ``{space: (old_ids, new_ids)}``; an int ``n`` means IDs ``0..n-1``; a 1-D array
         means its values. Spaces not named keep their IDs by position.
@@ -122,212 +46,197 @@ def plan(
       preset: ``"preserving"`` (function-preserving rules), ``"policy"`` (the same, with new
         actions' logits far below the old ones: the sampled policy is kept) or ``"seed"`` (the
         original paper's).
-      leaf_rules: ``{new leaf path: layer init}`` to initialise a leaf whole, ignoring its source.
+      leaf_inits: ``{new leaf path: layer init}`` (``"identity"``, ``"near_identity"``,
+        ``"fresh"``, ``"zeros"``) to initialise a leaf whole, ignoring its source. Formerly
+        ``leaf_rules``, which still works, with a DeprecationWarning.
       drop: old leaf or layer paths that may be left out of the new tree.
       neutral: ``{leaf name or path: value}``: what ``zeros`` means for a one-axis leaf whose
         name does not say (``bias``/``mean`` are 0, ``scale``/``var``/``std`` are 1).
 
-    Returns:
-      A [`Plan`][flaxsurgery.Plan].
+    Pass a Spec where a plan goes (``fs.transplant(old, spec, fresh)``). Under ``jax.jit`` it
+    builds the plan once per tree structure and shapes: no values are seen there, so a new action
+    takes the least margin and the plan claims nothing for it. For an old tree with values it
+    plans on every call, so what the plan claims (a new action's margin follows the outputs'
+    magnitude, ``offset="auto"``) is always derived from the tree at hand, never an earlier one.
 
-    Raises:
-      ValueError: listing every problem at once (leaf path, axis, space, IDs).
-
-    >>> old = {"Dense_0": {"kernel": np.ones((2, 3), np.float32), "bias": np.zeros(3, np.float32)}}
-    >>> new = {"Dense_0": {"kernel": np.ones((4, 3), np.float32), "bias": np.zeros(3, np.float32)}}
-    >>> layout = {"Dense_0/kernel": ("obs", "h"), "Dense_0/bias": ("h",)}
-    >>> p = plan(old, new, layout, spaces={"obs": (["x_dot", "theta"], ["x", "x_dot", "theta", "theta_dot"])})
-    >>> p.index("obs")
-    array([-1,  0,  1, -1], dtype=int32)
+    >>> spec = Spec({"w": ("obs", None)}, spaces={"obs": (["a"], ["a", "b"])})
+    >>> spec.plan_for({"w": np.ones((1, 2), np.float32)}, {"w": np.ones((2, 2), np.float32)}).index("obs")
+    array([ 0, -1], dtype=int32)
+    >>> spec.replace(preset="seed").preset
+    'seed'
     """
-    problems: list[str] = []
-    args = checked_arguments(old_tree, new_tree, layout, new_layout, spaces, layer_map, rules,
-                              preset, leaf_rules, drop, neutral, problems)
-    if problems:
-        _raise(problems)
-    old_leaves, old_treedef = flatten(old_tree)
-    new_leaves, new_treedef = flatten(new_tree)
-    args = full_names(args, old_leaves, new_leaves)
-    old_axes = resolve_layout(old_leaves, args.layout, "old", problems)
-    new_axes = resolve_layout(new_leaves, args.new_layout, "new", problems)
-    mixing = mixing_spaces(args.layout) | mixing_spaces(args.new_layout)
-    given = given_ids(args.spaces, problems)
-    old_sizes = space_sizes(old_leaves, old_axes, {k: v[0] for k, v in given.items()}, "old", problems)
-    new_sizes = space_sizes(new_leaves, new_axes, {k: v[1] for k, v in given.items()}, "new", problems)
-    ids = space_ids(given, set(args.spaces), old_sizes, new_sizes, problems)
-    old_roles = roles_by_axis(old_axes, output_spaces(args.layout))
-    new_roles = roles_by_axis(new_axes, output_spaces(args.new_layout))
-    roles = {**old_roles, **new_roles}
-    preset_rules = rules_lib.PRESETS[preset]
-    chosen = _space_rules(args.rules, roles, preset_rules, ids, problems)
-    margins = output_margins(old_leaves, old_axes, roles, activations_of(args.layout))
-    chosen = resolve_margins(chosen, margins)
-    sources = _leaf_sources(old_leaves, new_leaves, args.layer_map, args.leaf_rules, args.drop, problems)
-    _check_pairing(sources, args.layer_map, old_axes, new_axes, old_roles, new_roles, problems)
 
-    ctx = Context(ids, chosen, problems, args.neutral, margins=margins)
-    leaf_plans, arrays, new_layer_leaves = _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources,
-                                                       args.leaf_rules, preset_rules.layer, ctx)
-    input_spaces = {name for name, role in new_roles.items() if role == "input"}
-    layer_inits, layer_notes = _layer_inits(new_layer_leaves, _dropped_layers(old_leaves, sources, args.drop),
-                                            ctx, activations_of(args.new_layout), input_spaces)
-    infos = tuple(
-        space_info(name, ids[name], roles[name], chosen[name], name in old_sizes, name in mixing, ctx)
-        for name in sorted(ids, key=str)
-    )
-    if problems:
-        _raise(problems)
-    return Plan(
-        leaves=tuple(leaf_plans),
-        arrays=tuple(arrays),
-        old_shapes=tuple((p, tuple(np.shape(x)), np.dtype(x.dtype)) for p, x in old_leaves.items()),
-        old_treedef=old_treedef,
-        new_treedef=new_treedef,
-        spaces=infos,
-        layer_inits=layer_inits,
-        layer_notes=layer_notes,
-    )
+    layout: Mapping | None = None
+    new_layout: Mapping | None = None
+    spaces: Mapping | None = None
+    layer_map: Mapping | None = None
+    rules: Mapping | None = None
+    preset: str = "preserving"
+    leaf_inits: Mapping | None = None
+    drop: Sequence[str] = ()
+    neutral: Mapping | None = None
+    leaf_rules: dataclasses.InitVar[Mapping | None] = None  # renamed: leaf_inits
+    _plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
+    def __post_init__(self, leaf_rules: Mapping | None) -> None:
+        if leaf_rules is not None:
+            if self.leaf_inits is not None:
+                raise TypeError("Spec got both leaf_inits and leaf_rules (its old name); give leaf_inits")
+            _warn_renamed("leaf_rules")
+            object.__setattr__(self, "leaf_inits", leaf_rules)
 
-def _leaf_plans(new_leaves, old_leaves, new_axes, old_axes, sources, leaf_rules, layer_init, ctx):
-    """Every new leaf's plan and arrays, in the new tree's order; and the leaves that have no
-    source (a new layer's), with their arrays and axes."""
-    leaf_plans, arrays, new_layer_leaves = [], [], []
-    for path, new in new_leaves.items():
-        source = sources[path]
-        entries = new_axes[path] + (old_axes[source] if source else ())
-        if any(name not in ctx.ids for entry in entries for name in spaces_in(entry)):
-            continue  # a space without a known size: reported already, the plan is not built
-        if source is None:
-            leaf, arr = init_leaf(path, new, new_axes[path], leaf_rules.get(path, layer_init), ctx)
-            new_layer_leaves.append((leaf, arr, new_axes[path]))
+    @classmethod
+    def of(cls, spec: Spec | Mapping | None = None, /, **options: Any) -> Spec:
+        """The one place keyword options become a Spec: `spec` (a Spec, or the old tree's layout)
+        with `options` (any of its fields) in place of its own.
+
+        Raises:
+          TypeError: for an option that is not a field, naming the fields.
+        """
+        options = renamed(options)
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; a Spec's options are {list(OPTIONS)}")
+        if isinstance(spec, Spec):
+            return dataclasses.replace(spec, **options) if options else spec
+        if spec is not None and "layout" in options:
+            raise TypeError("the layout is given twice: as the spec argument and as layout=")
+        return cls(**({} if spec is None else {"layout": spec}), **options)
+
+    def replace(self, **options: Any) -> Spec:
+        """This spec with `options` (any of its fields) changed."""
+        return Spec.of(self, **options)
+
+    def options(self) -> dict[str, Any]:
+        """``{field: value}`` for every option."""
+        return {name: getattr(self, name) for name in OPTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str = "the spec") -> Spec:
+        """A Spec from what a JSON or YAML file holds: IDs as lists, rules by their registered
+        name (``"zeros"``, or ``{"mean": {"offset": -0.001}}``; see ``rules.RULES``). The
+        layouts are not written in a file: the command line traces them.
+
+        >>> spec = Spec.from_dict({"spaces": {"out": [2, 3]}, "rules": {"out": {"mean": {"offset": -0.01}}}})
+        >>> spec.spaces, spec.rules["out"].name
+        ({'out': (2, 3)}, 'mean')
+
+        Raises:
+          SurgeryError: listing every problem (an unknown key, a rule or space written wrongly).
+        """
+        if not isinstance(data, Mapping):
+            problem = f"it must hold a mapping with keys among {list(FILE_KEYS)}, got {type(data).__name__}"
+            raise SurgeryError(f"{where} has problems", [problem])
+        data = renamed(dict(data))
+        problems = [f"unknown key {show(key)}; the keys are {list(FILE_KEYS)}"
+                    for key in data if key not in FILE_KEYS]
+        options = {}
+        for key, value in data.items():
+            if key in FILE_KEYS:
+                convert = _FROM_TEXT.get(key)
+                options[key] = value if convert is None or value is None else convert(value, problems)
+        if problems:
+            raise SurgeryError(f"{where} has problems", problems)
+        return cls(**options)
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path) -> Spec:
+        """A Spec from a JSON file, or a YAML one by its suffix (``.yaml``, ``.yml``; needs PyYAML)."""
+        path = str(path)
+        text = pathlib.Path(path).read_text()
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as error:  # the parser's own message says line and column
+                raise ValueError(f"spec {path!r} is not valid YAML: {error}") from error
         else:
-            leaf, arr = gather_leaf(path, new, new_axes[path], source, old_leaves[source], old_axes[source], ctx)
-        leaf_plans.append(leaf)
-        arrays.append(read_only(arr))
-    return leaf_plans, arrays, new_layer_leaves
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"spec {path!r} is not valid JSON: {error}") from error
+        return cls.from_dict(data, where=f"spec {path!r}")
+
+    def plan_for(self, old_tree: Any, new_tree: Any) -> Any:
+        """The plan for these trees: built once per structure, shapes and dtypes for an old tree
+        without values (traced, or shapes only); built anew for one with values, whose margins
+        (and so claims) may differ from an earlier tree's of the same shapes."""
+        from flaxsurgery.claims import has_values
+        from flaxsurgery.planner import plan
+
+        if all(has_values(x) for x in jax.tree_util.tree_leaves(old_tree)):
+            return plan(old_tree, new_tree, self)
+        key = tuple((jax.tree_util.tree_structure(t),
+                     tuple((np.shape(x), str(x.dtype)) for x in jax.tree_util.tree_leaves(t)))
+                    for t in (old_tree, new_tree))
+        if key not in self._plans:
+            self._plans[key] = plan(old_tree, new_tree, self)
+        return self._plans[key]
 
 
-def _layer_inits(new_layer_leaves, dropped_layers, ctx, activations, input_spaces) -> tuple:
-    """Per new or dropped layer: its init and what it preserves (see Plan.layer_inits), and
-    the reasons (see Plan.layer_notes)."""
-    inits: dict = {layer: {("dropped", "none", "")} for layer in dropped_layers}
-    for leaf, arr, axes in new_layer_leaves:
-        out = output_axis(axes)
-        writes_old = out is not None and any(s in ctx.self_paired for s in spaces_in(axes[out]))
-        claim = init_claim(leaf, arr, writes_old, axes, activations, input_spaces)
-        inits.setdefault(layer_of(leaf.path), set()).add((leaf.init, *claim))
-    summaries = [summarise_layer(layer, found) for layer, found in sorted(inits.items())]
-    notes = tuple((summary[0], why) for summary, why in summaries if why)
-    return tuple(summary for summary, _ in summaries), notes
+OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Spec) if f.init)
+FILE_KEYS: tuple[str, ...] = tuple(name for name in OPTIONS if name not in ("layout", "new_layout"))
 
 
-def _raise(problems: list[str]) -> None:
-    raise problems_error("the transplant spec does not fit the parameters", problems)
+def _warn_renamed(old: str) -> None:
+    warnings.warn(f"{old}= is now {RENAMED[old]}=; the old name will be removed in a later release",
+                  DeprecationWarning, stacklevel=4)
 
 
-def _space_rules(given, roles, preset, ids, problems) -> dict[str, rules_lib.Rule]:
-    """The rule of every space: given, else the preset's for its role; sources checked."""
-    for name, rule in given.items():
-        if name not in roles:
-            problems.append(f"rules names unknown space {show(name)}")
-        elif not isinstance(rule, rules_lib.Rule):
-            problems.append(f"rules[{name!r}] must be a flaxsurgery Rule (fs.zeros(), fs.mean(), ...), got {show(rule)}")
-    chosen = {}
-    for name, role in roles.items():
-        rule = given.get(name)
-        chosen[name] = rule if isinstance(rule, rules_lib.Rule) else preset.rule_for(role)
-    for name, rule in chosen.items():
-        if name in ids:
-            problems.extend(rule.problems(name, ids[name]))
-    return chosen
+def renamed(options: dict) -> dict:
+    """`options` with each renamed option under its new name (warning once per call)."""
+    for old, new in RENAMED.items():
+        if old in options:
+            if new in options:
+                raise TypeError(f"got both {new}= and {old}= (its old name); give {new}=")
+            _warn_renamed(old)
+            options = {new if k == old else k: v for k, v in options.items()}
+    return options
 
 
-def _leaf_sources(old_leaves, new_leaves, layer_map, leaf_rules, drop, problems) -> dict:
-    """Each new leaf's old source leaf (or None); checks the layer map and what is dropped."""
-    old_layers = {layer_of(p) for p in old_leaves}
-    new_layers = {layer_of(p) for p in new_leaves}
-    for new_layer, old_layer in layer_map.items():
-        if new_layer not in new_layers:
-            problems.append(f"layer_map names new layer {show(new_layer)}, which the new tree lacks")
-        if old_layer is not None and old_layer not in old_layers:
-            problems.append(f"layer_map maps {show(new_layer)} to old layer {show(old_layer)}, which the old tree lacks")
-    for path in leaf_rules:
-        if path not in new_leaves:
-            problems.append(f"leaf_rules names leaf {show(path)}, which the new tree lacks")
-        elif leaf_rules[path] not in rules_lib.LAYER_INITS:
-            problems.append(f"leaf_rules[{path!r}] = {show(leaf_rules[path])}; choose one of {rules_lib.LAYER_INITS}")
-
-    sources, used = {}, set()
-    for path in new_leaves:
-        layer = layer_of(path)
-        old_layer = layer_map.get(layer, layer if layer in old_layers else None)
-        candidate = f"{old_layer}/{leaf_name(path)}" if old_layer else leaf_name(path)
-        found = old_layer is not None and candidate in old_leaves
-        if found:
-            used.add(candidate)
-        sources[path] = candidate if found and path not in leaf_rules else None
-
-    def dropped_explicitly(path: str) -> bool:
-        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in drop)
-
-    for d in drop:
-        if not any(p == d or p.startswith(d.rstrip("/") + "/") for p in old_leaves):
-            problems.append(f"drop names {d!r}, which matches no old leaf")
-    lost = [p for p in old_leaves if p not in used and not dropped_explicitly(p)]
-    if lost:
-        problems.append(f"old leaves {show(lost)} would be dropped: no new leaf takes from them; map "
-                        f"their layer in layer_map, or list them (or their layer) in drop=")
-    return sources
+# ----------------------------------------------------------------------------- spec files
 
 
-def _dropped_layers(old_leaves, sources, drop) -> list[str]:
-    """Old layers none of whose leaves a new leaf takes from (they were listed in `drop`)."""
-    used = {layer_of(s) for s in sources.values() if s is not None}
-    return sorted({layer_of(p) for p in old_leaves if layer_of(p) not in used
-                   and any(p == d or p.startswith(d.rstrip("/") + "/") for d in drop)})
+def _rules_from_text(given: Any, problems: list) -> dict:
+    if not isinstance(given, Mapping):
+        problems.append(f"rules must map space names to rules, got {show(given)}")
+        return {}
+    rules = {}
+    for space, text in given.items():
+        try:
+            rules[space] = rules_lib.rule_from_text(text)
+        except ValueError as error:
+            problems.append(f"rule of space {space!r}: {error}")
+    return rules
 
 
-def _check_pairing(sources, layer_map, old_axes, new_axes, old_roles, new_roles, problems) -> None:
-    """A layer paired by its name alone must play the same part in both networks.
+def _ids_from_text(given: Any) -> Any:
+    return given if isinstance(given, int) else [tuple(i) if isinstance(i, list) else i for i in given]
 
-    Linen names layers by position, so inserting a layer renames the ones after it: the old
-    output layer ``Dense_1`` and the new hidden ``Dense_1`` share a name, not a job.
-    """
-    suspicious = {}
-    for path, source in sources.items():
-        if source is None or layer_of(path) in layer_map:
+
+def _spaces_from_text(given: Any, problems: list) -> dict:
+    if not isinstance(given, Mapping):
+        problems.append(f"spaces must map space names to [old IDs, new IDs], got {show(given)}")
+        return {}
+    spaces = {}
+    for space, pair in given.items():
+        if isinstance(pair, Mapping) and set(pair) == {"old", "new"}:
+            pair = [pair["old"], pair["new"]]
+        if not (isinstance(pair, list) and len(pair) == 2):
+            problems.append(f"space {space!r} must be [old IDs, new IDs] or {{old: ..., new: ...}}, got {pair!r}")
             continue
-        for axis, (old_spec, new_spec) in enumerate(zip(old_axes[source], new_axes[path])):
-            old_names, new_names = spaces_in(old_spec), spaces_in(new_spec)
-            old_parts = {old_roles.get(s) for s in old_names} & {"input", "output"}
-            new_parts = {new_roles.get(s) for s in new_names} & {"input", "output"}
-            if old_parts != new_parts:
-                suspicious.setdefault(layer_of(path), (axis, old_spec, new_spec, old_parts, new_parts))
-    for layer, (axis, old_spec, new_spec, old_parts, new_parts) in sorted(suspicious.items()):
-        def part(parts, spec):
-            return f"the network's {'/'.join(sorted(parts))} space {spec!r}" if parts else f"hidden space {spec!r}"
-        hint = _layer_map_hint(old_axes, new_axes, old_roles, new_roles)
-        problems.append(
-            f"new layer {layer!r} takes its weights from the old layer of the same name, but axis {axis} "
-            f"is {part(old_parts, old_spec)} in the old network and {part(new_parts, new_spec)} in the "
-            f"new one: the layers were probably renamed by an inserted or removed layer; say how they "
-            f"pair with layer_map{hint}")
+        spaces[space] = (_ids_from_text(pair[0]), _ids_from_text(pair[1]))
+    return spaces
 
 
-def _layer_map_hint(old_axes, new_axes, old_roles, new_roles) -> str:
-    """A likely layer map: the layers that produce the network's output, paired."""
-    def producer(axes_of, roles):
-        for path, axes in axes_of.items():
-            out = output_axis(axes)
-            if out is not None and len([a for a in axes if carries_units(a)]) > 1 and \
-                    any(roles.get(s) == "output" for s in spaces_in(axes[out])):
-                return layer_of(path)
-        return None
+def _drop_from_text(given: Any, problems: list) -> tuple:
+    return tuple(given) if isinstance(given, list) else given
 
-    old_out, new_out = producer(old_axes, old_roles), producer(new_axes, new_roles)
-    if old_out and new_out and old_out != new_out:
-        renamed = f", {old_out!r}: None" if any(layer_of(p) == old_out for p in new_axes) else ""
-        return (f" (for example {{{new_out!r}: {old_out!r}{renamed}}}), or confirm the pairing by "
-                f"name with {{layer: layer}}")
-    return " (confirm a pairing by name with {layer: layer})"
+
+# How a spec file writes an option, where it differs from Python's value.
+_FROM_TEXT: dict[str, Callable[[Any, list], Any]] = {
+    "rules": _rules_from_text,
+    "spaces": _spaces_from_text,
+    "drop": _drop_from_text,
+}

@@ -72,9 +72,40 @@ def prefix_length(src: np.ndarray) -> int | None:
 MAX_SHOWN = 8  # IDs shown in an error message before "..."
 
 
-def problems_error(title: str, problems: Sequence[str]) -> ValueError:
-    """One ValueError listing every problem, under `title` (what does not fit what)."""
-    return ValueError(f"{title}:\n  - " + "\n  - ".join(problems))
+class SurgeryError(ValueError):
+    """Every problem an input has, found at once: one line each, under a title saying what does
+    not fit what. A ``ValueError``, so ``except ValueError`` catches it; ``.problems`` holds the
+    lines for a program to read.
+
+    >>> error = SurgeryError("the spec does not fit", ["leaf 'w': ...", "space 'obs': ..."])
+    >>> error.problems
+    ("leaf 'w': ...", "space 'obs': ...")
+    >>> print(error)
+    the spec does not fit:
+      - leaf 'w': ...
+      - space 'obs': ...
+    """
+
+    def __init__(self, title: str, problems: Sequence[str]):
+        self.title, self.problems = title, tuple(problems)
+        super().__init__(f"{title}:\n  - " + "\n  - ".join(self.problems))
+
+    def __reduce__(self):  # pickles (multiprocessing, pytest-xdist) with both arguments
+        return type(self), (self.title, self.problems)
+
+
+class Problems(list):
+    """The problems found so far: checks append a line each; `check` raises them all at once."""
+
+    def check(self, title: str) -> None:
+        """Raises one `SurgeryError` under `title` when any problem was found."""
+        if self:
+            raise SurgeryError(title, self)
+
+
+def problems_error(title: str, problems: Sequence[str]) -> SurgeryError:
+    """The one error listing every problem, under `title` (what does not fit what)."""
+    return SurgeryError(title, problems)
 
 
 def show(value: Any, limit: int = MAX_SHOWN) -> str:

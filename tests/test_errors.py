@@ -55,8 +55,12 @@ def test_new_leaf_no_rule_covers():
     with pytest.raises(ValueError, match="new leaf 'Extra/kernel' .* has no source and identity needs a kernel"):
         fs.plan(mlp(), new, LAYOUT)
     # A layer init for that leaf resolves it.
-    plan = fs.plan(mlp(), new, LAYOUT, leaf_rules={"Extra/kernel": "zeros"})
+    plan = fs.plan(mlp(), new, LAYOUT, leaf_inits={"Extra/kernel": "zeros"})
     assert fs.transplant(mlp(), plan)["Extra"]["kernel"].shape == (3, 3)
+    # Its old name still works, with a deprecation warning, for a release.
+    with pytest.warns(DeprecationWarning, match="leaf_rules= is now leaf_inits="):
+        old_name = fs.plan(mlp(), new, LAYOUT, leaf_rules={"Extra/kernel": "zeros"})
+    assert old_name.leaves == plan.leaves
 
 
 def test_old_leaf_dropped_silently():
