@@ -17,9 +17,18 @@ from flaxsurgery.layout import (
     Grid,
     chain_layout,
 )
-from flaxsurgery.plans import Plan
-from flaxsurgery.rules import Rule, copy_of, fresh, fresh_in_zero_out, mean, register_rule, split, zeros
 from flaxsurgery.planner import plan
+from flaxsurgery.plans import Plan
+from flaxsurgery.rules import (
+    Rule,
+    copy_of,
+    fresh,
+    fresh_in_zero_out,
+    mean,
+    register_rule,
+    split,
+    zeros,
+)
 from flaxsurgery.spec import Spec
 from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import (
