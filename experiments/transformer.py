@@ -334,7 +334,7 @@ def measure_growth() -> list[dict]:
         largest = float(jnp.abs(apply_fn(config)(variables, tokens)).max())
         rows.append({"operation": name, "max_abs_diff": report.max_abs_diff, "max_abs_logit": largest,
                      "greedy_agreement": report.greedy_agreement, "policy_kl": report.policy_kl,
-                     "plan_reports": plan.exactness()})
+                     "plan_reports": plan.preserves()})
     return rows
 
 

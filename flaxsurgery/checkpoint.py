@@ -2,7 +2,7 @@
 
 Each new leaf needs only its source leaf (and its fresh leaf where a rule takes fresh values),
 so [`transplant_checkpoint`][flaxsurgery.checkpoint.transplant_checkpoint] reads the old checkpoint's shapes without loading it, then
-restores a bounded group of leaves, transplants them (`flaxsurgery.groups.subplan`) and
+restores a bounded group of leaves, transplants them (`Plan.restricted`) and
 appends them to the new checkpoint with orbax's partial save. Peak host memory follows the
 largest group, not the model.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -136,7 +135,7 @@ def _load(entries: dict, path: PathLike, paths: list[str], shardings: Mapping) -
 
 def _check_fits(plan: Plan, entries: dict, path: PathLike) -> None:
     """One ValueError naming every leaf where the checkpoint and the plan's old tree differ."""
-    expected = {p: (shape, np.dtype(dtype)) for p, shape, dtype in plan.old_shapes}
+    expected = plan.old_leaves
     problems = [f"the checkpoint lacks leaf {p!r}" for p in expected if p not in entries]
     problems += [f"the checkpoint has leaf {p!r}, which the plan's old tree lacks" for p in entries
                  if p not in expected]
@@ -215,10 +214,9 @@ def transplant_checkpoint(
     _clear_leftover(new_path)
     new_keys = _new_key_paths(plan)
     shardings = dict(shardings or {})
-    old_shapes = {p: shape for p, shape, _ in plan.old_shapes}
 
     def read(group: list) -> dict:
-        placed = {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
+        placed = {leaf.source: source_sharding(leaf, shardings[leaf.path], plan.old_leaves[leaf.source][0])
                   for leaf in group if leaf.source is not None and leaf.path in shardings}
         return _load(entries, old_path, sorted({leaf.source for leaf in group if leaf.source}), placed)
 
@@ -321,8 +319,7 @@ def _fresh_source(fresh: Any, shardings: Mapping) -> Callable[[tuple], dict]:
 
 def _apply(old: dict, part: Plan, fresh: dict | None, shardings: Mapping) -> dict:
     """One sub-plan applied under jit; where the new leaves have shardings, in those shardings."""
-    sources = {leaf.source for leaf in part.leaves if leaf.source is not None}
-    old = {p: old[p] for p in sources}
+    old = {p: old[p] for p in part.sources}
     if any(shardings.get(leaf.path) for leaf in part.leaves):
         return transplant_fn(part, shardings)(old, fresh)
     anonymous, names = _anonymous(part)
@@ -340,14 +337,6 @@ def _anonymous(part: Plan) -> tuple[Plan, dict[str, str]]:
 
     Layers alike (a stack of equal blocks) then give equal sub-plans, which jit compiles once.
     """
-    sources = sorted({leaf.source for leaf in part.leaves if leaf.source is not None})
-    names = {p: f"old{i:06d}" for i, p in enumerate(sources)}
+    names = {p: f"old{i:06d}" for i, p in enumerate(sorted(part.sources))}
     names.update({leaf.path: f"new{i:06d}" for i, leaf in enumerate(part.leaves)})  # leaves come sorted
-    leaves = tuple(dataclasses.replace(leaf, path=names[leaf.path], source=names.get(leaf.source))
-                   for leaf in part.leaves)
-    return dataclasses.replace(
-        part, leaves=leaves,
-        old_shapes=tuple((names[p], shape, dtype) for p, shape, dtype in part.old_shapes),
-        old_treedef=jax.tree_util.tree_structure({names[p]: 0 for p in sources}),
-        new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf in leaves}),
-    ), names
+    return part.renamed(names), names

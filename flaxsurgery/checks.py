@@ -13,7 +13,7 @@ import numpy as np
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.activations import KNOWN
 from flaxsurgery.layout import ACTIVATIONS, MIXING, WINDOW, Concat, Flat, Grid, leaf_entries
-from flaxsurgery.paths import layer_of
+from flaxsurgery.paths import layer_of, without_collection
 from flaxsurgery.spec import Spec
 from flaxsurgery.units import MAX_SHOWN, show
 
@@ -76,14 +76,14 @@ def _named(name: str, names: set) -> list[str]:
     spaces drop Linen's collection prefix, so layer names may drop it too."""
     if not isinstance(name, str) or name in names:
         return [name]
-    return sorted(n for n in names if n.partition("/")[2] == name) or [name]
+    return sorted(n for n in names if without_collection(n) == name) or [name]
 
 
 def full_names(spec: Spec, old_leaves: dict, new_leaves: dict) -> Spec:
     """A checked spec's `layer_map`, `leaf_inits` and `drop` with every name as the trees write it."""
     old_layers = {layer_of(p) for p in old_leaves}
     new_layers = {layer_of(p) for p in new_leaves}
-    old_prefixes = old_layers | set(old_leaves) | {p.rpartition("/")[0] for p in old_layers}
+    old_prefixes = old_layers | set(old_leaves) | {layer_of(p) for p in old_layers}
     layer_map = {}
     for new_name, old_name in spec.layer_map.items():
         for new_layer in _named(new_name, new_layers):

@@ -18,7 +18,7 @@ from flaxsurgery.layout import carries_units, output_axis, space_of, spaces_in
 from flaxsurgery.leaves import BIAS_NAMES
 from flaxsurgery.paths import leaf_name
 from flaxsurgery.plans import LeafArrays, LeafPlan, SpaceInfo
-from flaxsurgery.rules import EXACTNESS
+from flaxsurgery.rules import PRESERVED
 
 
 def space_info(name, both_ids, role, rule, in_old, mixing, facts, margins) -> SpaceInfo:
@@ -44,7 +44,7 @@ def space_info(name, both_ids, role, rule, in_old, mixing, facts, margins) -> Sp
 def _rule_preserves(role, rule, facts, margin) -> tuple[str, str]:
     """What `rule` keeps for a space's new units, given what the plan does to them (`facts`)
     and the margin the old outputs need, and why not more."""
-    nominal, why = rule.promise(role)
+    nominal, why = rule.preserves(role)
     if role != "output" or nominal not in ("greedy", "policy"):
         return nominal, why
     if facts.input_leaves:
@@ -218,6 +218,6 @@ def summarise_layer(layer: str, inits: set) -> tuple[tuple[str, str, str], str]:
     """A new layer's (layer, inits, what it keeps) from its leaves' (init, claim, why), and
     the reason its weakest leaf gives."""
     names = "/".join(sorted({init for init, _, _ in inits}))
-    exact = min((e for _, e, _ in inits), key=EXACTNESS.index)
+    exact = min((e for _, e, _ in inits), key=PRESERVED.index)
     why = "; ".join(sorted({w for _, e, w in inits if e == exact and w}))
     return (layer, names, exact), why

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxsurgery.paths import flatten
+from flaxsurgery.paths import collection_of, flatten
 
 WRAP_HINT = ("trace the call as the policy runs it, with the other arguments fixed: "
              "lambda v, obs: model.apply(v, obs, train=False) (fs.surgery takes such a function "
@@ -112,7 +112,7 @@ def _mismatches(apply: Callable, variables: Any, inputs: tuple, text: str) -> st
     problems = [f"leaf {p!r} is {tuple(np.shape(have[p]))}, the model makes {tuple(want[p].shape)}"
                 for p in have if p in want and tuple(np.shape(have[p])) != tuple(want[p].shape)]
     problems += [f"the variables lack leaf {p!r} {tuple(want[p].shape)}" for p in want
-                 if p not in have and p.startswith("params/")]
+                 if p not in have and collection_of(p) == "params"]
     return "; ".join(problems) if problems else _flax_words(text)
 
 

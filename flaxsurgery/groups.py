@@ -7,10 +7,8 @@ leaves at a time and never holds the whole model. Host side, NumPy only.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 
-import jax
 import numpy as np
 
 from flaxsurgery.plans import LeafPlan, Plan
@@ -42,22 +40,7 @@ def subplan(plan: Plan, paths: Iterable[str]) -> Plan:
     >>> fs.transplant({"bias": old["bias"] + 2}, part)["bias"]
     Array([2., 2., 2., 0.], dtype=float32)
     """
-    wanted = set(paths)
-    known = {leaf.path for leaf in plan.leaves}
-    if wanted - known:
-        raise ValueError(f"the plan has no new leaves {sorted(wanted - known)}; its leaves are {sorted(known)}")
-    # A flat dict flattens in sorted key order: the leaf plans must follow it.
-    picked = sorted((pair for pair in zip(plan.leaves, plan.arrays) if pair[0].path in wanted),
-                    key=lambda pair: pair[0].path)
-    sources = {leaf.source for leaf, _ in picked if leaf.source is not None}
-    return dataclasses.replace(
-        plan,
-        leaves=tuple(leaf for leaf, _ in picked),
-        arrays=tuple(arrays for _, arrays in picked),
-        old_shapes=tuple(entry for entry in plan.old_shapes if entry[0] in sources),
-        old_treedef=jax.tree_util.tree_structure({path: 0 for path in sources}),
-        new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf, _ in picked}),
-    )
+    return plan.restricted(paths)
 
 
 def leaf_bytes(leaf: LeafPlan) -> int:
@@ -78,8 +61,8 @@ def leaf_groups(plan: Plan, max_bytes: int) -> Iterator[list[LeafPlan]]:
     >>> [[leaf.path for leaf in group] for group in leaf_groups(p, 1000)]
     [['a', 'b'], ['c']]
     """
-    old_bytes = {path: int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                 for path, shape, dtype in plan.old_shapes}
+    old_bytes = {path: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                 for path, (shape, dtype) in plan.old_leaves.items()}
     group, size = [], 0
     for leaf in plan.leaves:
         group.append(leaf)

@@ -46,3 +46,23 @@ def layer_of(path: str) -> str:
 def leaf_name(path: str) -> str:
     """The last part of a leaf path (`kernel`, `bias`, `scale`, ...)."""
     return path.rpartition("/")[2]
+
+
+def is_under(path: str, prefix: str) -> bool:
+    """Whether `path` is `prefix` or lies under it (``Dense_0/kernel`` is under ``Dense_0``).
+
+    >>> is_under("params/Dense_0/kernel", "params/Dense_0/"), is_under("params/Dense_01", "params/Dense_0")
+    (True, False)
+    """
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def without_collection(path: str) -> str:
+    """The path without its first part, Linen's collection (``params/Dense_0`` -> ``Dense_0``)."""
+    return path.partition("/")[2]
+
+
+def collection_of(path: str) -> str:
+    """The first part of a path: Linen's collection (``params``, ``batch_stats``)."""
+    return path.partition("/")[0]

@@ -35,7 +35,7 @@ from flaxsurgery.layout import (
     spaces_in,
 )
 from flaxsurgery.leaves import Context, gather_leaf, init_leaf, read_only
-from flaxsurgery.paths import flatten, layer_of, leaf_name
+from flaxsurgery.paths import flatten, is_under, layer_of, leaf_name
 from flaxsurgery.plans import Plan
 from flaxsurgery.spaces import roles_by_axis, space_ids, space_sizes
 from flaxsurgery.spec import Spec
@@ -196,10 +196,10 @@ def _leaf_sources(old_leaves, new_leaves, layer_map, leaf_inits, drop, problems)
         sources[path] = candidate if found and path not in leaf_inits else None
 
     def dropped_explicitly(path: str) -> bool:
-        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in drop)
+        return any(is_under(path, d) for d in drop)
 
     for d in drop:
-        if not any(p == d or p.startswith(d.rstrip("/") + "/") for p in old_leaves):
+        if not any(is_under(p, d) for p in old_leaves):
             problems.append(f"drop names {d!r}, which matches no old leaf")
     lost = [p for p in old_leaves if p not in used and not dropped_explicitly(p)]
     if lost:
@@ -212,7 +212,7 @@ def _dropped_layers(old_leaves, sources, drop) -> list[str]:
     """Old layers none of whose leaves a new leaf takes from (they were listed in `drop`)."""
     used = {layer_of(s) for s in sources.values() if s is not None}
     return sorted({layer_of(p) for p in old_leaves if layer_of(p) not in used
-                   and any(p == d or p.startswith(d.rstrip("/") + "/") for d in drop)})
+                   and any(is_under(p, d) for d in drop)})
 
 
 def _check_pairing(sources, layer_map, old_axes, new_axes, old_roles, new_roles, problems) -> None:

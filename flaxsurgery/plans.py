@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 
 from flaxsurgery import rules as rules_lib
-from flaxsurgery.rules import EXACTNESS, Exactness, Role, Side
+from flaxsurgery.rules import PRESERVED, Preserved, Role, Side
 from flaxsurgery.units import Fill, index_by_id, prefix_length
 
 # How an axis of a new leaf relates to its units: a rule's side (their incoming weights on the
@@ -128,7 +130,7 @@ class SpaceInfo:
       role: the part the space plays: ``"input"``, ``"hidden"`` or ``"output"``.
       preserves: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``, derived from what
         the plan does.
-      why: when `preserves` is weaker than the rule promises, the reason.
+      why: when `preserves` is weaker than what the rule preserves at best, the reason.
     """
 
     name: str
@@ -137,7 +139,7 @@ class SpaceInfo:
     role: Role
     rule: rules_lib.Rule
     in_old: bool = True
-    preserves: Exactness = "function"
+    preserves: Preserved = "function"
     why: str = ""
 
     def index(self) -> np.ndarray:
@@ -149,8 +151,6 @@ class SpaceInfo:
         index.flags.writeable = False
         return index
 
-    def exactness(self) -> str:
-        return self.preserves
 
 
 @jax.tree_util.register_pytree_node_class
@@ -186,6 +186,59 @@ class Plan:
         return cls(leaves, children[0], old_shapes, old_treedef, new_treedef, spaces, layer_inits,
                    layer_notes)
 
+    @functools.cached_property
+    def old_leaves(self) -> dict[str, tuple[tuple, np.dtype]]:
+        """``{old leaf path: (shape, dtype)}``: the old tree the plan was built for."""
+        return {path: (shape, np.dtype(dtype)) for path, shape, dtype in self.old_shapes}
+
+    @property
+    def sources(self) -> set[str]:
+        """The old leaves some new leaf takes from."""
+        return {leaf.source for leaf in self.leaves if leaf.source is not None}
+
+    def restricted(self, paths: Iterable[str]) -> Plan:
+        """The part of this plan that makes the new leaves `paths`, over flat ``{path: leaf}``
+        dicts: the old tree holds only their sources. Applied to a flat dict of the old leaves,
+        it gives exactly those new leaves.
+
+        >>> from flaxsurgery import plan
+        >>> tree = {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32)}
+        >>> [leaf.path for leaf in plan(tree, tree, {}).restricted(["w"]).leaves]
+        ['w']
+
+        Raises:
+          ValueError: naming the paths the plan does not make.
+        """
+        wanted = set(paths)
+        known = {leaf.path for leaf in self.leaves}
+        if wanted - known:
+            raise ValueError(f"the plan has no new leaves {sorted(wanted - known)}; its leaves are {sorted(known)}")
+        # A flat dict flattens in sorted key order: the leaf plans must follow it.
+        picked = sorted((pair for pair in zip(self.leaves, self.arrays) if pair[0].path in wanted),
+                        key=lambda pair: pair[0].path)
+        sources = {leaf.source for leaf, _ in picked if leaf.source is not None}
+        return dataclasses.replace(
+            self,
+            leaves=tuple(leaf for leaf, _ in picked),
+            arrays=tuple(arrays for _, arrays in picked),
+            old_shapes=tuple(entry for entry in self.old_shapes if entry[0] in sources),
+            old_treedef=jax.tree_util.tree_structure({path: 0 for path in sources}),
+            new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf, _ in picked}),
+        )
+
+    def renamed(self, names: Mapping[str, str]) -> Plan:
+        """This plan, restricted or flat (see `restricted`), with its old and new leaves renamed
+        by `names` (``{path: new name}``, covering every source and new leaf), over flat dicts
+        keyed by the new names, whose sorted order must be the plan's leaves' order."""
+        leaves = tuple(dataclasses.replace(leaf, path=names[leaf.path], source=names.get(leaf.source))
+                       for leaf in self.leaves)
+        return dataclasses.replace(
+            self, leaves=leaves,
+            old_shapes=tuple((names[p], shape, dtype) for p, shape, dtype in self.old_shapes),
+            old_treedef=jax.tree_util.tree_structure({names[p]: 0 for p, _, _ in self.old_shapes}),
+            new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf in leaves}),
+        )
+
     def space(self, name: str) -> SpaceInfo:
         for info in self.spaces:
             if info.name == name:
@@ -203,11 +256,16 @@ class Plan:
         """
         return self.space(space).index()
 
-    def exactness(self) -> str:
-        """The weakest guarantee over every space and new layer: ``"function"`` (outputs on the
-        old units unchanged), ``"policy"``, ``"greedy"`` or ``"none"``."""
+    def preserves(self) -> str:
+        """What the plan preserves: the weakest over every space and new layer, ``"function"``
+        (outputs on the old units unchanged), ``"policy"``, ``"greedy"`` or ``"none"``."""
         levels = [s.preserves for s in self.spaces] + [e for _, _, e in self.layer_inits]
-        return min(levels, key=EXACTNESS.index, default="function")
+        return min(levels, key=PRESERVED.index, default="function")
+
+    def exactness(self) -> str:
+        """Renamed: `preserves` (this name warns, and goes in a later release)."""
+        warnings.warn("Plan.exactness() is now Plan.preserves()", DeprecationWarning, stacklevel=2)
+        return self.preserves()
 
     def for_state(self) -> Plan:
         """The same plan for optimizer statistics (Adam's moments, a momentum trace): every new
@@ -237,7 +295,7 @@ class Plan:
 
     def report(self) -> str:
         """A human-readable account: per space its units and rule, per new layer its init, and
-        what each preserves (with the reason where it is less than the rule promises)."""
+        what each preserves (with the reason where it is less than the rule preserves at best)."""
         lines = ["space             role     old  new  kept added removed  rule               preserves"]
         for s in self.spaces:
             if not s.in_old:
@@ -259,5 +317,5 @@ class Plan:
             lines.append(f"new layer {layer}: {init}, preserves {exact}")
             if layer in notes:
                 lines.append(f"  {layer}: {notes[layer]}")
-        lines.append(f"overall: preserves {self.exactness()}")
+        lines.append(f"overall: preserves {self.preserves()}")
         return "\n".join(lines)

@@ -5,10 +5,11 @@ bias, its norm scale) and *outgoing* weights (where its space is an input axis: 
 an embedding's row). A [`Rule`][flaxsurgery.Rule] is one object that says everything about itself: the
 host-side arrays of a space's units on either side ([`Rule.units`][flaxsurgery.Rule.units]), the device-side
 [`Fill`][flaxsurgery.Fill] of each side, what it needs of the IDs ([`Rule.problems`][flaxsurgery.Rule.problems])
-and what it promises ([`Rule.promise`][flaxsurgery.Rule.promise]). A new rule is a subclass here and a test.
+and what it preserves at best ([`Rule.preserves`][flaxsurgery.Rule.preserves]). A new rule is a
+subclass (here or in your code) and a test; `register_rule` names it for spec files.
 
-What each rule promises, for the role its space plays in the network (a plan checks the promise
-on its trees and reports what holds: see ``Plan.report()``):
+What each rule preserves at best, for the role its space plays in the network (a plan checks
+it on its trees and reports what holds: see ``Plan.report()``):
 
 =======================  ==========================================  ==========================
 rule                     inputs / hidden units                       outputs (actions)
@@ -30,15 +31,15 @@ rule                     inputs / hidden units                       outputs (ac
                          weights are shared ``1-ratio : ratio``)
 =======================  ==========================================  ==========================
 
-An output promise holds only where the offset lands on the output layer's bias (a leaf named
+An output claim holds only where the offset lands on the output layer's bias (a leaf named
 ``bias``, ``b`` or ``beta``) and no other one-axis leaf (a norm's scale) carries the actions;
-otherwise the plan reports "none". No promise holds for a space the forward pass mixes (a
+otherwise the plan reports "none". Nothing is preserved for a space the forward pass mixes (a
 LayerNorm's statistics, a softmax inside the model): see ``flaxsurgery.layout.MIXING``.
 
 ``zeros`` means the neutral value (`Fill.NEUTRAL`): 0 for weights and for one-axis leaves
 named ``bias``/``mean`` (...), 1 for ``scale``, ``var``, ``std`` (...), so a new BatchNorm
 feature passes its input through unchanged; a one-axis leaf of another name must be told
-(``plan(neutral=...)``). Exactness for ``split`` holds for element-wise activations and
+(``plan(neutral=...)``). Preserved for ``split`` holds for element-wise activations and
 BatchNorm, not LayerNorm (whose statistics span the features).
 
 New layers (no source in the old network) start from a layer init: ``"identity"`` (kernel 1
@@ -62,8 +63,8 @@ from flaxsurgery.units import Fill, Units, index_by_id, kept, no_fill, show
 
 Role = Literal["input", "hidden", "output"]  # the part a space plays in the network
 Side = Literal["incoming", "outgoing"]  # which of its units' weights an axis holds
-Exactness = Literal["none", "greedy", "policy", "function"]  # weakest first
-EXACTNESS: tuple = get_args(Exactness)
+Preserved = Literal["none", "greedy", "policy", "function"]  # what a plan preserves, weakest first
+PRESERVED: tuple = get_args(Preserved)
 LayerInit = Literal["identity", "near_identity", "fresh", "zeros"]
 LAYER_INITS: tuple = get_args(LayerInit)
 NEAR_IDENTITY_NOISE = 0.01
@@ -127,17 +128,13 @@ class Rule:
                     f"old network has none; choose another rule for it in rules=")]
         return []
 
-    def promise(self, role: Role) -> tuple[Exactness, str]:
-        """What this rule promises for a space of `role`, and why not more where it is "none" for
-        a reason the user can change. A plan checks the promise on its trees (where an offset
+    def preserves(self, role: Role) -> tuple[Preserved, str]:
+        """What this rule preserves for a space of `role` at best, and why not more where it is
+        "none" for a reason the user can change. A plan checks it on its trees (where an offset
         lands, the dtype's rounding) and reports what holds."""
         if role != "output" and self.outgoing is Fill.NEUTRAL:
             return "function", ""
         return "none", ""
-
-    def exactness(self, role: Role) -> Exactness:
-        """The level of `promise`: ``"function"``, ``"policy"``, ``"greedy"`` or ``"none"``."""
-        return self.promise(role)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +162,9 @@ class _Margin:
     """A rule whose new output units sit `offset` below the old ones: the greedy action (and,
     far enough below, the sampled policy) is kept when the offset is negative."""
 
-    def promise(self, role: Role) -> tuple[Exactness, str]:
+    def preserves(self, role: Role) -> tuple[Preserved, str]:
         if role != "output":
-            return super().promise(role)
+            return super().preserves(role)
         if self.offset == AUTO:
             return "greedy", ""
         if self.offset < 0:
@@ -254,7 +251,7 @@ class Split(_FromSource):
     outgoing: ClassVar[None] = None  # the source's outgoing weights are shared with it
     __hash__ = _FromSource.__hash__
 
-    def promise(self, role: Role) -> tuple[Exactness, str]:
+    def preserves(self, role: Role) -> tuple[Preserved, str]:
         return ("none" if role == "output" else "function"), ""
 
     def _outgoing_units(self, src: np.ndarray, copied: np.ndarray, ids: tuple) -> Units:

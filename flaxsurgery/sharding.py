@@ -72,8 +72,7 @@ def source_sharding(leaf: LeafPlan | None, sharding: jax.sharding.Sharding, old_
 
 def source_shardings(plan: Plan, shardings: Mapping[str, jax.sharding.Sharding]) -> dict[str, jax.sharding.Sharding]:
     """``{old leaf path: sharding}`` from ``{new leaf path: sharding}`` (see [`source_sharding`][flaxsurgery.sharding.source_sharding])."""
-    old_shapes = {path: shape for path, shape, _ in plan.old_shapes}
-    return {leaf.source: source_sharding(leaf, shardings[leaf.path], old_shapes[leaf.source])
+    return {leaf.source: source_sharding(leaf, shardings[leaf.path], plan.old_leaves[leaf.source][0])
             for leaf in plan.leaves if leaf.source is not None and leaf.path in shardings}
 
 
@@ -142,8 +141,8 @@ def whole_leaf_gathers(hlo_text: str, plan: Plan) -> list[str]:
     Returns:
       The offending HLO lines (empty: no leaf is ever gathered whole).
     """
-    old = {path: (shape, dtype) for path, shape, dtype in plan.old_shapes}
-    whole = {(_HLO_TYPES.get(np.dtype(dtype).name, ""), tuple(shape)) for shape, dtype in old.values()}
+    old = plan.old_leaves
+    whole = {(_HLO_TYPES.get(dtype.name, ""), tuple(shape)) for shape, dtype in old.values()}
     for leaf in plan.leaves:
         kind = _HLO_TYPES.get(np.dtype(leaf.dtype).name, "")
         source = old.get(leaf.source, ((), None))[0]

@@ -53,7 +53,7 @@ def test_surgery_moves_a_whole_dqn_train_state_and_pairs_an_inserted_layer():
     result = fs.surgery(old_m, old, new_m, fresh, x[:8], spaces={"obs": OBS, "out": ACTIONS})
     assert "new layer params/Dense_1: identity, preserves function" in result.plan.report()
     report = result.verify(x)
-    assert result.plan.exactness() == "greedy"
+    assert result.plan.preserves() == "greedy"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     new = result.state
     assert int(new.step) == 3 and int(new.opt_state[0].count) == 3
@@ -68,7 +68,7 @@ def test_a_removed_layer_pairs_by_place_too():
     old_m, new_m = QNet(2, 3), QNet(2, 2)  # three hidden layers -> two
     old, fresh = dqn_state(old_m, 2, 0), dqn_state(new_m, 2, 1)
     result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 2)))
-    assert result.plan.exactness() == "none"  # a removed layer's work is lost, and said so
+    assert result.plan.preserves() == "none"  # a removed layer's work is lost, and said so
     assert "dropped old layer params/Dense_2: preserves none" in result.plan.report()
     sources = {leaf.path: leaf.source for leaf in result.plan.leaves}
     assert sources["params/Dense_1/kernel"] == "params/Dense_1/kernel"  # paired from the front
@@ -109,7 +109,7 @@ def test_policy_preset_keeps_the_sampled_policy():
     fresh = new_m.init(jax.random.key(1), x)
     preserving = fs.surgery(old_m, old, new_m, fresh, x[:4], spaces={"out": ACTIONS})
     policy = fs.surgery(old_m, old, new_m, fresh, x[:4], spaces={"out": ACTIONS}, preset="policy")
-    assert preserving.plan.exactness() == "greedy" and policy.plan.exactness() == "policy"
+    assert preserving.plan.preserves() == "greedy" and policy.plan.preserves() == "policy"
     kept, moved = policy.verify(x, logits=True), preserving.verify(x, logits=True)
     assert kept.policy_kl <= 1e-6 and kept.greedy_agreement == 1.0
     assert moved.policy_kl > 1e-2  # the mean rule moves sampled probability to the new action
@@ -262,4 +262,4 @@ def test_spec_values_build_their_plan_on_first_use():
     for got in (fs.transplant(old, spec, fresh), jax.jit(lambda o, f: fs.transplant(o, spec, f))(old, fresh)):
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(direct)):
             np.testing.assert_array_equal(a, b)
-    assert spec.plan_for(old, fresh).exactness() == "greedy"
+    assert spec.plan_for(old, fresh).preserves() == "greedy"

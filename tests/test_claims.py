@@ -66,7 +66,7 @@ def deeper(act, old_depth=2, new_depth=3, **kw):
 @pytest.mark.parametrize("act", ["relu", "relu6", "hard_tanh", "linear"])
 def test_an_identity_layer_before_an_idempotent_activation_keeps_the_function(act):
     result, x = deeper(act)
-    assert result.plan.exactness() == "function", result.plan.report()
+    assert result.plan.preserves() == "function", result.plan.report()
     report = result.verify(x)
     assert report.max_rel_diff <= fs.ROUNDING["float32"], report
     assert report.greedy_agreement == 1.0
@@ -76,7 +76,7 @@ def test_an_identity_layer_before_an_idempotent_activation_keeps_the_function(ac
 def test_an_identity_layer_before_another_activation_claims_nothing_and_says_why(act):
     result, x = deeper(act)
     plan = result.plan
-    assert plan.exactness() == "none", plan.report()
+    assert plan.preserves() == "none", plan.report()
     assert f"{act} follows it" in plan.report(), plan.report()
     assert result.verify(x).max_abs_diff > 1e-3  # and indeed the function changed
 
@@ -96,7 +96,7 @@ def test_an_identity_layer_where_no_activation_follows_keeps_the_function():
     old, fresh = init(old_m), init(new_m, key=1)
     result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 3)),
                         layer_map={"Dense_2": "Dense_1", "Dense_1": None})
-    assert result.plan.exactness() == "function", result.plan.report()
+    assert result.plan.preserves() == "function", result.plan.report()
     assert "no activation follows it" in result.plan.report()
     x = jax.random.normal(jax.random.key(5), (256, 3))
     assert result.verify(x).max_rel_diff <= fs.ROUNDING["float32"]
@@ -117,7 +117,7 @@ def test_an_activation_the_tracer_cannot_name_claims_nothing_and_says_how():
     old, fresh = init(old_m), init(new_m, key=1)
     result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 3)),
                         layer_map={"Dense_2": "Dense_1", "Dense_1": None})
-    assert result.plan.exactness() == "none"
+    assert result.plan.preserves() == "none"
     assert "fs.ACTIVATIONS" in result.plan.report()
 
 
@@ -130,9 +130,9 @@ def test_a_layout_without_activations_claims_nothing_until_told():
     told = new_layout.pop(fs.ACTIVATIONS)  # as a hand-written layout would be
     layer_map = {"Dense_2": "Dense_1", "Dense_1": None}
     plan = fs.plan(old, fresh, layout, new_layout=new_layout, layer_map=layer_map)
-    assert plan.exactness() == "none" and "fs.ACTIVATIONS" in plan.report()
+    assert plan.preserves() == "none" and "fs.ACTIVATIONS" in plan.report()
     said = fs.plan(old, fresh, layout, new_layout={**new_layout, fs.ACTIVATIONS: told}, layer_map=layer_map)
-    assert said.exactness() == "function"
+    assert said.preserves() == "function"
     with pytest.raises(ValueError, match="ACTIVATIONS must map space names to one of"):
         fs.plan(old, fresh, layout, new_layout={**new_layout, fs.ACTIVATIONS: {"Dense_1": "swish"}},
                 layer_map=layer_map)
@@ -157,7 +157,7 @@ def test_a_width_change_at_large_outputs_is_within_the_documented_rounding(dtype
     old_m, new_m = ActNet("relu", 2, hidden=32, actions=4, dtype=dtype), ActNet("relu", 2, hidden=48, actions=4, dtype=dtype)
     old, fresh = tied_and_scaled(init(old_m, 8), 40.0, tie=False), init(new_m, 8, key=1)
     result = fs.surgery(old_m, old, new_m, fresh, jnp.ones((4, 8)))
-    assert result.plan.exactness() == "function"
+    assert result.plan.preserves() == "function"
     report = result.verify(jax.random.normal(jax.random.key(3), (1024, 8)))
     assert report.max_rel_diff <= fs.ROUNDING[dtype], report
     assert report.policy_kl is None  # Q-values are not a policy unless declared logits
@@ -191,10 +191,10 @@ def test_a_fixed_margin_below_the_rounding_of_large_outputs_is_not_greedy():
     x = jax.random.normal(jax.random.key(3), (256, 3))
     fixed = new_action_first(old_m, new_m, old, fresh, rules={"out": fs.mean(offset=-1e-3)})
     assert fixed.verify(x).greedy_agreement < 1.0  # the new action takes ties: 1e-3 is lost in rounding
-    assert fixed.plan.exactness() == "none", fixed.plan.report()
+    assert fixed.plan.preserves() == "none", fixed.plan.report()
     assert "offset -0.001 is not below" in fixed.plan.report()
     auto = new_action_first(old_m, new_m, old, fresh)  # the preset's margin follows the scale
-    assert auto.plan.exactness() == "greedy", auto.plan.report()
+    assert auto.plan.preserves() == "greedy", auto.plan.report()
     assert auto.verify(x).greedy_agreement == 1.0
 
 
@@ -253,7 +253,7 @@ def claims_case(draw):
 
 def check_every_claim(plan, report, dtype):
     """What the report claims, checked with verify's numbers."""
-    claim = plan.exactness()
+    claim = plan.preserves()
     if claim == "function":
         assert report.max_rel_diff <= fs.ROUNDING[dtype], (plan.report(), report)
     if claim in ("function", "policy", "greedy"):

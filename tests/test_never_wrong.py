@@ -67,7 +67,7 @@ def problems_of(excinfo) -> list[str]:
 def check_claims(plan, old_fn, new_fn, x, outputs="out"):
     """Whatever the plan claims, checked: the claim and the report."""
     report = fs.verify(old_fn, new_fn, x, plan, outputs=outputs, logits=True)  # the KL too
-    claim = plan.exactness()
+    claim = plan.preserves()
     if claim == "function":
         assert report.max_abs_diff <= 1e-5, (plan.report(), report)
         assert report.max_rel_diff <= fs.ROUNDING["float32"], (plan.report(), report)
@@ -470,7 +470,7 @@ def test_a_depthwise_conv_with_a_multiplier_keeps_the_input_space():
     new = fs.transplant(old, plan, fresh)
     xs = jax.random.normal(jax.random.key(2), (16, 5, 5, 3))
     report = fs.verify(lambda v: old_m.apply(old, v), lambda v: new_m.apply(new, v), xs, plan, inputs="obs")
-    assert plan.exactness() == "function" and report.max_abs_diff <= 1e-5
+    assert plan.preserves() == "function" and report.max_abs_diff <= 1e-5
 
 
 def test_a_flattened_raw_input_is_not_guessed():

@@ -161,9 +161,9 @@ def test_cleanrl_dqn_checkpoint_recipe(tmp_path):
     (tmp_path / "dqn_new.cleanrl_model").write_bytes(flax.serialization.to_bytes(new.state))
     # --- end
     report = new.verify(obs)
-    print("cleanrl:", report, new.plan.exactness())
+    print("cleanrl:", report, new.plan.preserves())
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
-    assert new.plan.exactness() == "greedy"
+    assert new.plan.preserves() == "greedy"
 
     # CleanRL's evaluation and training load the bytes into the new network's template.
     params = flax.serialization.from_bytes(new_template, (tmp_path / "dqn_new.cleanrl_model").read_bytes())
@@ -358,8 +358,8 @@ def test_purejaxql_pqn_recipe():
     state = new.state.replace(n_updates=0)  # epsilon is a schedule of PQN's own counter
     # --- end
     report = new.verify(obs)
-    print("purejaxql PQN:", report, new.plan.exactness())
-    assert new.plan.exactness() == "greedy"
+    print("purejaxql PQN:", report, new.plan.preserves())
+    assert new.plan.preserves() == "greedy"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     # Surgery keeps the script's counters (they count the old run) and optax's Adam count; it
     # restarted the learning-rate schedule's count. The user restarts epsilon's.

@@ -83,7 +83,7 @@ def test_widen_without_halving_the_final_norm_doubles_the_logits_and_claims_noth
     bias = variables["params"]["bias"]
     np.testing.assert_allclose(new - bias, 2 * (old - bias), atol=1e-4)  # the tied read doubles
     assert report.max_abs_diff > 0.01
-    assert plan.exactness() == "none"
+    assert plan.preserves() == "none"
 
 
 def test_more_heads_and_kv_groups_are_exact_and_reported_so(tokens):
@@ -94,7 +94,7 @@ def test_more_heads_and_kv_groups_are_exact_and_reported_so(tokens):
     for block in TINY.blocks:
         assert preserves(plan)[f"{block}/attn/k"] == "function"
         assert preserves(plan)[f"{block}/attn/q"] == "function"
-    assert plan.exactness() == "function"
+    assert plan.preserves() == "function"
     new_rows = grown["params"]["b0"]["attn"]["o"]["kernel"][2:]
     assert not np.asarray(new_rows).any()  # zero outgoing weights: why it is exact
 
@@ -132,7 +132,7 @@ def test_larger_vocabulary_without_output_bias_keeps_only_the_greedy_token(token
     np.testing.assert_allclose(new, jnp.broadcast_to(old.mean(-1, keepdims=True), new.shape), atol=1e-4)
     assert report.max_abs_diff <= EXACT and report.greedy_agreement == 1.0
     assert report.policy_kl > 1e-3  # the sampled distribution changes: nothing claimed
-    assert plan.exactness() == "none"
+    assert plan.preserves() == "none"
 
 
 def test_training_runs_on_the_grown_model_from_the_small_ones_loss():
@@ -171,7 +171,7 @@ def test_report_never_claims_function_when_a_new_tied_token_takes_the_argmax():
     report = fs.verify(lambda t: NegatedTied(3).apply(old, t), lambda t: NegatedTied(4).apply(new, t),
                        tokens, plan, outputs="out", x_new=tokens)
     assert report.greedy_agreement == 0.0  # the new token's logit 0 beats every old one
-    assert plan.exactness() != "function"
+    assert plan.preserves() != "function"
 
 
 @pytest.mark.parametrize("ratio, identical", [(0.5, True), (0.4, False)])

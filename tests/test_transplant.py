@@ -183,7 +183,7 @@ def test_hidden_rules_preserve_function(hidden_rule, transplant):
     spaces = {"obs": (["x_dot", "theta"], ["x", "x_dot", "theta", "theta_dot"]),
               "Dense_0": (list(range(5)), [0, 1, 2, 3, 4, "n0", "n1", "n2"])}
     plan = fs.plan(old, fresh, mlp_layout(2), spaces=spaces, rules={"Dense_0": hidden_rule})
-    assert plan.exactness() == "function"
+    assert plan.preserves() == "function"
     new = transplant(old, plan, fresh)
     x = jax.random.normal(jax.random.PRNGKey(3), (256, 2))
     report = max_diff(old_m, old, new_m, new, plan, x)
@@ -212,7 +212,7 @@ def test_new_action_rules(rule, exactness, transplant):
     old, fresh = init(old_m, 0, (6,)), init(new_m, 1, (6,))
     plan = fs.plan(old, fresh, mlp_layout(3), rules={"out": rule},
                    spaces={"out": (["torque-1", "torque0"], ["torque-1", "torque0", "torque+1"])})
-    assert plan.space("out").exactness() == exactness
+    assert plan.space("out").preserves == exactness
     new = transplant(old, plan, fresh)
     x = jax.random.normal(jax.random.PRNGKey(3), (512, 6))
     report = max_diff(old_m, old, new_m, new, plan, x, outputs="out")

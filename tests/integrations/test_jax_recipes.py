@@ -166,12 +166,12 @@ def test_purejaxrl_ppo_recipe(purejaxrl_agent):
                      spaces={"obs": ACROBOT_OBS, "out": ACROBOT_ACTIONS}, reset=("schedule",))
     # --- end
     report = new.verify(obs, logits=True)
-    print("purejaxrl:", report, new.plan.exactness())
+    print("purejaxrl:", report, new.plan.preserves())
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     assert report.policy_kl <= 1e-6
     # distrax normalises the logits (a log-softmax), so the plan cannot claim more than "none"
     # for them; verify measures what it keeps.
-    assert new.plan.exactness() == "none" and "mixes this space's units" in new.plan.report()
+    assert new.plan.preserves() == "none" and "mixes this space's units" in new.plan.report()
     values = lambda net, state, x: net.apply(state.params, x)[1]
     np.testing.assert_allclose(values(new_net, new.state, fs.map_units(obs, new.plan, "obs")),
                                values(old_net, old_state, obs), atol=1e-5)
@@ -292,7 +292,7 @@ def test_brax_ppo_recipe(brax):
                      rs.normalize(obs, old_stats), spaces={"obs": FAST_OBS}, normalizer=old_stats)
     stats = new.normalizer
     # --- end
-    assert new.plan.exactness() == "function"
+    assert new.plan.preserves() == "function"
     np.testing.assert_array_equal(stats.mean, [0.0, float(old_stats.mean[0])])
     np.testing.assert_array_equal(stats.std, [1.0, float(old_stats.std[0])])
     np.testing.assert_allclose(stats.summed_variance, [64.0, float(old_stats.summed_variance[0])])  # var 1
@@ -306,7 +306,7 @@ def test_brax_ppo_recipe(brax):
     old_dist = old_net.parametric_action_distribution.create_dist(old_logits)
     new_dist = new_net.parametric_action_distribution.create_dist(new_logits)
     kl = float(gaussian_kl(old_dist.loc, old_dist.scale, new_dist.loc, new_dist.scale).max())
-    print("brax:", report, "gaussian KL", kl, new.plan.exactness())
+    print("brax:", report, "gaussian KL", kl, new.plan.preserves())
     assert report.max_abs_diff <= 1e-5 and kl <= 1e-6
     old_v = old_net.value_network.apply(old_stats, old_value, obs)
     np.testing.assert_allclose(new_net.value_network.apply(stats, new.state["value"], new_obs), old_v, atol=1e-5)
@@ -367,8 +367,8 @@ def test_rejax_ppo_recipe():
     new = fresh.replace(actor_ts=actor.state, critic_ts=critic.state, obs_rms_state=actor.normalizer)
     # --- end
     report = actor.verify(x, logits=True)
-    print("rejax:", report, actor.plan.exactness(), critic.plan.exactness())
-    assert actor.plan.exactness() == "policy" and critic.plan.exactness() == "function"
+    print("rejax:", report, actor.plan.preserves(), critic.plan.preserves())
+    assert actor.plan.preserves() == "policy" and critic.plan.preserves() == "function"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0 and report.policy_kl <= 1e-6
     stats = new.obs_rms_state
     np.testing.assert_array_equal(stats.mean, jnp.concatenate([old.obs_rms_state.mean, jnp.zeros(2)]))

@@ -157,7 +157,7 @@ def q_values(model, obs, target=False):
 def test_sbx_dqn_load_surgery_save_learn(old_dqn, states, tmp_path):
     new_env = gym.make("CartPole-v1")
     moved, report = dqn_recipe(old_dqn, new_env, old_features(states), tmp_path / "new_dqn.zip")
-    assert moved.plan.exactness() == "function"
+    assert moved.plan.preserves() == "function"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
 
     old, new = DQN.load(old_dqn), DQN.load(tmp_path / "new_dqn.zip", env=new_env)
@@ -201,7 +201,7 @@ def test_sbx_ppo_with_vecnormalize_load_surgery_save_learn(old_ppo, states, tmp_
     new_env = VecNormalize(DummyVecEnv([lambda: WithNoop(gym.make("CartPole-v1"))]))
     actor, critic, report = ppo_recipe(old_path, old_norm, new_env, old_features(states),
                                        tmp_path / "new_ppo.zip", tmp_path / "new_vecnormalize.pkl")
-    assert actor.plan.exactness() == "policy" and critic.plan.exactness() == "function"
+    assert actor.plan.preserves() == "policy" and critic.plan.preserves() == "function"
     assert report.max_abs_diff <= 1e-5 and report.greedy_agreement == 1.0
     assert report.policy_kl <= 1e-6
 
