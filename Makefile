@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --progress-bar off
 .PHONY: test test-fast test-integrations demo bench bench-quick lint docs clean
 CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
 	tests/test_never_wrong.py tests/test_agents.py tests/test_spec.py flaxsurgery/spec.py flaxsurgery/planner.py flaxsurgery/units.py flaxsurgery/rules.py \
-	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace.py
+	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace
 
 $(BIN)/python:
 	@echo "== creating $(VENV) with $(PY)"

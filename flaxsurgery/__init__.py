@@ -31,7 +31,12 @@ from flaxsurgery.rules import (
 )
 from flaxsurgery.spec import Spec
 from flaxsurgery.state import transplant_state
-from flaxsurgery.trace import trace_layout
+from flaxsurgery.trace import (
+    register_elementwise,
+    register_primitive,
+    trace_layout,
+    unregister_primitive,
+)
 from flaxsurgery.transplant import transplant
 from flaxsurgery.units import Fill, SurgeryError
 from flaxsurgery.verify import ROUNDING, VerifyReport, map_units, verify
@@ -60,6 +65,8 @@ __all__ = (
     "map_units",
     "mean",
     "plan",
+    "register_elementwise",
+    "register_primitive",
     "register_rule",
     "split",
     "surgery",
@@ -68,6 +75,7 @@ __all__ = (
     "transplant_buffer",
     "transplant_normalizer",
     "transplant_state",
+    "unregister_primitive",
     "verify",
     "zeros",
 )
