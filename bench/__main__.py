@@ -11,13 +11,21 @@ import json
 import pathlib
 import time
 
-from bench import buffer_bench, checkpoint_bench, dqn_bench, sharding_bench, transplant_bench
+from bench import (
+    agent_bench,
+    buffer_bench,
+    checkpoint_bench,
+    dqn_bench,
+    sharding_bench,
+    transplant_bench,
+)
 
 SUITES = {
     "transplant": transplant_bench.bench_transplant,
     "plan_build": transplant_bench.bench_plan_build,
     "plan_vocabulary": transplant_bench.bench_plan_vocabulary,
     "population": transplant_bench.bench_population,
+    "agent_surgery": agent_bench.bench_agent_surgery,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
     "dqn_vs_sb3": dqn_bench.bench_dqn_vs_sb3,
