@@ -37,6 +37,13 @@ SUITES = {
 }
 
 
+def row_key(row: dict) -> tuple:
+    """What a row measures: its name and its parameters that are not measured figures (floats,
+    such as compile seconds), so a run at other sizes adds rows instead of replacing them."""
+    params = {k: v for k, v in row["params"].items() if not isinstance(v, float)}
+    return row["name"], json.dumps(params, sort_keys=True)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| name | params | value | baseline | ratio | unit |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -62,9 +69,9 @@ def main() -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {name} ({'quick' if args.quick else 'full'})", flush=True)
         rows += suite(args.quick)
     out = pathlib.Path(args.out)
-    if args.only and out.exists():  # keep the other suites' rows from the last run
-        names = {row["name"] for row in rows}
-        rows = [row for row in json.loads(out.read_text()) if row["name"] not in names] + rows
+    if args.only and out.exists():  # keep the other rows from the last run
+        measured = {row_key(row) for row in rows}
+        rows = [row for row in json.loads(out.read_text()) if row_key(row) not in measured] + rows
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s")

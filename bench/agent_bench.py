@@ -12,7 +12,7 @@ import optax
 from flax.training import train_state
 
 import flaxsurgery as fs
-from bench.common import record, seconds
+from bench.common import record
 
 OBS, ACTIONS, DEPTH = 64, 18, 4  # inputs, outputs, hidden layers (three square kernels)
 GROWTH = 64  # hidden units added to every hidden layer; 4 observation features are added
@@ -57,10 +57,25 @@ def n_params(tree) -> int:
     return sum(x.size for x in jax.tree_util.tree_leaves(tree))
 
 
+def interleaved_seconds(fns: dict, repeats: int) -> dict:
+    """Median wall time of each of `fns` (results blocked on), the calls taken in turn so that
+    a change in the machine's load falls on all of them alike; one warm-up call each first."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
 def bench_agent_surgery(quick: bool) -> list[dict]:
     """The first call at about 24M parameters (trace, plan, compile, apply) against compiling
-    and running a jitted copy, then every later call at about 24M and 57M against a jitted copy
-    of the new state (target: at most 1.5 times from 50M parameters)."""
+    and running a jitted copy of the new state; then later calls at about 24M and 57M against
+    a jitted copy (target: at most 1.5 times from 50M parameters), and the state's move alone
+    (`transplant_state` with the plan built: the device side) against the same copy."""
     sizes = (6e6,) if quick else (24e6, 57e6)
     rows = []
     for size in sizes:
@@ -68,12 +83,12 @@ def bench_agent_surgery(quick: bool) -> list[dict]:
         params = n_params(fresh.params)
 
         def surgery(old_m=old_m, old=old, new_m=new_m, fresh=fresh, x=x, spaces=spaces):
-            return fs.surgery(old_m, old, new_m, fresh, x, spaces=spaces).state
+            return fs.surgery(old_m, old, new_m, fresh, x, spaces=spaces)
 
         copy = jax.jit(lambda s: jax.tree_util.tree_map(jnp.copy, s))
         if size == sizes[0]:  # the first call of this process: nothing compiled yet
             start = time.perf_counter()
-            jax.block_until_ready(surgery())
+            jax.block_until_ready(surgery().state)
             first_s = time.perf_counter() - start
             start = time.perf_counter()
             jax.block_until_ready(copy(fresh))
@@ -81,14 +96,20 @@ def bench_agent_surgery(quick: bool) -> list[dict]:
             rows.append(record("agent_surgery_first_call", "time", first_s, copy_first_s, "s",
                                new_params=params, target_s=3.0,
                                baseline_is="compiling and running a jitted copy of the new state"))
-        repeats = 3 if quick else 5
-        t_surgery = seconds(surgery, repeats)
-        t_copy = seconds(lambda fresh=fresh, copy=copy: copy(fresh), repeats)
-        rows.append(record("agent_surgery_vs_copy", "time", t_surgery, t_copy, "s",
-                           new_params=params, state="TrainState, adam (params, mu, nu, count)",
-                           target="<= 1.5 from 50M parameters",
+        plan = surgery().plan
+        t = interleaved_seconds({
+            "surgery": lambda surgery=surgery: surgery().state,
+            "move": lambda old=old, plan=plan, fresh=fresh: fs.transplant_state(old, plan, fresh),
+            "copy": lambda fresh=fresh, copy=copy: copy(fresh),
+        }, 5 if quick else 9)
+        state = "TrainState, adam (params, mu, nu, count)"
+        rows.append(record("agent_surgery_vs_copy", "time", t["surgery"], t["copy"], "s",
+                           new_params=params, state=state, target="<= 1.5 from 50M parameters",
                            baseline_is="a jitted copy of the new state"))
-        print(f"  agent surgery at {params / 1e6:.1f}M parameters: {t_surgery:.3f} s, "
-              f"copy {t_copy:.3f} s ({t_surgery / t_copy:.2f}x)", flush=True)
+        rows.append(record("agent_state_move_vs_copy", "time", t["move"], t["copy"], "s",
+                           new_params=params, state=state,
+                           baseline_is="a jitted copy of the new state"))
+        print(f"  agent surgery at {params / 1e6:.1f}M parameters: {t['surgery']:.3f} s, the "
+              f"state's move {t['move']:.3f} s, copy {t['copy']:.3f} s", flush=True)
         del old, fresh
     return rows
