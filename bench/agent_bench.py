@@ -3,6 +3,7 @@ moments and the step count) against a jitted copy of the new state, measured in 
 
 from __future__ import annotations
 
+import os
 import time
 
 import flax.linen as nn
@@ -75,7 +76,8 @@ def bench_agent_surgery(quick: bool) -> list[dict]:
     """The first call at about 24M parameters (trace, plan, compile, apply) against compiling
     and running a jitted copy of the new state; then later calls at about 24M and 57M against
     a jitted copy (target: at most 1.5 times from 50M parameters), and the state's move alone
-    (`transplant_state` with the plan built: the device side) against the same copy."""
+    (`transplant_state` with the plan built: the device side) against the same copy. Each row
+    says the machine's load (the 1-minute average) when it was measured."""
     sizes = (6e6,) if quick else (24e6, 57e6)
     rows = []
     for size in sizes:
@@ -94,7 +96,7 @@ def bench_agent_surgery(quick: bool) -> list[dict]:
             jax.block_until_ready(copy(fresh))
             copy_first_s = time.perf_counter() - start
             rows.append(record("agent_surgery_first_call", "time", first_s, copy_first_s, "s",
-                               new_params=params, target_s=3.0,
+                               new_params=params, target_s=3.0, load=os.getloadavg()[0],
                                baseline_is="compiling and running a jitted copy of the new state"))
         plan = surgery().plan
         t = interleaved_seconds({
@@ -105,9 +107,10 @@ def bench_agent_surgery(quick: bool) -> list[dict]:
         state = "TrainState, adam (params, mu, nu, count)"
         rows.append(record("agent_surgery_vs_copy", "time", t["surgery"], t["copy"], "s",
                            new_params=params, state=state, target="<= 1.5 from 50M parameters",
+                           load=os.getloadavg()[0],
                            baseline_is="a jitted copy of the new state"))
         rows.append(record("agent_state_move_vs_copy", "time", t["move"], t["copy"], "s",
-                           new_params=params, state=state,
+                           new_params=params, state=state, load=os.getloadavg()[0],
                            baseline_is="a jitted copy of the new state"))
         print(f"  agent surgery at {params / 1e6:.1f}M parameters: {t['surgery']:.3f} s, the "
               f"state's move {t['move']:.3f} s, copy {t['copy']:.3f} s", flush=True)
