@@ -11,13 +11,21 @@ import json
 import pathlib
 import time
 
-from bench import buffer_bench, checkpoint_bench, dqn_bench, sharding_bench, transplant_bench
+from bench import (
+    agent_bench,
+    buffer_bench,
+    checkpoint_bench,
+    dqn_bench,
+    sharding_bench,
+    transplant_bench,
+)
 
 SUITES = {
     "transplant": transplant_bench.bench_transplant,
     "plan_build": transplant_bench.bench_plan_build,
     "plan_vocabulary": transplant_bench.bench_plan_vocabulary,
     "population": transplant_bench.bench_population,
+    "agent_surgery": agent_bench.bench_agent_surgery,
     "dqn": dqn_bench.bench_dqn,
     "seeds_scaling": dqn_bench.bench_seeds_scaling,
     "dqn_vs_sb3": dqn_bench.bench_dqn_vs_sb3,
@@ -27,6 +35,13 @@ SUITES = {
     "dqn_flashbax": buffer_bench.bench_dqn_flashbax,
     "sharded": sharding_bench.bench_sharded,
 }
+
+
+def row_key(row: dict) -> tuple:
+    """What a row measures: its name and its parameters that are not measured figures (floats,
+    such as compile seconds), so a run at other sizes adds rows instead of replacing them."""
+    params = {k: v for k, v in row["params"].items() if not isinstance(v, float)}
+    return row["name"], json.dumps(params, sort_keys=True)
 
 
 def table(rows: list[dict]) -> str:
@@ -54,9 +69,9 @@ def main() -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {name} ({'quick' if args.quick else 'full'})", flush=True)
         rows += suite(args.quick)
     out = pathlib.Path(args.out)
-    if args.only and out.exists():  # keep the other suites' rows from the last run
-        names = {row["name"] for row in rows}
-        rows = [row for row in json.loads(out.read_text()) if row["name"] not in names] + rows
+    if args.only and out.exists():  # keep the other rows from the last run
+        measured = {row_key(row) for row in rows}
+        rows = [row for row in json.loads(out.read_text()) if row_key(row) not in measured] + rows
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s")

@@ -19,7 +19,7 @@ import numpy as np
 
 from flaxsurgery import rules as rules_lib
 from flaxsurgery.rules import PRESERVED, Preserved, Role, Side
-from flaxsurgery.units import Fill, index_by_id, prefix_length
+from flaxsurgery.units import Fill, index_by_id
 
 # How an axis of a new leaf relates to its units: a rule's side (their incoming weights on the
 # leaf's output axis, their outgoing weights on an input axis), or no units (a window, a kept axis).
@@ -267,32 +267,6 @@ class Plan:
         """Renamed: `preserves` (this name warns, and goes in a later release)."""
         warnings.warn("Plan.exactness() is now Plan.preserves()", DeprecationWarning, stacklevel=2)
         return self.preserves()
-
-    def for_state(self) -> Plan:
-        """The same plan for optimizer statistics (Adam's moments, a momentum trace): every new
-        unit takes the optimizer's own initial value (the fresh state's), whatever its rule, with
-        no copies, scales or offsets (a copied unit's moments would be another unit's; a negative
-        second moment would make the update NaN)."""
-        leaves, arrays = [], []
-        for leaf, arr in zip(self.leaves, self.arrays):
-            if leaf.init != "gather":
-                leaves.append(dataclasses.replace(leaf, init="fresh"))
-                arrays.append(LeafArrays())
-                continue
-            axes, new_arr = [], []
-            for ax, units in zip(leaf.axes, arr.axes):
-                if not ax.gather:
-                    axes.append(ax)
-                    new_arr.append(None)
-                    continue
-                own = units.src if units.own is None else units.own
-                new = bool((own < 0).any())
-                axes.append(AxisPlan(ax.side, gather=True, fills=(Fill.FRESH,) if new else (),
-                                     prefix=prefix_length(own)))
-                new_arr.append(AxisArrays(own))
-            leaves.append(dataclasses.replace(leaf, axes=tuple(axes)))
-            arrays.append(LeafArrays(tuple(new_arr)))
-        return dataclasses.replace(self, leaves=tuple(leaves), arrays=tuple(arrays))
 
     def report(self) -> str:
         """A human-readable account: per space its units and rule, per new layer its init, and

@@ -59,7 +59,16 @@ from typing import Any, ClassVar, Literal, get_args
 import jax.numpy as jnp
 import numpy as np
 
-from flaxsurgery.units import Fill, Units, index_by_id, kept, no_fill, show
+# NEAR_IDENTITY_NOISE: the apply side's (units) now; importable from here as before.
+from flaxsurgery.units import (  # noqa: F401
+    NEAR_IDENTITY_NOISE,
+    Fill,
+    Units,
+    index_by_id,
+    kept,
+    no_fill,
+    show,
+)
 
 Role = Literal["input", "hidden", "output"]  # the part a space plays in the network
 Side = Literal["incoming", "outgoing"]  # which of its units' weights an axis holds
@@ -67,7 +76,6 @@ Preserved = Literal["none", "greedy", "policy", "function"]  # what a plan prese
 PRESERVED: tuple = get_args(Preserved)
 LayerInit = Literal["identity", "near_identity", "fresh", "zeros"]
 LAYER_INITS: tuple = get_args(LayerInit)
-NEAR_IDENTITY_NOISE = 0.01
 # The least margin of ``mean(offset="auto")``, the preserving preset's: a new action starts at
 # least this far below the old ones (more where the outputs are large or the dtype coarse: see
 # `greedy_margin`).

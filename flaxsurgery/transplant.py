@@ -3,6 +3,9 @@
 Per leaf: ``jnp.take`` along each axis whose units changed (clipped indices), a per-unit scale or
 offset where a rule asks for one, then ``jnp.where(index < 0, fill, gathered)`` per axis. There is
 no Python loop over units; the loop over leaves runs once, at trace time.
+
+This is the device side: it reads plans (`flaxsurgery.plans`) and unit helpers
+(`flaxsurgery.units`) and never plans itself.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ import numpy as np
 
 from flaxsurgery.paths import flatten
 from flaxsurgery.plans import LeafArrays, LeafPlan, Plan
-from flaxsurgery.rules import NEAR_IDENTITY_NOISE
-from flaxsurgery.spec import Spec
-from flaxsurgery.units import Fill, problems_error
+from flaxsurgery.units import NEAR_IDENTITY_NOISE, Fill, problems_error
 
 
-def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) -> Any:
+def transplant(old_tree: Any, plan: Any, fresh_tree: Any | None = None) -> Any:
     """Moves what `old_tree` learned into the new architecture, as `plan` says.
 
     Pure: the caller's trees are not changed. Under ``jax.jit`` it compiles once per plan and
@@ -29,7 +30,8 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
     Args:
       old_tree: the old parameters (or any tree shaped like them: a target network, an EMA copy).
       plan: from [`flaxsurgery.plan`][flaxsurgery.plan], or a [`Spec`][flaxsurgery.Spec] (planned on
-        first use).
+        first use): any object that is not a `Plan` is asked for one with its
+        ``plan_for(old_tree, fresh_tree)``.
       fresh_tree: the new network's own initialisation, where rules ``fresh`` and
         ``near_identity`` take their values; may be None when no rule needs it.
 
@@ -37,8 +39,9 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
       A tree with the new network's structure.
 
     Raises:
-      ValueError: if a tree does not match the plan (naming every leaf that differs), or if the
-        plan needs fresh values and `fresh_tree` is None.
+      ValueError: if a tree does not match the plan (naming every leaf that differs), if the
+        plan needs fresh values and `fresh_tree` is None, or if `plan` is neither a `Plan` nor
+        has ``plan_for``.
 
     What is preserved is the plan's: see ``plan.report()`` and `flaxsurgery.rules`.
 
@@ -50,10 +53,8 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
     Array([[2., 0., 1., 1.],
            [5., 3., 4., 4.]], dtype=float32)
     """
-    if isinstance(plan, Spec):
-        if fresh_tree is None:
-            raise ValueError("transplant with a Spec needs fresh_tree: the new tree it plans for")
-        plan = plan.plan_for(old_tree, fresh_tree)
+    if not isinstance(plan, Plan):
+        plan = _planned(plan, old_tree, fresh_tree)
     old_leaves, _ = flatten(old_tree)
     _check_leaves(old_leaves, {p: (s, d) for p, s, d in plan.old_shapes}, "old_tree")
     treedef = plan.new_treedef
@@ -71,6 +72,17 @@ def transplant(old_tree: Any, plan: Plan | Spec, fresh_tree: Any | None = None) 
         for leaf, arrays in zip(plan.leaves, plan.arrays)
     ]
     return jax.tree_util.tree_unflatten(treedef, new_leaves)
+
+
+def _planned(spec: Any, old_tree: Any, fresh_tree: Any) -> Plan:
+    """The plan a planning object (a `Spec`) makes for these trees; the apply side does not
+    import the planner, it asks the object."""
+    if not callable(getattr(spec, "plan_for", None)):
+        raise ValueError(f"transplant takes a Plan (from flaxsurgery.plan) or a Spec, got "  # noqa: TRY004
+                         f"{type(spec).__name__}")
+    if fresh_tree is None:
+        raise ValueError("transplant with a Spec needs fresh_tree: the new tree it plans for")
+    return spec.plan_for(old_tree, fresh_tree)
 
 
 def _check_leaves(leaves: dict, expected: dict, name: str) -> None:

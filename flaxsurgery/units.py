@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+# ``near_identity`` layer init: the identity plus this times the fresh kernel (the seeds' rule).
+NEAR_IDENTITY_NOISE = 0.01
+
 
 class Fill(str, enum.Enum):
     """How a new entry starts on the device ([`flaxsurgery.transplant`][flaxsurgery.transplant.transplant] applies it)."""

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import flaxsurgery as fs
@@ -126,3 +127,120 @@ def test_new_units_start_with_zero_moments_whatever_their_rule():
 
 def ones_like(tree):
     return jax.tree_util.tree_map(jnp.ones_like, tree)
+
+
+# ----------------------------------------------------------------------------- jit
+
+
+def adam_case(rule=None):
+    """An Adam state after one update, a plan that widens the network and adds two inputs (and
+    an output when `rule` is given for it), and the fresh state."""
+    old_m, new_m = MLP((8, 2)), MLP((12, 3 if rule else 2))
+    old, fresh = init(old_m, 0, (2,)), init(new_m, 1, (4,))
+    opt = optax.adam(1e-3)
+    _, old_state = opt.update(ones_like(old), opt.init(old), old)
+    spaces = {"obs": OBS, **({"out": (["a", "b"], ["a", "b", "c"])} if rule else {})}
+    plan = fs.plan(old, fresh, mlp_layout(2), spaces=spaces, rules={"out": rule} if rule else None)
+    return {"params": old, "opt": old_state}, plan, {"params": fresh, "opt": opt.init(fresh)}
+
+
+def test_transplant_state_under_jit_matches_eager_and_compiles_once():
+    # The host plans from shapes alone, so the state may be traced; the plan may be closed over
+    # or passed in (its index arrays then traced too: statistics fill wherever an index is -1).
+    old, plan, fresh = adam_case(fs.mean(offset=-1.0))
+    eager = fs.transplant_state(old, plan, fresh)
+    closed = jax.jit(lambda o, f: fs.transplant_state(o, plan, f))
+    passed = jax.jit(fs.transplant_state)
+    for got in (closed(old, fresh), passed(old, plan, fresh)):
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(eager)
+        for path, value in flatten(eager)[0].items():
+            np.testing.assert_array_equal(flatten(got)[0][path], value, err_msg=path)
+    passed(old, plan, fresh)
+    assert passed._cache_size() == 1  # no retrace on a second call with the same plan and shapes
+
+
+def test_transplant_state_moves_every_leaf_in_one_compiled_call():
+    from flaxsurgery import state as state_lib
+
+    old, plan, fresh = adam_case()
+    moves = state_lib.plan_state(plan, flatten(old)[0], flatten(fresh)[0]).moves
+    before = state_lib._moved._cache_size()
+    fs.transplant_state(old, plan, fresh)
+    fs.transplant_state(old, plan, fresh)
+    # params, mu and nu of both layers' kernels and biases; the counts are kept, not moved.
+    assert len(moves) == 12
+    assert state_lib._moved._cache_size() - before <= 1
+
+
+# ----------------------------------------------------------------------------- state fields
+
+
+@pytest.fixture
+def field_registry(monkeypatch):
+    """The registry of state fields, restored after the test: a registration does not leak."""
+    from flaxsurgery import state as state_lib
+
+    monkeypatch.setattr(state_lib, "_FIELD_KINDS", dict(state_lib._FIELD_KINDS))
+    return state_lib
+
+
+def trace_case():
+    """A state with a field flaxsurgery does not know, holding a statistic (every entry 0.5
+    fresh, as Adagrad's initial accumulator) of a network that gains hidden units and inputs."""
+    old_m, new_m = MLP((8, 2)), MLP((12, 2))
+    old, fresh = init(old_m, 0, (2,)), init(new_m, 1, (4,))
+    plan = fs.plan(old, fresh, mlp_layout(2), spaces={"obs": OBS})
+    old_trace = jax.tree_util.tree_map(lambda v: v + 1.0, old)
+    fresh_trace = jax.tree_util.tree_map(lambda v: jnp.full_like(v, 0.5), fresh)
+    return plan, {"my_trace": old_trace}, {"my_trace": fresh_trace}
+
+
+def test_a_registered_field_moves_as_its_kind(field_registry):
+    plan, old, fresh = trace_case()
+    with pytest.raises(ValueError, match="register_state_field"):
+        fs.transplant_state(old, plan, fresh)
+
+    field_registry.register_state_field("my_trace", "statistic")
+    assert field_registry.state_field_kinds()["my_trace"] == "statistic"
+    kernel = fs.transplant_state(old, plan, fresh)["my_trace"]["params"]["Dense_0"]["kernel"]
+    old_kernel = old["my_trace"]["params"]["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(kernel[1:3, :8], old_kernel)  # kept units keep theirs
+    np.testing.assert_array_equal(kernel[:, 8:], 0.5)  # new hidden units: the fresh value
+    np.testing.assert_array_equal(kernel[np.array([0, 3])], 0.5)  # new inputs: the fresh value
+    # The registry and kinds= are the same statement; kinds= still wins for one call.
+    by_kinds = fs.transplant_state(old, plan, fresh, kinds={"my_trace": "statistic"})
+    for path, value in flatten(by_kinds)[0].items():
+        np.testing.assert_array_equal(flatten(fs.transplant_state(old, plan, fresh))[0][path], value)
+    as_params = fs.transplant_state(old, plan, fresh, kinds={"my_trace": "params"})
+    expected = fs.transplant(old["my_trace"], plan, fresh["my_trace"])
+    for path, value in flatten(expected)[0].items():
+        np.testing.assert_array_equal(flatten(as_params["my_trace"])[0][path], value, err_msg=path)
+
+
+def test_a_field_registered_as_params_moves_like_the_parameters(field_registry):
+    plan, old, fresh = trace_case()
+    field_registry.register_state_field("my_trace", "params")
+    moved = fs.transplant_state(old, plan, fresh)
+    expected = fs.transplant(old["my_trace"], plan, fresh["my_trace"])
+    for path, value in flatten(expected)[0].items():
+        np.testing.assert_array_equal(flatten(moved["my_trace"])[0][path], value, err_msg=path)
+
+
+def test_registrations_do_not_leak_between_tests():
+    from flaxsurgery.state import state_field_kinds
+
+    assert "my_trace" not in state_field_kinds()
+    assert state_field_kinds()["mu"] == "statistic"
+    assert state_field_kinds()["target_params"] == "params"
+
+
+def test_register_state_field_names_every_problem(field_registry):
+    with pytest.raises(ValueError) as error:
+        field_registry.register_state_field("a/b", "moment")
+    assert "one path component" in str(error.value) and "'moment'" in str(error.value)
+    with pytest.raises(ValueError, match="already registered as 'statistic'.*kinds="):
+        field_registry.register_state_field("mu", "params")
+    with pytest.raises(ValueError, match="Adafactor"):
+        field_registry.register_state_field("v_row", "statistic")
+    field_registry.register_state_field("mu", "statistic")  # the same statement again: fine
+    assert field_registry.state_field_kinds()["mu"] == "statistic"
