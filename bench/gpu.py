@@ -54,6 +54,8 @@ SIZES = {
               "repeats": 2, "seeds": 8, "population_steps": 800, "experiment_seeds": 2,
               "experiment_steps": 1_200},
 }
+# A child's exit status when its part's trees do not fit in the device's memory.
+DOES_NOT_FIT = 3
 EXPERIMENT = "cartpole_add_units"
 # The continue arm and its control, with scratch: the summary pairs every arm against scratch.
 EXPERIMENT_ARMS = "scratch,continue,control"
@@ -277,11 +279,15 @@ def run_part(part: str, args: argparse.Namespace, limit_s: float) -> tuple[list[
         command = [sys.executable, "-m", "bench.gpu", "--part", part, "--rows", str(rows_file)]
         command += ["--small"] if args.small else []
         command += [] if args.results_dir is None else ["--results-dir", str(args.results_dir)]
+        steps = args.experiment_steps
+        command += [] if steps is None else ["--experiment-steps", str(steps)]
         try:
             done = subprocess.run(command, check=False, timeout=limit_s,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         except subprocess.TimeoutExpired:
             return [], f"stopped at its limit of {limit_s:.0f}s (the budget would be exceeded)"
+        if done.returncode == DOES_NOT_FIT:
+            return [], "stopped: its trees do not fit in the device's memory (printed above)"
         if done.returncode != 0:
             return [], f"failed (exit status {done.returncode}; its error is printed above)"
         return json.loads(rows_file.read_text()), "done"
@@ -325,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole run's limit")
     parser.add_argument("--parts", type=lambda text: text.split(","), default=list(SHARES),
                         help=f"comma-separated, of {','.join(SHARES)}")
+    parser.add_argument("--experiment-steps", type=int, default=None,
+                        help="steps per phase of the continuation experiment (default: the"
+                        " experiment's own budget at full size)")
     parser.add_argument("--part", choices=list(SHARES), help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--rows", type=pathlib.Path, help=argparse.SUPPRESS)  # a child's output
     args = parser.parse_args(argv)
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.results_dir is None:
         args.results_dir = pathlib.Path("results") / f"gpu_{device_slug()}"
     size = SIZES["small" if args.small else "full"]
+    if args.experiment_steps is not None:
+        size = {**size, "experiment_steps": args.experiment_steps}
     print(f"  device {jax.devices()[0].device_kind} ({jax.devices()[0].platform})", flush=True)
     if args.part == "continuation":
         rows = part_continuation(size, args.results_dir)
@@ -343,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {"transplant": part_transplant, "surgery": part_surgery,
                 "population": part_population}[args.part](size)
     args.rows.write_text(json.dumps(rows))
-    return 0
+    return 0 if rows else DOES_NOT_FIT  # a part measures nothing only when it does not fit
 
 
 if __name__ == "__main__":

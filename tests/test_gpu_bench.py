@@ -73,3 +73,14 @@ def test_rows_merge_by_name_and_params():
     new = [{"name": "a", "params": {"n": 2}, "value": 20},
            {"name": "b", "params": {"n": 2}, "value": 30}]
     assert gpu.merge_rows(old, new) == [old[0], new[0], old[2], new[1]]
+
+
+def test_memory_guard_stops_what_does_not_fit(monkeypatch, capsys):
+    class Device:
+        def memory_stats(self):
+            return {"bytes_limit": 100e9}
+
+    monkeypatch.setattr(gpu.jax, "devices", lambda: [Device()])
+    assert gpu.fits_in_memory(80e9, "a tree")
+    assert not gpu.fits_in_memory(81e9, "a tree")
+    assert "stopped: a tree needs about 81.0 GB, the device has 100.0 GB" in capsys.readouterr().out
