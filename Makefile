@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 PIP := $(BIN)/python -m pip install --progress-bar off
 
-.PHONY: test test-fast test-integrations demo bench bench-quick lint docs clean
+.PHONY: test test-fast test-integrations demo bench bench-quick gpu lint docs clean
 CORE_TESTS := tests/test_transplant.py tests/test_errors.py tests/test_state.py tests/test_trace.py \
 	tests/test_never_wrong.py tests/test_agents.py tests/test_spec.py flaxsurgery/spec.py flaxsurgery/planner.py flaxsurgery/units.py flaxsurgery/rules.py \
 	flaxsurgery/layout.py flaxsurgery/transplant.py flaxsurgery/verify.py flaxsurgery/trace
@@ -61,6 +61,20 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 $(BIN)/python -m bench --quick
+
+# On a machine with one NVIDIA GPU: 1B-parameter transplant and surgery, a 1024-seed DQN
+# population and a 20-seed continuation experiment, within 8 minutes (bench/gpu.py); rows into
+# bench/results.json, the experiment's summary under results/gpu_<device>/. Installs the test
+# suite's packages and jax's CUDA 12 wheels (the `gpu` extra).
+GPU_STAMP := $(VENV)/.installed-gpu
+
+$(GPU_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing flaxsurgery with the test suite's packages and jax for CUDA (.[dev,gpu])"
+	$(PIP) -e ".[dev,gpu]"
+	touch $(GPU_STAMP)
+
+gpu: $(GPU_STAMP)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m bench.gpu
 
 # The documentation site: README.md and docs/ with the API reference from the docstrings, into
 # site/ (not tracked). Relative links in README.md and docs/ must resolve; --strict turns every

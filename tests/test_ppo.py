@@ -84,7 +84,7 @@ def test_truncation_bootstraps_and_termination_does_not(end):
     next_value = [2.0, 10.0, 4.0]  # step 1's: the value of its real final observation
     terminated = [False, end == "terminated", False]
     truncated = [False, end == "truncated", False]
-    rollout = ppo.Transition(
+    rollout = ppo.RolloutStep(
         obs=jnp.zeros((3, 1, 1)), action=jnp.zeros((3, 1), jnp.int32), log_prob=jnp.zeros((3, 1)),
         value=jnp.array(value)[:, None], reward=jnp.ones((3, 1)),
         next_value=jnp.array(next_value)[:, None], terminated=jnp.array(terminated)[:, None],

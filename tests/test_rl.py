@@ -348,3 +348,14 @@ def test_experiment_spaces_replace_the_ids_the_views_give():
     for experiment, columns in ((honest, [1, 0]), (kept, [0, 1])):
         new = fs.transplant(params, exp.make_plan(experiment, "preserving"), params)
         np.testing.assert_array_equal(new["params"]["Dense_1"]["kernel"], kernel[:, columns])
+
+
+def test_renamed_types_keep_their_old_names_with_a_warning():
+    from flaxsurgery.rl import ppo
+
+    for module, old, new in ((dqn, "TrainState", dqn.DQNState), (ppo, "TrainState", ppo.PPOState),
+                             (ppo, "Transition", ppo.RolloutStep)):
+        with pytest.warns(DeprecationWarning, match=f"{old} is renamed {new.__name__}"):
+            assert getattr(module, old) is new
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = dqn.Nothing

@@ -1,5 +1,9 @@
 """Reinforcement learning with flaxsurgery: a gymnax DQN and PPO, ID-named environment views.
 
+``dqn`` and ``ppo`` are the two trainers; ``common`` holds what both use (greedy evaluation and
+its schedule, the loop of training intervals), ``envs`` the environment views by unit ID,
+``defaults`` the DQN settings that solve each environment, ``host`` the DQN on gymnasium.
+
 Needs the `rl` extra (gymnax and what it imports): ``pip install "flaxsurgery[rl]"``.
 """
 
@@ -10,13 +14,13 @@ except ModuleNotFoundError as error:
         f"flaxsurgery.rl needs gymnax ({error}): install the `rl` extra, "
         f"pip install \"flaxsurgery[rl]\" (or \".[rl]\" from a clone)", name=error.name) from error
 
+from flaxsurgery.rl.common import evaluate as evaluate
 from flaxsurgery.rl.defaults import default_config as default_config
 from flaxsurgery.rl.defaults import default_hidden as default_hidden
 from flaxsurgery.rl.dqn import ConvQNetwork as ConvQNetwork
 from flaxsurgery.rl.dqn import DQNConfig as DQNConfig
 from flaxsurgery.rl.dqn import QNetwork as QNetwork
 from flaxsurgery.rl.dqn import Trained as Trained
-from flaxsurgery.rl.dqn import evaluate as evaluate
 from flaxsurgery.rl.dqn import make_optimizer as make_optimizer
 from flaxsurgery.rl.dqn import make_train as make_train
 from flaxsurgery.rl.envs import ACTION_IDS as ACTION_IDS

@@ -36,13 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flaxsurgery.rl.common import (  # evaluate and evaluation_steps are imported from here too
+    evaluate,
+    evaluation_keys,
+    evaluation_steps,
+    renamed,
+    reset_envs,
+    run_with_evaluations,
+    start_count,
+)
 from flaxsurgery.rl.envs import EnvView
-
-
-def evaluation_steps(total_steps: int, eval_every: int) -> np.ndarray:
-    """int (total_steps // eval_every + 1,): the step of every evaluation of a run, 0 and each
-    ``eval_every``."""
-    return np.arange(0, total_steps + 1, eval_every)
+from flaxsurgery.units import problems_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +116,7 @@ class DQNConfig:
                 f"learning_starts={self.learning_starts} is below batch_size={self.batch_size}"
             )
         if problems:
-            raise ValueError("DQNConfig does not fit together:\n  - " + "\n  - ".join(problems))
+            raise problems_error("DQNConfig does not fit together", problems)
 
     @property
     def eval_steps(self) -> np.ndarray:
@@ -172,7 +176,9 @@ class Buffer(NamedTuple):
     count: jax.Array  # () int32
 
 
-class TrainState(NamedTuple):
+class DQNState(NamedTuple):
+    """What a DQN run carries from one iteration to the next (`make_train`'s scans)."""
+
     params: Any
     target_params: Any
     opt_state: optax.OptState
@@ -275,31 +281,6 @@ def td_loss(config: DQNConfig, apply: Callable, params, target_params, batch: Tr
     bootstrap = config.gamma * (1.0 - batch.terminated) * next_value
     error = q_taken - jax.lax.stop_gradient(batch.reward + bootstrap)  # (B,)
     return jnp.mean(optax.huber_loss(error) if config.huber else 0.5 * error**2)
-
-
-def evaluate(view: EnvView, apply: Callable, params, keys: jax.Array) -> jax.Array:
-    """Mean undiscounted return of the greedy policy over one episode per key.
-
-    Every episode runs to the environment's time limit; rewards after its end are masked.
-    """
-
-    def episode(key):
-        key_reset, key_steps = jax.random.split(key)
-        obs, env_state = view.reset(key_reset)
-
-        def step(carry, key):
-            obs, env_state, total, alive = carry
-            action = jnp.argmax(apply(params, obs))
-            obs, env_state, reward, terminated, truncated, _ = view.step(key, env_state, action)
-            total = total + jnp.where(alive, reward, 0.0)
-            alive = alive & ~(terminated | truncated)
-            return (obs, env_state, total, alive), None
-
-        carry = (obs, env_state, jnp.float32(0.0), jnp.bool_(True))
-        (_, _, total, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, view.max_steps))
-        return total
-
-    return jnp.mean(jax.vmap(episode)(keys))
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
@@ -422,7 +403,7 @@ def make_train(
     """
     tx = make_optimizer(config)
     apply = network.apply
-    eval_keys = jax.random.split(jax.random.key(config.eval_seed), config.eval_episodes)
+    eval_keys = evaluation_keys(config.eval_seed, config.eval_episodes)
     iterations = config.eval_every // (config.collect_steps * config.num_envs)
     learn_batches = make_learn(config, apply, tx)
 
@@ -438,7 +419,7 @@ def make_train(
         transitions = Transition(carry.obs, action, reward, info["final_observation"], terminated)
         return Actor(env_state, obs, carry.steps + config.num_envs, key), transitions
 
-    def collect(state: TrainState) -> TrainState:
+    def collect(state: DQNState) -> DQNState:
         """K steps in every environment, stored in the buffer at once (K * num_envs)."""
         actor = Actor(state.env_state, state.obs, state.steps, state.key)
         actor, transitions = jax.lax.scan(
@@ -448,7 +429,7 @@ def make_train(
         return state._replace(buffer=buffer_add(state.buffer, flat), env_state=actor.env_state,
                               obs=actor.obs, steps=actor.steps, key=actor.key)
 
-    def learn(state: TrainState) -> TrainState:
+    def learn(state: DQNState) -> DQNState:
         """G gradient steps (`make_learn`)."""
         key, key_batches = jax.random.split(state.key)
         learner = learn_batches(state.params, state.target_params, state.opt_state,
@@ -456,18 +437,14 @@ def make_train(
         return state._replace(params=learner.params, target_params=learner.target_params,
                               opt_state=learner.opt_state, updates=learner.updates, key=key)
 
-    def iteration(state: TrainState, _) -> tuple[TrainState, None]:
+    def iteration(state: DQNState, _) -> tuple[DQNState, None]:
         """Collect K steps in every environment, then take G gradient steps."""
         return learn(collect(state)), None
 
-    def interval(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
-        """Train ``eval_every`` steps, then evaluate greedily; ``step`` is where it ends."""
+    def advance(state: DQNState) -> DQNState:
+        """Train ``eval_every`` steps: ``eval_every / (collect_steps * num_envs)`` iterations."""
         state, _ = jax.lax.scan(iteration, state, None, length=iterations)
-        returns = evaluate(view, apply, state.params, eval_keys)
-        if progress is not None:
-            # ``step`` comes from the scan's (unbatched) xs: one call per evaluation.
-            jax.debug.callback(progress, step)
-        return state, returns
+        return state
 
     def train(key, init_params=None, init_target=None, init_opt_state=None, init_buffer=None,
               init_steps=None, init_updates=None) -> Trained:
@@ -475,22 +452,26 @@ def make_train(
         init_params, target, opt_state = start_learner(
             network, tx, view.obs_shape, key_init, init_params, init_target, init_opt_state
         )
-        obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
-        state = TrainState(
+        obs, env_state = reset_envs(view, key_reset, config.num_envs)
+        state = DQNState(
             params=init_params,
             target_params=target,
             opt_state=opt_state,
             buffer=start_buffer(config, view.obs_shape, init_buffer),
             env_state=env_state,
             obs=obs,
-            steps=jnp.int32(0) if init_steps is None else jnp.asarray(init_steps, jnp.int32),
-            updates=jnp.int32(0) if init_updates is None else jnp.asarray(init_updates, jnp.int32),
+            steps=start_count(init_steps),
+            updates=start_count(init_updates),
             key=key_run,
         )
-        first = evaluate(view, apply, init_params, eval_keys)
-        state, returns = jax.lax.scan(interval, state, jnp.asarray(config.eval_steps[1:]))
-        returns = jnp.concatenate([first[None], returns])  # (num_evals + 1,)
+        state, returns = run_with_evaluations(  # returns (num_evals + 1,)
+            advance, lambda s: evaluate(view, apply, s.params, eval_keys), state,
+            config.eval_steps, progress)
         return Trained(state.params, state.target_params, state.opt_state, returns,
                        state.buffer, state.steps, state.updates)
 
     return train
+
+
+# ``TrainState`` was this module's name for `DQNState`; PPO's state had the same name.
+__getattr__ = renamed(__name__, {"TrainState": ("DQNState", DQNState)})

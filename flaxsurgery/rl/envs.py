@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxsurgery.units import problems_error
+
 # The unit IDs of each environment's full observation (its last axis: features or image
 # channels) and of its actions (MinAtar: the minimal action set), in gymnax's order.
 OBS_IDS: dict[str, tuple[str, ...]] = {
@@ -88,10 +90,8 @@ class UnitView:
             problems += _id_problems("observation", self.obs_ids, self.env_obs_ids)
             problems += _id_problems("action", self.action_ids, self.env_action_ids)
         if problems:
-            raise ValueError(
-                f"{type(self).__name__}({self.env_id!r}) does not fit the environment:\n  - "
-                + "\n  - ".join(problems)
-            )
+            raise problems_error(
+                f"{type(self).__name__}({self.env_id!r}) does not fit the environment", problems)
 
     @property
     def obs_index(self) -> np.ndarray:

@@ -44,8 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flaxsurgery.rl.dqn import evaluate, evaluation_steps
+from flaxsurgery.rl.common import (
+    evaluate,
+    evaluation_keys,
+    evaluation_steps,
+    renamed,
+    reset_envs,
+    run_with_evaluations,
+    start_count,
+)
 from flaxsurgery.rl.envs import EnvView
+from flaxsurgery.units import problems_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +120,7 @@ class PPOConfig:
             problems.append(f"num_envs * rollout_steps = {self.batch_size} is not a multiple of"
                             f" num_minibatches={self.num_minibatches}")
         if problems:
-            raise ValueError("PPOConfig does not fit together:\n  - " + "\n  - ".join(problems))
+            raise problems_error("PPOConfig does not fit together", problems)
 
     @property
     def batch_size(self) -> int:
@@ -171,8 +180,11 @@ ACTIONS = "out/0"
 VALUE = "out/1"
 
 
-class Transition(NamedTuple):
-    """One environment step of a rollout; leaves (rollout_steps, num_envs) in a rollout."""
+class RolloutStep(NamedTuple):
+    """One environment step of a rollout; leaves (rollout_steps, num_envs) in a rollout.
+
+    Not a replay transition (`flaxsurgery.rl.dqn.Transition`): it keeps what the policy and the
+    value said when the step was taken, and whether the episode was cut by the time limit."""
 
     obs: jax.Array  # (..., *obs_shape)
     action: jax.Array  # (...,) int32
@@ -207,7 +219,9 @@ class ObsNormalizer(NamedTuple):
     count: jax.Array  # () float32: observations seen (a tiny start, so the first update rules)
 
 
-class TrainState(NamedTuple):
+class PPOState(NamedTuple):
+    """What a PPO run carries from one update to the next (`make_train`'s scans)."""
+
     params: Any
     opt_state: optax.OptState
     env_state: Any  # (num_envs, ...)
@@ -283,7 +297,7 @@ def normalize(config: PPOConfig, stats: ObsNormalizer, obs: jax.Array) -> jax.Ar
     return jnp.clip(standard, -config.obs_clip, config.obs_clip)
 
 
-def advantages(config: PPOConfig, rollout: Transition) -> jax.Array:
+def advantages(config: PPOConfig, rollout: RolloutStep) -> jax.Array:
     """GAE over a rollout (leaves (T, ...)): (T, ...) advantages.
 
     ``delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)`` with ``s'_t`` the real next
@@ -292,7 +306,7 @@ def advantages(config: PPOConfig, rollout: Transition) -> jax.Array:
     the rollout's end.
     """
 
-    def backward(next_advantage, t: Transition):
+    def backward(next_advantage, t: RolloutStep):
         delta = t.reward + config.gamma * (1.0 - t.terminated) * t.next_value - t.value
         done = t.terminated | t.truncated
         advantage = delta + config.gamma * config.gae_lambda * (1.0 - done) * next_advantage
@@ -346,14 +360,14 @@ def policy_kl(old_logits: jax.Array, new_logits: jax.Array, index: np.ndarray) -
 
 def make_rollout(config: PPOConfig, view: EnvView, apply: Callable) -> Callable:
     """Build ``rollout(params, env_state, obs, key, normalizer=None) -> ((env_state, obs,
-    normalizer), Transition)``: ``rollout_steps`` steps of every environment with sampled
+    normalizer), RolloutStep)``: ``rollout_steps`` steps of every environment with sampled
     actions; the transitions' leaves are (rollout_steps, num_envs, ...).
 
     ``obs`` are the environment's observations; every step first adds them to the normaliser's
     statistics (by default `fresh_normalizer`), then the networks see them normalised
     (`normalize`), and the transitions store what the networks saw."""
 
-    def env_step(params, carry, key) -> tuple[tuple, Transition]:
+    def env_step(params, carry, key) -> tuple[tuple, RolloutStep]:
         """Step every environment once with a sampled action."""
         env_state, obs, stats = carry
         key_action, key_env = jax.random.split(key)
@@ -368,7 +382,7 @@ def make_rollout(config: PPOConfig, view: EnvView, apply: Callable) -> Callable:
         )
         # The real next observation: next_obs except where an episode ended (then a reset's).
         _, next_value = apply(params, normalize(config, stats, info["final_observation"]))
-        transition = Transition(seen, action, log_prob, value[:, 0], reward, next_value[:, 0],
+        transition = RolloutStep(seen, action, log_prob, value[:, 0], reward, next_value[:, 0],
                                 terminated, truncated)
         return (env_state, next_obs, stats), transition
 
@@ -413,7 +427,7 @@ def make_train(
     """
     tx = make_optimizer(config)
     apply = network.apply
-    eval_keys = jax.random.split(jax.random.key(config.eval_seed), config.eval_episodes)
+    eval_keys = evaluation_keys(config.eval_seed, config.eval_episodes)
     updates_per_interval = config.eval_every // config.batch_size
     minibatch = config.batch_size // config.num_minibatches
     loss_grad = jax.grad(lambda p, b: ppo_loss(config, apply, p, b))
@@ -438,7 +452,7 @@ def make_train(
         )
         return (params, opt_state, lr, batch), None
 
-    def update(state: TrainState, _) -> tuple[TrainState, None]:
+    def update(state: PPOState, _) -> tuple[PPOState, None]:
         """A rollout, its advantages, then ``update_epochs`` epochs of PPO steps."""
         key, key_rollout, key_epochs = jax.random.split(state.key, 3)
         (env_state, obs, normalizer), rollout = collect(
@@ -452,17 +466,13 @@ def make_train(
             epoch, (state.params, state.opt_state, lr, batch),
             jax.random.split(key_epochs, config.update_epochs),
         )
-        return TrainState(params, opt_state, env_state, obs, normalizer, state.updates + 1,
+        return PPOState(params, opt_state, env_state, obs, normalizer, state.updates + 1,
                           key), None
 
-    def interval(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
-        """Train ``eval_every`` steps, then evaluate greedily; ``step`` is where it ends."""
+    def advance(state: PPOState) -> PPOState:
+        """Train ``eval_every`` steps: ``eval_every / batch_size`` updates."""
         state, _ = jax.lax.scan(update, state, None, length=updates_per_interval)
-        returns = evaluate(view, greedy, (state.params, state.normalizer), eval_keys)
-        if progress is not None:
-            # ``step`` comes from the scan's (unbatched) xs: one call per evaluation.
-            jax.debug.callback(progress, step)
-        return state, returns
+        return state
 
     def train(key, init_params=None, init_opt_state=None, init_normalizer=None,
               init_updates=None) -> Trained:
@@ -472,14 +482,19 @@ def make_train(
         opt_state = tx.init(init_params) if init_opt_state is None else init_opt_state
         if init_normalizer is None:
             init_normalizer = fresh_normalizer(view.obs_shape)
-        updates = jnp.int32(0) if init_updates is None else jnp.asarray(init_updates, jnp.int32)
-        obs, env_state = jax.vmap(view.reset)(jax.random.split(key_reset, config.num_envs))
-        state = TrainState(init_params, opt_state, env_state, obs, init_normalizer, updates,
+        updates = start_count(init_updates)
+        obs, env_state = reset_envs(view, key_reset, config.num_envs)
+        state = PPOState(init_params, opt_state, env_state, obs, init_normalizer, updates,
                            key_run)
-        first = evaluate(view, greedy, (init_params, init_normalizer), eval_keys)
-        state, returns = jax.lax.scan(interval, state, jnp.asarray(config.eval_steps[1:]))
-        returns = jnp.concatenate([first[None], returns])  # (num_evals + 1,)
+        state, returns = run_with_evaluations(  # returns (num_evals + 1,)
+            advance, lambda s: evaluate(view, greedy, (s.params, s.normalizer), eval_keys),
+            state, config.eval_steps, progress)
         return Trained(state.params, state.opt_state, returns, state.normalizer, state.updates)
 
     return train
 
+
+
+# Renamed so that neither reads as the DQN's type of the same name.
+__getattr__ = renamed(__name__, {"TrainState": ("PPOState", PPOState),
+                                 "Transition": ("RolloutStep", RolloutStep)})
