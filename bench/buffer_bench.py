@@ -47,8 +47,9 @@ def peak_bytes(compiled) -> float | None:
 
 
 def interleaved_seconds(fns: dict, repeats: int) -> dict:
-    """Median wall time of each ``fns[name]()`` (result blocked on), the calls taken in turn
-    round after round, so that load from other processes falls on every one alike."""
+    """Wall times of each ``fns[name]()`` (result blocked on), the calls taken in turn round
+    after round, so that load from other processes falls on every one alike: ``{name: (median,
+    fastest)}``. On a shared CPU the fastest call is the one least disturbed by others."""
     for fn in fns.values():
         jax.block_until_ready(fn())  # warm-up
     times = {name: [] for name in fns}
@@ -57,7 +58,7 @@ def interleaved_seconds(fns: dict, repeats: int) -> dict:
             start = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 
 def bench_buffer_move(quick: bool) -> list[dict]:
@@ -82,7 +83,8 @@ def bench_buffer_move(quick: bool) -> list[dict]:
     t = interleaved_seconds({"copy": lambda: copy_compiled(buffer),
                              "move": lambda: moved_compiled(buffer),
                              "grown": lambda: move_grown(buffer)}, 9 if quick else 21)
-    t_move, t_copy, t_grown = t["move"], t["copy"], t["grown"]
+    (t_move, fast_move), (t_copy, fast_copy), (t_grown, fast_grown) = (
+        t["move"], t["copy"], t["grown"])
     dropped = int(moved_compiled(buffer).dropped)
     common = {"transitions": capacity, "dropped": dropped, "obs": "4 -> 6", "actions": "3 -> 2"}
     rows = [record("buffer_move_vs_copy", "time", t_move, t_copy, "s", compile_s=compile_s,
@@ -95,8 +97,14 @@ def bench_buffer_move(quick: bool) -> list[dict]:
         rows.append(record("buffer_move_peak_memory", "bytes", ours, baseline, "bytes",
                            baseline_is="a jitted copy: arguments + output + temporaries",
                            target="<= 2", **common))
-    load = os.getloadavg()[0]  # the CPU is often shared: say how busy it was (not a key)
-    return [{**row, "load_1min": round(load, 2)} for row in rows]
+    # The CPU is often shared: say how busy it was, and the fastest calls' ratio beside the
+    # medians' (not keys: the rows stay keyed by name and params).
+    load = round(os.getloadavg()[0], 2)
+    fastest = {"buffer_move_vs_copy": fast_move / fast_copy,
+               "buffer_move_no_drop_vs_copy": fast_grown / fast_copy}
+    return [{**row, "load_1min": load,
+             **({"fastest_ratio": fastest[row["name"]]} if row["name"] in fastest else {})}
+            for row in rows]
 
 
 # ----------------------------------------------------------------------------- flashbax DQN
