@@ -4,6 +4,7 @@ own buffer against the same DQN with a flashbax flat buffer."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxsurgery as fs
-from bench.common import record, seconds
+from bench.common import record
 from bench.dqn_bench import HIDDEN, config_for, steps_per_second
 from flaxsurgery.rl import dqn
 from flaxsurgery.rl.dqn import Buffer, QNetwork, Transition, make_train
@@ -45,6 +46,21 @@ def peak_bytes(compiled) -> float | None:
                  + memory.temp_size_in_bytes)
 
 
+def interleaved_seconds(fns: dict, repeats: int) -> dict:
+    """Wall times of each ``fns[name]()`` (result blocked on), the calls taken in turn round
+    after round, so that load from other processes falls on every one alike: ``{name: (median,
+    fastest)}``. On a shared CPU the fastest call is the one least disturbed by others."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
+
+
 def bench_buffer_move(quick: bool) -> list[dict]:
     """A 1,000,000-transition buffer moved (observations re-laid, actions remapped, a third of
     the transitions dropped and the ring compacted) against a jitted copy of it."""
@@ -59,19 +75,20 @@ def bench_buffer_move(quick: bool) -> list[dict]:
     moved_compiled = move.lower(buffer).compile()
     compile_s = time.perf_counter() - start
     copy_compiled = copy.lower(buffer).compile()
-    repeats = 5 if quick else 7
-    t_move = seconds(lambda: moved_compiled(buffer), repeats)
-    t_copy = seconds(lambda: copy_compiled(buffer), repeats)
-    dropped = int(moved_compiled(buffer).dropped)
-    common = {"transitions": capacity, "dropped": dropped, "obs": "4 -> 6", "actions": "3 -> 2"}
-    rows = [record("buffer_move_vs_copy", "time", t_move, t_copy, "s", compile_s=compile_s,
-                   target="<= 2", **common)]
     # The same move with no action removed: nothing dropped, so no compaction.
     kept_actions = (ACTIONS[0], ["right", "left", "noop", "jump"])
     grown = fs.plan(old, {"w": np.zeros((6, 4), np.float32)}, {"w": ("obs", "out")},
                     spaces={"obs": OBS, "out": kept_actions})
     move_grown = jax.jit(lambda b: fs.transplant_buffer(b, grown)).lower(buffer).compile()
-    t_grown = seconds(lambda: move_grown(buffer), repeats)
+    t = interleaved_seconds({"copy": lambda: copy_compiled(buffer),
+                             "move": lambda: moved_compiled(buffer),
+                             "grown": lambda: move_grown(buffer)}, 9 if quick else 21)
+    (t_move, fast_move), (t_copy, fast_copy), (t_grown, fast_grown) = (
+        t["move"], t["copy"], t["grown"])
+    dropped = int(moved_compiled(buffer).dropped)
+    common = {"transitions": capacity, "dropped": dropped, "obs": "4 -> 6", "actions": "3 -> 2"}
+    rows = [record("buffer_move_vs_copy", "time", t_move, t_copy, "s", compile_s=compile_s,
+                   target="<= 2", **common)]
     rows.append(record("buffer_move_no_drop_vs_copy", "time", t_grown, t_copy, "s",
                        target="<= 2", transitions=capacity, dropped=0, obs="4 -> 6",
                        actions="3 -> 4"))
@@ -80,7 +97,14 @@ def bench_buffer_move(quick: bool) -> list[dict]:
         rows.append(record("buffer_move_peak_memory", "bytes", ours, baseline, "bytes",
                            baseline_is="a jitted copy: arguments + output + temporaries",
                            target="<= 2", **common))
-    return rows
+    # The CPU is often shared: say how busy it was, and the fastest calls' ratio beside the
+    # medians' (not keys: the rows stay keyed by name and params).
+    load = round(os.getloadavg()[0], 2)
+    fastest = {"buffer_move_vs_copy": fast_move / fast_copy,
+               "buffer_move_no_drop_vs_copy": fast_grown / fast_copy}
+    return [{**row, "load_1min": load,
+             **({"fastest_ratio": fastest[row["name"]]} if row["name"] in fastest else {})}
+            for row in rows]
 
 
 # ----------------------------------------------------------------------------- flashbax DQN

@@ -4,10 +4,12 @@ Rows per experiment: the function-preserving rules (arm ``transplant``), the see
 (``transplant_seed``), the preserving transplant continued (``continue``, where a run has it)
 and ``scratch``. For ``digits_classes`` the return is test accuracy. ``--headline`` gives the
 short table, ``--continuation`` the dip after the transplant against the control (experiments
-with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment.
+with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment,
+``--aggregates`` the IQM and P(arm > scratch) of the restarted and continued transplants
+(experiments with a ``continue`` arm).
 
     python examples/rules_table.py [--results results] [--headline | --continuation
-                                    | --ablation cartpole_add_units]
+                                    | --ablation cartpole_add_units | --aggregates]
 """
 
 import argparse
@@ -40,6 +42,8 @@ def main(argv=None) -> str:
                        help="the dip after the transplant, continue against control")
     which.add_argument("--ablation", metavar="NAME",
                        help="one experiment's arms with what each keeps of the old run")
+    which.add_argument("--aggregates", action="store_true",
+                       help="IQM and P(arm > scratch) with bootstrap intervals, continued runs")
     args = parser.parse_args(argv)
     if args.ablation:
         summary = json.loads((args.results / args.ablation / "summary.json").read_text())
@@ -53,10 +57,13 @@ def main(argv=None) -> str:
     # The DQN and digits transplant experiments: the defaults' scratch-only runs have no old
     # agent, and PPO's and the transformer's summaries have arms of their own (docs/ppo.md,
     # docs/transformer.md tabulate them).
-    summaries = [s for s in summaries if {"old", "transplant", "transplant_seed"} <= set(s["arms"])
+    summaries = [s for s in summaries if {"old", "transplant", "transplant_seed"} <= set(s.get("arms", {}))
                  and s.get("learner", "dqn") != "ppo"]
     if args.continuation:
         table = results.continuation_table(summaries)
+    elif args.aggregates:
+        table = results.aggregates_table([s for s in summaries if "continue" in s["arms"]],
+                                         arms=("transplant", "continue", "scratch"))
     else:
         table = (results.headline_table if args.headline else results.rules_table)(summaries)
     print(table)

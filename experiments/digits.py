@@ -308,7 +308,8 @@ def summarise(config: Config, accuracy: dict, wall_s: float, seed: int = 0) -> d
 
 def report(summary: dict, out: Path) -> Path:
     """Writes ``summary.json`` and ``curves.png`` under `out`; returns the plot's path."""
-    return results.write(summary, out, xlabel="minibatch steps (0 = transplant)",
+    return results.write(results.with_aggregates(summary), out,
+                         xlabel="minibatch steps (0 = transplant)",
                          ylabel="test accuracy (old: digits 0-3)",
                          title="digits 0-3 -> 4-9, conv layers transplanted")
 

@@ -445,6 +445,7 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path,
         summary["targets"] = targets(summary)
     if info:
         summary["continuation"] = info
+    summary = results.with_aggregates(summary)
     results.write(summary, out / experiment.name, xlabel="environment steps (0 = transplant)",
                   ylabel="greedy evaluation return", title=f"{experiment.name} ({summary['env']})")
     print(f"\n{results.headline(summary)}\n\n{experiment.name}: {seeds} seeds, "

@@ -492,7 +492,8 @@ def main(experiment: PPOExperiment, argv: Sequence[str] | None = None) -> tuple[
         config, total_steps=args.steps // eval_every * eval_every, eval_every=eval_every))
     start = time.perf_counter()
     returns, policies, params = run(experiment, seeds=args.seeds)
-    summary = summarise(experiment, returns, policies, time.perf_counter() - start)
+    summary = results.with_aggregates(
+        summarise(experiment, returns, policies, time.perf_counter() - start))
     results.write(summary, args.out / experiment.name, xlabel="environment steps (0 = transplant)",
                   ylabel="greedy evaluation return",
                   title=f"PPO {experiment.name} ({summary['env']})")

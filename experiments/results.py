@@ -144,6 +144,119 @@ def paired_difference(
     return out
 
 
+# ----------------------------------------------------------------------------- rliable-style
+
+# The bootstrap behind the IQM and probability-of-improvement intervals: resamplings and the
+# seed of the generator (fixed, so a summary rewritten from the same data gives the same
+# intervals; every statistic draws from its own generator, so adding an arm changes no other).
+BOOTSTRAP_REPS = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def iqm(scores: np.ndarray) -> np.ndarray:
+    """Interquartile mean over the last axis (runs): the mean of the middle half, ``n // 4``
+    runs cut at each end, as rliable's IQM (``scipy.stats.trim_mean(scores, 0.25)``)."""
+    n = scores.shape[-1]
+    cut = n // 4
+    return np.sort(scores, axis=-1)[..., cut:n - cut].mean(axis=-1)
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) over the last axis: the share of pairs (a run of `x`, a run of `y`) in which
+    `x`'s is higher, a tie counting half (rliable's: the Mann-Whitney U statistic over
+    ``n * m``). The runs are not paired: every run of one side meets every run of the other."""
+    x, y = x[..., :, None], y[..., None, :]
+    return (x > y).mean(axis=(-2, -1)) + 0.5 * (x == y).mean(axis=(-2, -1))
+
+
+def bootstrap_ci95(statistic, *samples: np.ndarray, reps: int = BOOTSTRAP_REPS,
+                   seed: int = BOOTSTRAP_SEED) -> list[float]:
+    """The 95% percentile interval of ``statistic(*samples)`` over `reps` resamplings in which
+    each sample's runs are drawn with replacement, each sample on its own: rliable's stratified
+    bootstrap for one task (each arm's seeds are the runs of one stratum).
+
+    Args:
+      statistic: maps arrays ``(reps, runs)``, one per sample, to ``(reps,)`` values.
+      samples: one array ``(runs,)`` per argument of `statistic`.
+    """
+    rng = np.random.default_rng(seed)
+    drawn = [s[rng.integers(0, len(s), (reps, len(s)))] for s in samples]
+    values = statistic(*drawn)
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def _estimate(statistic, *samples: np.ndarray) -> dict:
+    return {"value": float(statistic(*samples)), "ci95": bootstrap_ci95(statistic, *samples)}
+
+
+def per_seed_scores(arm: dict) -> dict[str, np.ndarray]:
+    """The per-seed scores an arm's summary stores: ``auc`` (each seed's mean over the
+    evaluations) and ``final`` (its last evaluation) from ``returns``, or only ``final`` from
+    ``final_per_seed`` where the curves were not kept."""
+    if "returns" in arm:
+        returns = np.asarray(arm["returns"], float)
+        return {"auc": returns.mean(axis=1), "final": returns[:, -1]}
+    if "final_per_seed" in arm:
+        return {"final": np.asarray(arm["final_per_seed"], float)}
+    return {}
+
+
+def aggregates(summary: dict, skip: tuple[str, ...] = ("old",)) -> dict:
+    """rliable's aggregate statistics of a summary, from the per-seed scores it stores: each
+    arm's IQM of AUC and of final return, and each arm's probability of improvement over
+    ``scratch`` (P(arm > scratch)), each with its stratified-bootstrap 95% interval. Arms in
+    `skip` are left out (``old`` trains on the old task). Beside, not instead of, the paired
+    intervals: these compare distributions of runs, the paired ones seed by seed."""
+    scores = {arm: per_seed_scores(a) for arm, a in summary["arms"].items() if arm not in skip}
+    out = {"iqm": {arm: {m: _estimate(iqm, v) for m, v in s.items()}
+                   for arm, s in scores.items() if s}}
+    base = scores.get("scratch", {})
+    out["probability_of_improvement_vs_scratch"] = {
+        arm: {m: _estimate(probability_of_improvement, v, base[m]) for m, v in s.items()
+              if m in base}
+        for arm, s in scores.items() if arm != "scratch" and set(s) & set(base)}
+    out["bootstrap"] = {"reps": BOOTSTRAP_REPS, "seed": BOOTSTRAP_SEED,
+                        "interval": "95% percentile",
+                        "resampled": "each arm's seeds, with replacement, each arm on its own"}
+    return out
+
+
+def with_aggregates(summary: dict) -> dict:
+    """`summary` with :func:`aggregates` added (or replaced) under ``aggregates``; the
+    caller's summary is kept."""
+    return {**summary, "aggregates": aggregates(summary)}
+
+
+def _estimate_cell(estimate: dict | None, f) -> str:
+    if not estimate:
+        return "n/a"
+    return f"{f(estimate['value'])} ({f(estimate['ci95'][0])}, {f(estimate['ci95'][1])})"
+
+
+def aggregates_table(summaries: list[dict], arms: tuple[str, ...]) -> str:
+    """One row per experiment and arm (those of `arms` it has): the IQM of AUC and of final
+    return, and P(arm > scratch) of each, with their stratified-bootstrap 95% intervals
+    (:func:`aggregates`)."""
+    lines = [("| experiment | arm | IQM of AUC (95% CI) | P(arm > scratch), AUC "
+              "| IQM of final (95% CI) | P(arm > scratch), final |"),
+             "|---|---|---:|---:|---:|---:|"]
+    p = "{:.2f}".format
+    for summary in summaries:
+        found = summary.get("aggregates") or aggregates(summary)
+        f = f"{{:.{_decimals(summary)}f}}".format
+        for arm in arms:
+            if arm not in found["iqm"]:
+                continue
+            iqms = found["iqm"][arm]
+            better = found["probability_of_improvement_vs_scratch"].get(arm, {})
+            lines.append(
+                f"| {summary['experiment']} | {arm} | {_estimate_cell(iqms.get('auc'), f)} "
+                f"| {_estimate_cell(better.get('auc'), p) if arm != 'scratch' else ''} "
+                f"| {_estimate_cell(iqms.get('final'), f)} "
+                f"| {_estimate_cell(better.get('final'), p) if arm != 'scratch' else ''} |")
+    return "\n".join(lines)
+
+
 def _steps(value) -> str:
     return "never" if value is None else f"{value:,.0f}"
 
@@ -438,14 +551,22 @@ def write(summary: dict, folder: Path, **plot_labels) -> Path:
 
 
 def main(argv=None) -> None:
-    """``python -m experiments.results --return-ranges PATH ...``: adds each arm's
-    ``return_range`` to summaries written before it was recorded, from their stored curves."""
+    """``python -m experiments.results --return-ranges PATH ...`` adds each arm's
+    ``return_range``, ``--aggregates PATH ...`` the IQM and probability-of-improvement
+    estimates (:func:`aggregates`), to summaries in place, from the per-seed data they store:
+    nothing is trained again."""
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--return-ranges", type=Path, nargs="+", required=True, metavar="PATH",
-                        help="summary.json files to complete in place")
-    for path in parser.parse_args(argv).return_ranges:
-        path.write_text(json.dumps(with_return_ranges(json.loads(path.read_text())), indent=2) + "\n")
-        print(f"{path}: return_range added to each arm")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--return-ranges", type=Path, nargs="+", metavar="PATH",
+                       help="summary.json files to complete in place")
+    which.add_argument("--aggregates", type=Path, nargs="+", metavar="PATH",
+                       help="summary.json files to give IQM and P(arm > scratch) in place")
+    args = parser.parse_args(argv)
+    complete, what = ((with_return_ranges, "return_range added to each arm") if args.return_ranges
+                      else (with_aggregates, "aggregates (IQM, P(arm > scratch)) written"))
+    for path in args.return_ranges or args.aggregates:
+        path.write_text(json.dumps(complete(json.loads(path.read_text())), indent=2) + "\n")
+        print(f"{path}: {what}")
 
 
 if __name__ == "__main__":

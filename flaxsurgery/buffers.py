@@ -353,9 +353,9 @@ def _moved_indices(xp, x, inverse: np.ndarray):
     return xp.take(inverse, xp.clip(x, 0, len(inverse) - 1)).astype(x.dtype)
 
 
-def _outside(x, n_old: int):
-    """Whether any stored index lies outside ``0..n_old-1``."""
-    return (x < 0).any() | (x >= n_old).any()
+def _outside(xp, x, n_old: int, stored):
+    """Whether any stored index lies outside ``0..n_old-1``: one pass, one reduction."""
+    return xp.any(_expand(stored, x) & ((x < 0) | (x >= n_old)))
 
 
 def _action_error(path: str, n_old: int, space: str) -> str:
@@ -365,7 +365,7 @@ def _action_error(path: str, n_old: int, space: str) -> str:
 
 def _check_indices_jax(path: str, x, stored, n_old: int, space: str) -> None:
     """Raises now for concrete values; under ``jit`` the run fails with the same message."""
-    bad = _outside(jnp.where(_expand(stored, x), x, 0), n_old)
+    bad = _outside(jnp, x, n_old, stored)
     message = _action_error(path, n_old, space)
     if not isinstance(bad, jax.core.Tracer):
         if bool(bad):
@@ -376,7 +376,10 @@ def _check_indices_jax(path: str, x, stored, n_old: int, space: str) -> None:
         if np.any(found):
             raise ValueError(message)
 
-    jax.debug.callback(fail, bad)
+    # The host is called only when something is wrong: a callback on every run costs a
+    # round trip to Python that, on a busy CPU, outweighs the move itself. (Under vmap the cond
+    # becomes a select and the callback runs each time, with every buffer's flag.)
+    jax.lax.cond(bad, lambda: jax.debug.callback(fail, bad), lambda: None)
 
 
 # ----------------------------------------------------------------------------- ring compaction
@@ -393,17 +396,22 @@ def _compaction(keep, write, size, capacity: int):
       (source slot per slot, kept count, new write position). With nothing dropped the source
       is each slot itself and the write position is kept; otherwise the kept transitions fill
       slots ``0..kept-1`` in age order and writing resumes at ``kept``. Slots past the kept
-      ones keep their own content (never sampled).
+      ones keep their own content (never sampled). One prefix sum and one scatter of slot
+      numbers: every field is then gathered with the same source.
     """
-    ages = jnp.arange(capacity)
-    oldest = write - size  # slot of age a: (oldest + a) % capacity; rolls and arithmetic, no gathers
+    ages = jnp.arange(capacity, dtype=jnp.int32)
+    oldest = write - size  # slot of age a: (oldest + a) % capacity
     keep_age = jnp.roll(keep, -oldest) & (ages < size)
-    kept = keep_age.sum().astype(jnp.int32)
-    age_of_rank = jnp.nonzero(keep_age, size=capacity, fill_value=0)[0]
-    new_write = jnp.where(kept == size, write, kept)
-    shift = new_write - kept  # slot s holds rank (s - shift) % capacity
-    rank = (ages - shift) % capacity
-    source = jnp.where(rank < kept, (oldest + jnp.roll(age_of_rank, shift)) % capacity, ages)
+    # An inclusive prefix sum: the rank of each kept transition among the kept ones, plus one.
+    # (associative_scan is a log-depth tree of adds; jnp.cumsum is several times slower on CPU.)
+    ranks = jax.lax.associative_scan(jnp.add, keep_age.astype(jnp.int32))
+    kept = ranks[-1]
+    new_write = jnp.where(kept == size, write, kept).astype(jnp.int32)
+    shift = new_write - kept  # rank r goes to slot (r + shift) % capacity; 0 once compacted
+    # Dropped ones go past the end (each to its own index, so all indices stay unique): none.
+    destination = jnp.where(keep_age, (ranks - 1 + shift) % capacity, capacity + ages)
+    source = ages.at[destination].set((oldest + ages) % capacity, mode="drop",
+                                      unique_indices=True)
     return source, kept, new_write
 
 
@@ -452,31 +460,47 @@ def _replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def _moved_leaves(xp, leaves: Mapping, moves: Mapping, fills: Mapping, plan: Plan,
-                  stored) -> tuple[dict, Any]:
-    """Every moved field, and whether each transition keeps its action (None when no action is
-    removed); `stored` flags the transitions the buffer holds (one per leading position)."""
-    out, keep = dict(leaves), None
+def _kept_transitions(xp, leaves: Mapping, moves: Mapping, plan: Plan, stored):
+    """Whether each transition keeps its action (None when the plan removes no action); every
+    action field is checked first. `stored` flags the transitions the buffer holds (one per
+    leading position)."""
+    keep = None
     for path, move in moves.items():
-        info = plan.space(move.space)
-        x = leaves[path]
         if not move.index:
-            out[path] = _moved_units(xp, xp.asarray(x), info, fills[move.space])
             continue
+        info, x = plan.space(move.space), xp.asarray(leaves[path])
         n_old = len(info.old_ids)
         if xp is jnp:
-            _check_indices_jax(path, jnp.asarray(x), stored, n_old, move.space)
-        elif _outside(np.where(_expand(stored, x), x, 0), n_old):
+            _check_indices_jax(path, x, stored, n_old, move.space)
+        elif _outside(np, x, n_old, stored):
             raise ValueError(_action_error(path, n_old, move.space))
         inverse = _inverse(plan, move.space)
-        moved = _moved_indices(xp, xp.asarray(x), inverse)
         if (inverse < 0).any():
-            kept_here = moved >= 0
-            kept_here = kept_here.reshape(stored.shape + (-1,)).all(-1)
+            kept_here = (_moved_indices(xp, x, inverse) >= 0).reshape(stored.shape + (-1,)).all(-1)
             keep = kept_here if keep is None else keep & kept_here
-            moved = xp.where(moved >= 0, moved, 0).astype(moved.dtype)
-        out[path] = moved
-    return out, keep
+    return keep
+
+
+def _moved_leaves(xp, leaves: Mapping, moves: Mapping, fills: Mapping, plan: Plan) -> dict:
+    """Every moved field in the new spaces (a removed action's index becomes 0: such
+    transitions are dropped, or lie in slots that are never sampled)."""
+    out = dict(leaves)
+    for path, move in moves.items():
+        info, x = plan.space(move.space), xp.asarray(leaves[path])
+        if not move.index:
+            out[path] = _moved_units(xp, x, info, fills[move.space])
+            continue
+        moved = _moved_indices(xp, x, _inverse(plan, move.space))
+        out[path] = xp.where(moved >= 0, moved, 0).astype(moved.dtype)
+    return out
+
+
+def _gathered_then_moved(leaves: Mapping, moves: Mapping, fills: Mapping, plan: Plan, source,
+                         axis: int) -> dict:
+    """Every field's slots gathered from `source` along `axis`, then moved. Gathering the old
+    (narrower) fields first lets XLA fuse each field's gather and move into one pass."""
+    gathered = {path: jnp.take(jnp.asarray(x), source, axis=axis) for path, x in leaves.items()}
+    return _moved_leaves(jnp, gathered, moves, fills, plan)
 
 
 def _expand(stored, x):
@@ -489,14 +513,15 @@ def _move_count_ring(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery
     capacity = jax.tree_util.tree_leaves(buffer.data)[0].shape[0]
     count = jnp.asarray(buffer.count)
     size = jnp.minimum(count, capacity)
-    moved, keep = _moved_leaves(jnp, leaves, moves, fills, plan, jnp.arange(capacity) < size)
+    keep = _kept_transitions(jnp, leaves, moves, plan, jnp.arange(capacity) < size)
     treedef = jax.tree_util.tree_structure(buffer.data)
     if keep is None:
+        moved = _moved_leaves(jnp, leaves, moves, fills, plan)
         data = jax.tree_util.tree_unflatten(treedef, list(moved.values()))
         return BufferSurgery(_replace(buffer, data=data), jnp.int32(0))
     source, kept, new_write = _compaction(keep, count % capacity, size, capacity)
-    gathered = [jnp.take(x, source, axis=0) for x in moved.values()]
-    data = jax.tree_util.tree_unflatten(treedef, gathered)
+    moved = _gathered_then_moved(leaves, moves, fills, plan, source, axis=0)
+    data = jax.tree_util.tree_unflatten(treedef, list(moved.values()))
     new_count = jnp.where(kept == size, count, new_write).astype(count.dtype)
     return BufferSurgery(_replace(buffer, data=data, count=new_count), (size - kept).astype(jnp.int32))
 
@@ -509,9 +534,10 @@ def _move_flashbax(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery:
     write = jnp.asarray(buffer.current_index)
     size = jnp.where(buffer.is_full, capacity, write)
     stored = jnp.broadcast_to(jnp.arange(capacity) < size, (rows, capacity))
-    moved, keep = _moved_leaves(jnp, leaves, moves, fills, plan, stored)
+    keep = _kept_transitions(jnp, leaves, moves, plan, stored)
     treedef = jax.tree_util.tree_structure(buffer.experience)
     if keep is None:
+        moved = _moved_leaves(jnp, leaves, moves, fills, plan)
         experience = jax.tree_util.tree_unflatten(treedef, list(moved.values()))
         return BufferSurgery(_replace(buffer, experience=experience), jnp.int32(0))
     if hasattr(buffer, "sum_tree_state"):
@@ -523,8 +549,8 @@ def _move_flashbax(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery:
                          f"this buffer has {rows}; its rows share one write position, so they "
                          f"cannot drop different transitions")
     source, kept, new_write = _compaction(keep[0], write, size, capacity)
-    gathered = [jnp.take(x, source, axis=1) for x in moved.values()]
-    experience = jax.tree_util.tree_unflatten(treedef, gathered)
+    moved = _gathered_then_moved(leaves, moves, fills, plan, source, axis=1)
+    experience = jax.tree_util.tree_unflatten(treedef, list(moved.values()))
     full = jnp.asarray(buffer.is_full) & (kept == size)
     return BufferSurgery(
         _replace(buffer, experience=experience, current_index=new_write.astype(write.dtype),
@@ -552,7 +578,8 @@ def _move_sb3(buffer, leaves, moves, fills, plan, drops) -> BufferSurgery:
     size = capacity if buffer.full else int(buffer.pos)
     n_envs = np.shape(leaves["observations"])[1]
     stored = np.broadcast_to((np.arange(capacity) < size)[:, None], (capacity, n_envs))
-    moved, keep = _moved_leaves(np, leaves, moves, fills, plan, stored)
+    keep = _kept_transitions(np, leaves, moves, plan, stored)
+    moved = _moved_leaves(np, leaves, moves, fills, plan)
     moved = {name: value if name in moves else np.array(value, copy=True)
              for name, value in moved.items()}
     out = pycopy.copy(buffer)

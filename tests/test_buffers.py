@@ -227,6 +227,18 @@ def test_action_outside_the_old_ids_raises_naming_the_field():
         jax.block_until_ready(jax.jit(lambda b: fs.transplant_buffer(b, make_plan()))(bad))
 
 
+def test_action_outside_the_old_ids_in_one_buffer_of_a_population_raises_under_vmap():
+    buffers = [filled_buffer(5, 5, seed=seed) for seed in (0, 1)]
+    buffers[1] = buffers[1]._replace(
+        data=buffers[1].data._replace(action=buffers[1].data.action.at[3].set(-1)))
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *buffers)
+    move = jax.jit(jax.vmap(lambda b: fs.transplant_buffer(b, make_plan())))
+    with pytest.raises(Exception, match=r"field 'action' holds actions outside"):
+        jax.block_until_ready(move(stacked))
+    good = jax.tree.map(lambda *x: jnp.stack(x), buffers[0], buffers[0])
+    assert_matches_reference(jax.tree.map(lambda x: x[1], move(good)), buffers[0])
+
+
 def test_action_outside_in_an_unstored_slot_is_ignored():
     buffer = filled_buffer(5, 2)
     stale = buffer._replace(data=buffer.data._replace(action=buffer.data.action.at[4].set(7)))

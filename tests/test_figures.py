@@ -101,14 +101,15 @@ def figures(page: Path) -> list[tuple[str, float, float]]:
     return found
 
 
-def numbers(tree, out: list[float]) -> list[float]:
+def numbers(tree, out: list[float], skip: tuple[str, ...] = ()) -> list[float]:
     if isinstance(tree, dict):
-        for value in tree.values():
-            numbers(value, out)
+        for key, value in tree.items():
+            if key not in skip:
+                numbers(value, out, skip)
     elif isinstance(tree, list):
         if len(tree) <= LONGEST_LIST and not any(isinstance(x, list) for x in tree):
             for value in tree:
-                numbers(value, out)
+                numbers(value, out, skip)
     elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
         out.append(float(tree))
     elif isinstance(tree, str):  # parameters recorded as text, "(16, 16)"
@@ -116,19 +117,23 @@ def numbers(tree, out: list[float]) -> list[float]:
     return out
 
 
-def data_values() -> list[float]:
+def data_values(skip: tuple[str, ...] = ()) -> list[float]:
     values: list[float] = []
     for path in DATA:
-        numbers(json.loads(path.read_text()), values)
+        numbers(json.loads(path.read_text()), values, skip)
     return sorted(set(values))
 
 
 VALUES = data_values()
+# The summaries' rliable-style aggregates (probabilities of improvement and bootstrap bounds)
+# cover [0, 1] densely: an unbacked figure there would match one by chance, so the check that
+# a debt has been paid reads the results without them.
+SPARSE_VALUES = data_values(skip=("aggregates",))
 
 
-def matches(value: float, half_ulp: float) -> bool:
+def matches(value: float, half_ulp: float, values: list[float] = VALUES) -> bool:
     """Some data value rounds to the figure (either sign: a difference may be stated both ways)."""
-    return any(abs(abs(v) - abs(value)) <= half_ulp * 1.0001 for v in VALUES)
+    return any(abs(abs(v) - abs(value)) <= half_ulp * 1.0001 for v in values)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -145,7 +150,7 @@ def test_listed_figures_are_still_on_their_pages_and_still_unbacked():
     shown = {page: {f[0]: f for f in figures(ROOT / page)} for page in {key[0] for key in ALLOWED | UNBACKED}}
     stale = [key for key in ALLOWED | UNBACKED if key[1] not in shown[key[0]]]
     assert not stale, f"ALLOWED or UNBACKED lists figures no page shows any more: {stale}"
-    backed = [key for key in UNBACKED if matches(*shown[key[0]][key[1]][1:])]
+    backed = [key for key in UNBACKED if matches(*shown[key[0]][key[1]][1:], SPARSE_VALUES)]
     assert not backed, f"UNBACKED lists figures a results file now holds: {backed}"
 
 

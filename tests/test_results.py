@@ -146,3 +146,107 @@ def test_continuation_and_arms_tables_show_the_dip_and_the_paired_differences():
     assert control.startswith("| control | no surgery | 2/2 | 9.0 (10) |")
     headline = results.headline_table([summary]).splitlines()[2:]
     assert [line.split(" |")[0] for line in headline] == ["| t (9.5)", "| t (9.5), continued"]
+
+
+# ----------------------------------------------------------------------------- rliable-style
+
+
+def brute_iqm(values) -> float:
+    """The mean of what is left once the floor(n/4) lowest and highest runs are removed."""
+    left = sorted(values)
+    for _ in range(len(values) // 4):
+        left.pop(0)
+        left.pop()
+    return sum(left) / len(left)
+
+
+def brute_improvement(x, y) -> float:
+    """P(X > Y) pair by pair, a tie counting half."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y)
+    return wins / (len(x) * len(y))
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_iqm_and_probability_of_improvement_match_brute_force(n):
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 4, n).astype(float)  # few distinct values: ties on both sides
+    y = rng.integers(0, 4, n + 2).astype(float)
+    assert results.iqm(x) == pytest.approx(brute_iqm(list(x)))
+    assert results.probability_of_improvement(x, y) == pytest.approx(brute_improvement(x, y))
+    stacked = np.stack([x, x[::-1] + 1])  # leading axes are batches
+    assert results.iqm(stacked).tolist() == pytest.approx([brute_iqm(list(r)) for r in stacked])
+
+
+def test_iqm_is_scipys_trimmed_mean_at_a_quarter():
+    from scipy import stats
+
+    values = np.random.default_rng(0).normal(size=(20,))
+    assert results.iqm(values) == pytest.approx(stats.trim_mean(values, 0.25))
+
+
+def test_bootstrap_interval_is_the_resampling_distributions_percentiles():
+    # Resampling (0, 1, 2) with replacement: the mean is 0 or 2 with probability 1/27 each
+    # (3.7% > 2.5%), so the 95% percentile interval is exactly [0, 2].
+    assert results.bootstrap_ci95(lambda s: s.mean(axis=-1), np.array([0.0, 1.0, 2.0])) == [0, 2]
+    # Every resampling of (5, 5, 5) has IQM 5; every pair of (1) and (0) is a win.
+    assert results.bootstrap_ci95(results.iqm, np.array([5.0, 5.0, 5.0])) == [5.0, 5.0]
+    assert results.bootstrap_ci95(results.probability_of_improvement, np.array([1.0]),
+                                  np.array([0.0])) == [1.0, 1.0]
+    sample = np.random.default_rng(1).normal(size=20)
+    first = results.bootstrap_ci95(results.iqm, sample, seed=3)
+    assert first == results.bootstrap_ci95(results.iqm, sample, seed=3)  # seeded: repeatable
+    assert first != results.bootstrap_ci95(results.iqm, sample, seed=4)
+    assert first[0] < results.iqm(sample) < first[1]
+
+
+def aggregate_summary(extra_arm: bool = False) -> dict:
+    steps = np.array([0, 10, 20])
+    rng = np.random.default_rng(0)
+    curves = {"old": rng.normal(size=(8, 3)), "transplant": rng.normal(1.0, size=(8, 3)),
+              "scratch": rng.normal(size=(8, 3))}
+    if extra_arm:
+        curves["continue"] = rng.normal(2.0, size=(8, 3))
+    arms = {arm: results.summarise_arm(steps, r, 0.5) for arm, r in curves.items()}
+    final = rng.normal(size=8)  # a summary that kept the mean curve and the final returns only
+    arms["final_only"] = {"return_mean": [0.0, 0.0, float(final.mean())],
+                          "final_per_seed": [float(v) for v in final]}
+    return {"experiment": "t", "seeds": 8, "steps_per_phase": 20, "threshold": 0.5, "arms": arms}
+
+
+def test_aggregates_from_a_summarys_per_seed_data():
+    summary = aggregate_summary()
+    found = results.aggregates(summary)
+    transplant = np.array(summary["arms"]["transplant"]["returns"])
+    scratch = np.array(summary["arms"]["scratch"]["returns"])
+    final_only = summary["arms"]["final_only"]["final_per_seed"]
+    assert set(found["iqm"]) == {"transplant", "scratch", "final_only"}  # old is left out
+    auc = found["iqm"]["transplant"]["auc"]
+    assert auc["value"] == pytest.approx(brute_iqm(list(transplant.mean(axis=1))))
+    assert auc["ci95"][0] <= auc["value"] <= auc["ci95"][1]
+    assert set(found["iqm"]["final_only"]) == {"final"}  # no curves: no AUC
+    better = found["probability_of_improvement_vs_scratch"]
+    assert set(better) == {"transplant", "final_only"}
+    assert better["transplant"]["final"]["value"] == pytest.approx(
+        brute_improvement(transplant[:, -1], scratch[:, -1]))
+    assert better["final_only"]["final"]["value"] == pytest.approx(
+        brute_improvement(final_only, scratch[:, -1]))
+    # Every statistic draws on its own generator: another arm changes none of these.
+    more = results.aggregates(aggregate_summary(extra_arm=True))
+    assert more["iqm"]["transplant"] == found["iqm"]["transplant"]
+    assert more["probability_of_improvement_vs_scratch"]["transplant"] == better["transplant"]
+
+
+def test_aggregates_are_written_into_summaries_in_place_without_training(tmp_path):
+    summary = aggregate_summary()
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    results.main(["--aggregates", str(path)])
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps(results.with_aggregates(summary)))
+    assert "aggregates" not in summary  # the caller's summary is kept
+    table = results.aggregates_table([written], arms=("transplant", "scratch"))
+    rows = table.splitlines()[2:]
+    value = written["aggregates"]["probability_of_improvement_vs_scratch"]["transplant"]["auc"]
+    assert rows[0].startswith("| t | transplant | ")
+    assert f"| {value['value']:.2f} ({value['ci95'][0]:.2f}, {value['ci95'][1]:.2f}) |" in rows[0]
+    assert rows[1].startswith("| t | scratch | ") and len(rows) == 2
