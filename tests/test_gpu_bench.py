@@ -84,3 +84,14 @@ def test_memory_guard_stops_what_does_not_fit(monkeypatch, capsys):
     assert gpu.fits_in_memory(80e9, "a tree")
     assert not gpu.fits_in_memory(81e9, "a tree")
     assert "stopped: a tree needs about 81.0 GB, the device has 100.0 GB" in capsys.readouterr().out
+
+
+def test_full_size_transplants_at_least_a_billion_parameters():
+    import jax
+
+    from bench.transplant_bench import dense_chain
+
+    full = gpu.SIZES["full"]
+    new = jax.eval_shape(lambda: dense_chain(jax.random.key(0), gpu.mlp_widths(full, "new_width"), ""))
+    old = jax.eval_shape(lambda: dense_chain(jax.random.key(0), gpu.mlp_widths(full, "old_width"), ""))
+    assert gpu.parameters(new) >= 1e9 and gpu.parameters(new) > gpu.parameters(old)
