@@ -6,10 +6,12 @@ and ``scratch``. For ``digits_classes`` the return is test accuracy. ``--headlin
 short table, ``--continuation`` the dip after the transplant against the control (experiments
 with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment,
 ``--aggregates`` the IQM and P(arm > scratch) of the restarted and continued transplants
-(experiments with a ``continue`` arm).
+(experiments with a ``continue`` arm), ``--falls NAME`` how many of one experiment's seeds fall
+below 300 within 100,000 steps of first reaching its threshold.
 
     python examples/rules_table.py [--results results] [--headline | --continuation
-                                    | --ablation cartpole_add_units | --aggregates]
+                                    | --ablation cartpole_add_units | --aggregates
+                                    | --falls cartpole_add_observations]
 """
 
 import argparse
@@ -31,6 +33,11 @@ KEEPS = {
     "scratch": "nothing, fresh network",
 }
 
+# A seed "falls back" when, within this many steps of first reaching the threshold, an
+# evaluation returns less than this (CartPole: well under the 475 it had reached).
+FALL_WINDOW = 100_000
+FALL_FLOOR = 300
+
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,12 +49,19 @@ def main(argv=None) -> str:
                        help="the dip after the transplant, continue against control")
     which.add_argument("--ablation", metavar="NAME",
                        help="one experiment's arms with what each keeps of the old run")
+    which.add_argument("--falls", metavar="NAME",
+                       help="one experiment's seeds that fall back after reaching its threshold")
     which.add_argument("--aggregates", action="store_true",
                        help="IQM and P(arm > scratch) with bootstrap intervals, continued runs")
     args = parser.parse_args(argv)
     if args.ablation:
         summary = json.loads((args.results / args.ablation / "summary.json").read_text())
         table = results.arms_table(summary, KEEPS)
+        print(table)
+        return table
+    if args.falls:
+        summary = json.loads((args.results / args.falls / "summary.json").read_text())
+        table = results.falls_table(summary, floor=FALL_FLOOR, window=FALL_WINDOW)
         print(table)
         return table
     paths = sorted(args.results.glob("*/summary.json"))

@@ -144,6 +144,44 @@ def paired_difference(
     return out
 
 
+def falls_after_reaching(steps: np.ndarray, returns: np.ndarray, threshold: float, floor: float,
+                         window: int) -> dict:
+    """How many seeds fall back after reaching the threshold: of the seeds whose first
+    evaluation at or above `threshold` leaves `window` steps of the run after it (``watched``),
+    those with an evaluation below `floor` within those steps (``fell``).
+
+    Args:
+      steps: int (evaluations,), evenly spaced; returns: (seeds, evaluations).
+    """
+    span = int(window // (steps[1] - steps[0]))
+    watched = fell = 0
+    for seed in np.asarray(returns):
+        above = np.flatnonzero(seed >= threshold)
+        if above.size == 0 or above[0] + span >= len(seed):
+            continue
+        watched += 1
+        fell += bool((seed[above[0] + 1:above[0] + 1 + span] < floor).any())
+    return {"watched": watched, "fell": fell}
+
+
+def falls_table(summary: dict, floor: float, window: int) -> str:
+    """Per new-phase arm, :func:`falls_after_reaching` at the summary's threshold: seeds that
+    reach it with `window` steps left, and how many of them fall below `floor` within them; and
+    the median step at which the arm's seeds first reach it."""
+    lines = [(f"| arm | seeds reaching {summary['threshold']:g} with {window:,} steps left "
+              f"| of them below {floor:g} within {window:,} steps | median steps to "
+              f"{summary['threshold']:g} |"),
+             "|---|---:|---:|---:|"]
+    for arm, a in summary["arms"].items():
+        if arm == "old":
+            continue
+        f = falls_after_reaching(np.asarray(a["steps"]), np.asarray(a["returns"]),
+                                 summary["threshold"], floor, window)
+        lines.append(f"| {arm} | {f['watched']} | {f['fell']} "
+                     f"| {median_cell(a, summary['steps_per_phase'])} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- rliable-style
 
 # The bootstrap behind the IQM and probability-of-improvement intervals: resamplings and the

@@ -250,3 +250,21 @@ def test_aggregates_are_written_into_summaries_in_place_without_training(tmp_pat
     assert rows[0].startswith("| t | transplant | ")
     assert f"| {value['value']:.2f} ({value['ci95'][0]:.2f}, {value['ci95'][1]:.2f}) |" in rows[0]
     assert rows[1].startswith("| t | scratch | ") and len(rows) == 2
+
+
+def test_falls_after_reaching_counts_seeds_watched_long_enough():
+    steps = np.arange(0, 60, 10)
+    returns = np.array([[0, 500, 480, 250, 500, 500],  # reaches at 10, falls at 30: fell
+                        [0, 0, 500, 400, 400, 400],  # reaches at 20, stays above 300
+                        [0, 0, 0, 0, 500, 100],  # reaches at 40: too late to watch 20 steps
+                        [0, 0, 0, 0, 0, 0.0]])  # never reaches
+    assert results.falls_after_reaching(steps, returns, 475, 300, window=20) == {
+        "watched": 2, "fell": 1}
+    # Watching 10 steps: the first seed's fall comes 20 after, the third's 10 after.
+    assert results.falls_after_reaching(steps, returns, 475, 300, window=10) == {
+        "watched": 3, "fell": 1}
+    summary = {"threshold": 475, "steps_per_phase": 50,
+               "arms": {"old": results.summarise_arm(steps, returns, 475),
+                        "continue": results.summarise_arm(steps, returns, 475)}}
+    rows = results.falls_table(summary, floor=300, window=20).splitlines()
+    assert rows[2] == "| continue | 2 | 1 | 30 |" and len(rows) == 3
