@@ -29,8 +29,11 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) -e ".[demo]"
 	touch $(DEMO_STAMP)
 
+# Two workers (pytest-xdist): the suite is compile- and Python-bound, one core per worker.
+# --durations lists the slowest tests, to keep the suite within its ten minutes.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The core alone, with a few property-test examples each, on two workers: a quick check while editing.
 test-fast: $(STAMP)
