@@ -30,7 +30,7 @@ from flaxsurgery.rules import (
     zeros,
 )
 from flaxsurgery.spec import Spec
-from flaxsurgery.state import transplant_state
+from flaxsurgery.state import register_state_field, state_field_kinds, transplant_state
 from flaxsurgery.trace import (
     register_elementwise,
     register_primitive,
@@ -68,7 +68,9 @@ __all__ = (
     "register_elementwise",
     "register_primitive",
     "register_rule",
+    "register_state_field",
     "split",
+    "state_field_kinds",
     "surgery",
     "trace_layout",
     "transplant",

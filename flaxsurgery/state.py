@@ -219,12 +219,12 @@ def plan_state(plan: Plan, old_leaves: Mapping[str, Any], fresh_leaves: Mapping[
     """
     kinds = dict(kinds or {})
     new_index = _suffix_index([leaf.path for leaf in plan.leaves])
-    old_index = _suffix_index([path for path, _, _ in plan.old_shapes])
+    old_index = _suffix_index(list(plan.old_leaves))
     by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(plan.leaves, plan.arrays)}
     reset = _reset_paths(reset, fresh_leaves, new_index)
     stats = statistics_plan(plan)
     stat_by_path = {leaf.path: (leaf, arrays) for leaf, arrays in zip(stats.leaves, stats.arrays)}
-    old_shapes = {path: (shape, dtype) for path, shape, dtype in plan.old_shapes}
+    old_shapes = plan.old_leaves
 
     problems: list[str] = []
     owners = {path: _owner(path, new_index, by_path) for path in fresh_leaves}

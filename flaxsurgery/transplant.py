@@ -56,7 +56,7 @@ def transplant(old_tree: Any, plan: Any, fresh_tree: Any | None = None) -> Any:
     if not isinstance(plan, Plan):
         plan = _planned(plan, old_tree, fresh_tree)
     old_leaves, _ = flatten(old_tree)
-    _check_leaves(old_leaves, {p: (s, d) for p, s, d in plan.old_shapes}, "old_tree")
+    _check_leaves(old_leaves, plan.old_leaves, "old_tree")
     treedef = plan.new_treedef
     fresh_leaves = {}
     if fresh_tree is not None:

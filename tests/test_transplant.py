@@ -402,3 +402,39 @@ def test_mean_keeps_the_greedy_action_under_a_tie(transplant):
     q = lambda p: x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
     assert jnp.argmax(q(tied), -1).tolist() == [0, 0]
     assert jnp.argmax(q(kept), -1).tolist() == [1, 1]
+
+
+# ----------------------------------------------------------------------------- the boundary
+
+
+def test_the_apply_module_imports_only_the_plan_type_and_unit_helpers():
+    import ast
+    import importlib
+    import pathlib
+
+    apply_module = importlib.import_module("flaxsurgery.transplant")  # fs.transplant is the function
+    tree = ast.parse(pathlib.Path(apply_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flaxsurgery")}
+    assert imported <= {"flaxsurgery.paths", "flaxsurgery.plans", "flaxsurgery.units"}, imported
+
+
+def test_transplant_asks_a_planning_object_for_its_plan():
+    old_m, new_m = MLP((4, 2)), MLP((6, 2))
+    old, fresh = init(old_m, 0, (3,)), init(new_m, 1, (3,))
+    plan = fs.plan(old, fresh, mlp_layout(2))
+    asked = []
+
+    class Planner:  # anything with plan_for(old, fresh), as a Spec
+        def plan_for(self, o, f):
+            asked.append((o, f))
+            return plan
+
+    got = fs.transplant(old, Planner(), fresh)
+    assert len(asked) == 1 and asked[0][0] is old and asked[0][1] is fresh
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(fs.transplant(old, plan, fresh))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="needs fresh_tree"):
+        fs.transplant(old, Planner())
+    with pytest.raises(ValueError, match="takes a Plan .* or a Spec, got dict"):
+        fs.transplant(old, {"not": "a plan"}, fresh)
