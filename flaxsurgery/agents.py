@@ -23,9 +23,10 @@ from flaxsurgery.leaves import NEUTRAL_BY_NAME
 from flaxsurgery.paths import flatten, layer_of, leaf_name
 from flaxsurgery.planner import plan as make_plan
 from flaxsurgery.plans import Plan
+from flaxsurgery.schedules import ScheduleValue, schedule_values
 from flaxsurgery.spaces import roles_of
 from flaxsurgery.spec import Spec
-from flaxsurgery.state import ScheduleValue, schedule_values, transplant_state
+from flaxsurgery.state import transplant_state
 from flaxsurgery.trace import argument_names, traced_model
 from flaxsurgery.units import index_by_id
 from flaxsurgery.verify import VerifyReport, verify
@@ -124,7 +125,7 @@ def surgery(
       schedules: ``{name: schedule}`` or ``{name: (schedule, counter path)}``: the schedules of
         the continuing run (a learning rate on optax's schedule ``count``, epsilon on the
         agent's step counter); the result says where each starts
-        (`flaxsurgery.state.schedule_values`).
+        (`flaxsurgery.schedules.schedule_values`).
 
     Returns:
       A [`Surgery`][flaxsurgery.Surgery]: ``.state``, ``.plan``, ``.normalizer``, ``.buffer``,
