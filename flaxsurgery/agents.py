@@ -207,7 +207,7 @@ def plan_models(old_apply: Callable, old_vars: Any, new_apply: Callable, new_var
                         spaces={**unchanged, **(spaces or {})})
     if spec.layer_map is None:
         layer_map, removed = aligned_layers(old_traced, new_traced)
-        drop = (spec.drop,) if isinstance(spec.drop, str) else tuple(spec.drop)
+        drop = (spec.drop,) if isinstance(spec.drop, str) else tuple(spec.drop or ())
         spec = spec.replace(layer_map=layer_map, drop=drop + tuple(removed))
     plan = make_plan(old_vars, new_vars, spec)
     return plan, names

@@ -145,6 +145,11 @@ class SpaceInfo:
     def index(self) -> np.ndarray:
         return self._index
 
+    def exactness(self) -> str:
+        """Renamed: the `preserves` attribute (this name warns, and goes in a later release)."""
+        warnings.warn("SpaceInfo.exactness() is now SpaceInfo.preserves", DeprecationWarning, stacklevel=2)
+        return self.preserves
+
     @functools.cached_property
     def _index(self) -> np.ndarray:  # computed once: a vocabulary can hold a million IDs
         index = index_by_id(self.new_ids, self.old_ids)
@@ -228,16 +233,34 @@ class Plan:
         )
 
     def renamed(self, names: Mapping[str, str]) -> Plan:
-        """This plan, restricted or flat (see `restricted`), with its old and new leaves renamed
-        by `names` (``{path: new name}``, covering every source and new leaf), over flat dicts
-        keyed by the new names, whose sorted order must be the plan's leaves' order."""
-        leaves = tuple(dataclasses.replace(leaf, path=names[leaf.path], source=names.get(leaf.source))
-                       for leaf in self.leaves)
+        """This plan with its old and new leaves renamed by `names` (``{path: new name}``,
+        covering every old and new leaf), over flat dicts keyed by the new names (as
+        `restricted` gives).
+
+        >>> from flaxsurgery import plan
+        >>> tree = {"a": np.zeros(2, np.float32), "b": np.ones(2, np.float32)}
+        >>> part = plan(tree, tree, {}).renamed({"a": "z", "b": "y"})
+        >>> [(leaf.path, leaf.source) for leaf in part.leaves]  # in the new names' order
+        [('y', 'y'), ('z', 'z')]
+
+        Raises:
+          ValueError: naming the leaves `names` does not cover, or two leaves given one name.
+        """
+        paths = {leaf.path for leaf in self.leaves} | {p for p, _, _ in self.old_shapes}
+        missing = sorted(paths - set(names))
+        if missing:
+            raise ValueError(f"renamed: names must cover every leaf; missing {missing}")
+        for kind, group in (("new", [leaf.path for leaf in self.leaves]), ("old", [p for p, _, _ in self.old_shapes])):
+            if len({names[p] for p in group}) != len(group):
+                raise ValueError(f"renamed: two {kind} leaves would get one name")
+        # A flat dict flattens in sorted key order: the leaf plans must follow the new names'.
+        pairs = sorted(((dataclasses.replace(leaf, path=names[leaf.path], source=names.get(leaf.source)), arr)
+                        for leaf, arr in zip(self.leaves, self.arrays)), key=lambda pair: pair[0].path)
         return dataclasses.replace(
-            self, leaves=leaves,
+            self, leaves=tuple(leaf for leaf, _ in pairs), arrays=tuple(arr for _, arr in pairs),
             old_shapes=tuple((names[p], shape, dtype) for p, shape, dtype in self.old_shapes),
             old_treedef=jax.tree_util.tree_structure({names[p]: 0 for p, _, _ in self.old_shapes}),
-            new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf in leaves}),
+            new_treedef=jax.tree_util.tree_structure({leaf.path: 0 for leaf, _ in pairs}),
         )
 
     def space(self, name: str) -> SpaceInfo:

@@ -53,6 +53,7 @@ kernel: the seeds' rule, not exact); ``"fresh"``; ``"zeros"`` (the neutral value
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar, Literal, get_args
 
@@ -143,6 +144,16 @@ class Rule:
         if role != "output" and self.outgoing is Fill.NEUTRAL:
             return "function", ""
         return "none", ""
+
+    def promise(self, role: Role) -> tuple[Preserved, str]:
+        """Renamed: `preserves` (this name warns, and goes in a later release)."""
+        warnings.warn("Rule.promise(role) is now Rule.preserves(role)", DeprecationWarning, stacklevel=2)
+        return self.preserves(role)
+
+    def exactness(self, role: Role) -> Preserved:
+        """Renamed: ``preserves(role)[0]`` (this name warns, and goes in a later release)."""
+        warnings.warn("Rule.exactness(role) is now Rule.preserves(role)[0]", DeprecationWarning, stacklevel=2)
+        return self.preserves(role)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +285,7 @@ def fresh() -> Rule:
     """New units keep the new network's own initialisation (the seeds' rule). Preserves neither
     the function nor the greedy action.
 
-    >>> fresh().exactness("hidden")
+    >>> fresh().preserves("hidden")[0]
     'none'
     """
     return Fresh()
@@ -286,7 +297,7 @@ def zeros() -> Rule:
     Q wins when rewards are negative). A hidden unit that starts all-zero stays dead under ReLU:
     prefer [`fresh_in_zero_out`][flaxsurgery.fresh_in_zero_out] for hidden units.
 
-    >>> zeros().exactness("input"), zeros().exactness("output")
+    >>> zeros().preserves("input")[0], zeros().preserves("output")[0]
     ('function', 'none')
     """
     return Zeros()
@@ -296,7 +307,7 @@ def fresh_in_zero_out() -> Rule:
     """Fresh incoming weights, zero outgoing weights (OpenAI Five's rule for new hidden units).
     Preserves the function exactly; gradients reach the new unit through its outgoing weights.
 
-    >>> fresh_in_zero_out().exactness("hidden")
+    >>> fresh_in_zero_out().preserves("hidden")[0]
     'function'
     """
     return FreshInZeroOut()
@@ -323,7 +334,7 @@ def mean(outgoing: str = "zeros", offset: float | str = 0.0) -> Rule:
     Raises:
       ValueError: for another `outgoing`, or an offset that is neither a number nor "auto".
 
-    >>> mean().exactness("output"), mean(offset="auto").exactness("output")
+    >>> mean().preserves("output")[0], mean(offset="auto").preserves("output")[0]
     ('none', 'greedy')
     """
     if outgoing not in _OUTGOING:
@@ -350,7 +361,7 @@ def copy_of(source: Source, offset: float | str = 0.0) -> Rule:
       source: the old unit ID to copy, or a mapping new unit ID -> old unit ID.
       offset: added to the copied bias, or ``"auto"``.
 
-    >>> copy_of("left", offset=-1.0).exactness("output")
+    >>> copy_of("left", offset=-1.0).preserves("output")[0]
     'greedy'
     """
     return Copy(source=source, offset=_offset(offset))
@@ -368,7 +379,7 @@ def split(source: Source, ratio: float = 0.4) -> Rule:
     Raises:
       ValueError: for a ratio outside (0, 1).
 
-    >>> split(3).exactness("hidden")
+    >>> split(3).preserves("hidden")[0]
     'function'
     """
     if not 0.0 < ratio < 1.0:

@@ -9,8 +9,10 @@ writes it otherwise than Python does, a converter in `_FROM_TEXT`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -75,15 +77,13 @@ class Spec:
     leaf_inits: Mapping | None = None
     drop: Sequence[str] = ()
     neutral: Mapping | None = None
-    leaf_rules: dataclasses.InitVar[Mapping | None] = None  # renamed: leaf_inits
     _plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self, leaf_rules: Mapping | None) -> None:
-        if leaf_rules is not None:
-            if self.leaf_inits is not None:
-                raise TypeError("Spec got both leaf_inits and leaf_rules (its old name); give leaf_inits")
-            _warn_renamed("leaf_rules")
-            object.__setattr__(self, "leaf_inits", leaf_rules)
+    @property
+    def leaf_rules(self) -> Mapping | None:
+        """Renamed: `leaf_inits` (this name warns, and goes in a later release)."""
+        _warn_renamed("leaf_rules")
+        return self.leaf_inits
 
     @classmethod
     def of(cls, spec: Spec | Mapping | None = None, /, **options: Any) -> Spec:
@@ -127,14 +127,19 @@ class Spec:
         if not isinstance(data, Mapping):
             problem = f"it must hold a mapping with keys among {list(FILE_KEYS)}, got {type(data).__name__}"
             raise SurgeryError(f"{where} has problems", [problem])
-        data = renamed(dict(data))
-        problems = [f"unknown key {show(key)}; the keys are {list(FILE_KEYS)}"
-                    for key in data if key not in FILE_KEYS]
+        problems: list[str] = []
+        try:
+            data = renamed(dict(data))
+        except TypeError as error:
+            problems.append(str(error))
+            data = {k: v for k, v in data.items() if k not in RENAMED}
+        problems += [f"unknown key {show(key)}; the keys are {list(FILE_KEYS)}"
+                     for key in data if key not in FILE_KEYS]
         options = {}
         for key, value in data.items():
-            if key in FILE_KEYS:
+            if key in FILE_KEYS and value is not None:  # null: the option's default
                 convert = _FROM_TEXT.get(key)
-                options[key] = value if convert is None or value is None else convert(value, problems)
+                options[key] = value if convert is None else convert(value, problems)
         if problems:
             raise SurgeryError(f"{where} has problems", problems)
         return cls(**options)
@@ -175,23 +180,56 @@ class Spec:
         return self._plans[key]
 
 
+def _with_renamed_options(init: Callable) -> Callable:
+    """The dataclass's __init__, also taking the options' old names (`RENAMED`), with a warning."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        if len(args) > list(OPTIONS).index("leaf_inits") and "leaf_rules" in options:
+            raise TypeError("got both leaf_inits and leaf_rules= (its old name); give leaf_inits=")
+        init(self, *args, **renamed(options))
+
+    return __init__
+
+
+Spec.__init__ = _with_renamed_options(Spec.__init__)
+
 OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Spec) if f.init)
 FILE_KEYS: tuple[str, ...] = tuple(name for name in OPTIONS if name not in ("layout", "new_layout"))
 
 
+def _outside_stacklevel() -> int:
+    """The stacklevel of the first caller outside flaxsurgery, so that a deprecation warning
+    names the user's line (Python shows a DeprecationWarning only when it is blamed on
+    ``__main__``), whichever entry point (plan, surgery, Spec) was called."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("flaxsurgery"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_renamed(old: str) -> None:
     warnings.warn(f"{old}= is now {RENAMED[old]}=; the old name will be removed in a later release",
-                  DeprecationWarning, stacklevel=4)
+                  DeprecationWarning, stacklevel=_outside_stacklevel())
 
 
 def renamed(options: dict) -> dict:
-    """`options` with each renamed option under its new name (warning once per call)."""
+    """`options` with each renamed option under its new name (warning once per call); an old
+    name given None is left out, as not given.
+
+    Raises:
+      TypeError: when an option is given under both names.
+    """
     for old, new in RENAMED.items():
         if old in options:
+            value = options[old]
+            options = {k: v for k, v in options.items() if k != old}
+            if value is None:
+                continue
             if new in options:
                 raise TypeError(f"got both {new}= and {old}= (its old name); give {new}=")
             _warn_renamed(old)
-            options = {new if k == old else k: v for k, v in options.items()}
+            options[new] = value
     return options
 
 

@@ -1,7 +1,9 @@
 """Spec is the one carrier of planning options: every way in builds one, and the same options give
 the same plan whichever way they came."""
 
+import dataclasses
 import json
+import pathlib
 import warnings
 
 import jax
@@ -132,3 +134,34 @@ def test_surgery_takes_a_spec():
     assert by_spec.verify(samples).greedy_agreement == 1.0
     with pytest.raises(TypeError, match="the models are traced for their layouts"):
         fs.surgery(old_model, old, new_model, fresh, x, spec=spec.replace(layout={}))
+
+
+def test_old_names_warn_at_the_callers_line():
+    # Python shows a DeprecationWarning only when it names the user's own line.
+    with pytest.warns(DeprecationWarning) as caught:
+        fs.plan(OLD, NEW, LAYOUT, spaces=OPTIONS_GIVEN["spaces"], leaf_rules={})
+        spec = fs.Spec(LAYOUT, leaf_rules={"Dense_0/bias": "zeros"})
+        assert spec.leaf_rules == spec.leaf_inits == {"Dense_0/bias": "zeros"}
+        assert fs.zeros().exactness("input") == "function" and fs.mean().promise("output")[0] == "none"
+    assert {pathlib.Path(w.filename).name for w in caught} == {"test_spec.py"}
+    assert dataclasses.replace(spec, preset="seed").leaf_inits == spec.leaf_inits  # no "both given"
+    assert spec.replace(leaf_rules=None).leaf_inits == spec.leaf_inits  # None: not given
+
+
+def test_spec_file_nulls_are_defaults_and_old_names_are_problems():
+    spec = fs.Spec.from_dict({"drop": None, "layer_map": None, "spaces": {"out": [3, 4]}})
+    assert spec.drop == () and spec.layer_map is None
+    with pytest.raises(fs.SurgeryError, match="got both leaf_inits= and leaf_rules="):
+        fs.Spec.from_dict({"leaf_rules": {}, "leaf_inits": {}})
+
+
+def test_renamed_plan_follows_its_new_names():
+    old = {"a": np.full(3, 1.0, np.float32), "b": np.full(3, 2.0, np.float32)}
+    part = fs.plan(old, old, {}).renamed({"a": "z", "b": "y"})
+    moved = fs.transplant({"z": old["a"], "y": old["b"]}, part)
+    np.testing.assert_array_equal(moved["z"], old["a"])
+    np.testing.assert_array_equal(moved["y"], old["b"])
+    with pytest.raises(ValueError, match="names must cover every leaf; missing \\['b'\\]"):
+        fs.plan(old, old, {}).renamed({"a": "z"})
+    with pytest.raises(ValueError, match="two new leaves would get one name"):
+        fs.plan(old, old, {}).renamed({"a": "z", "b": "z"})
