@@ -47,18 +47,22 @@ def peak_bytes(compiled) -> float | None:
 
 
 def interleaved_seconds(fns: dict, repeats: int) -> dict:
-    """Wall times of each ``fns[name]()`` (result blocked on), the calls taken in turn round
-    after round, so that load from other processes falls on every one alike: ``{name: (median,
-    fastest)}``. On a shared CPU the fastest call is the one least disturbed by others."""
+    """Times of each ``fns[name]()`` (result blocked on), the calls taken in turn round after
+    round, so that load from other processes falls on every one alike: ``{name: (median wall,
+    fastest wall, least CPU)}``. On a shared CPU the fastest call is the one least disturbed by
+    others, and the CPU time this process spent (all its threads) is what the call itself costs."""
     for fn in fns.values():
         jax.block_until_ready(fn())  # warm-up
-    times = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: (float(np.median(wall[name])), float(np.min(wall[name])), float(np.min(cpu[name])))
+            for name in fns}
 
 
 def bench_buffer_move(quick: bool) -> list[dict]:
@@ -83,7 +87,8 @@ def bench_buffer_move(quick: bool) -> list[dict]:
     t = interleaved_seconds({"copy": lambda: copy_compiled(buffer),
                              "move": lambda: moved_compiled(buffer),
                              "grown": lambda: move_grown(buffer)}, 9 if quick else 21)
-    (t_move, fast_move), (t_copy, fast_copy), (t_grown, fast_grown) = (
+    (t_move, fast_move, cpu_move), (t_copy, fast_copy, cpu_copy), (t_grown, fast_grown,
+                                                                    cpu_grown) = (
         t["move"], t["copy"], t["grown"])
     dropped = int(moved_compiled(buffer).dropped)
     common = {"transitions": capacity, "dropped": dropped, "obs": "4 -> 6", "actions": "3 -> 2"}
@@ -97,14 +102,14 @@ def bench_buffer_move(quick: bool) -> list[dict]:
         rows.append(record("buffer_move_peak_memory", "bytes", ours, baseline, "bytes",
                            baseline_is="a jitted copy: arguments + output + temporaries",
                            target="<= 2", **common))
-    # The CPU is often shared: say how busy it was, and the fastest calls' ratio beside the
-    # medians' (not keys: the rows stay keyed by name and params).
+    # The CPU is often shared: say how busy it was, and beside the medians' ratio those of the
+    # fastest calls and of the least CPU time (not keys: rows stay keyed by name and params).
     load = round(os.getloadavg()[0], 2)
-    fastest = {"buffer_move_vs_copy": fast_move / fast_copy,
-               "buffer_move_no_drop_vs_copy": fast_grown / fast_copy}
-    return [{**row, "load_1min": load,
-             **({"fastest_ratio": fastest[row["name"]]} if row["name"] in fastest else {})}
-            for row in rows]
+    extra = {"buffer_move_vs_copy": {"fastest_ratio": fast_move / fast_copy,
+                                     "cpu_ratio": cpu_move / cpu_copy},
+             "buffer_move_no_drop_vs_copy": {"fastest_ratio": fast_grown / fast_copy,
+                                             "cpu_ratio": cpu_grown / cpu_copy}}
+    return [{**row, "load_1min": load, **extra.get(row["name"], {})} for row in rows]
 
 
 # ----------------------------------------------------------------------------- flashbax DQN

@@ -376,9 +376,9 @@ def _check_indices_jax(path: str, x, stored, n_old: int, space: str) -> None:
         if np.any(found):
             raise ValueError(message)
 
-    # The host is called only when something is wrong: a callback on every run costs a
-    # round trip to Python that, on a busy CPU, outweighs the move itself. (Under vmap the cond
-    # becomes a select and the callback runs each time, with every buffer's flag.)
+    # The host is called only when something is wrong, not on every run (each call is a round
+    # trip to Python, slow when the CPU is busy). Under vmap the cond becomes a select and the
+    # callback runs each time, with every buffer's flag.
     jax.lax.cond(bad, lambda: jax.debug.callback(fail, bad), lambda: None)
 
 
