@@ -138,11 +138,13 @@ def test_surgery_takes_a_spec():
 
 def test_old_names_warn_at_the_callers_line():
     # Python shows a DeprecationWarning only when it names the user's own line.
-    with pytest.warns(DeprecationWarning) as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fs.plan(OLD, NEW, LAYOUT, spaces=OPTIONS_GIVEN["spaces"], leaf_rules={})
         spec = fs.Spec(LAYOUT, leaf_rules={"Dense_0/bias": "zeros"})
         assert spec.leaf_rules == spec.leaf_inits == {"Dense_0/bias": "zeros"}
         assert fs.zeros().exactness("input") == "function" and fs.mean().promise("output")[0] == "none"
+    assert len(caught) == 5 and all(w.category is DeprecationWarning for w in caught)
     assert {pathlib.Path(w.filename).name for w in caught} == {"test_spec.py"}
     assert dataclasses.replace(spec, preset="seed").leaf_inits == spec.leaf_inits  # no "both given"
     assert spec.replace(leaf_rules=None).leaf_inits == spec.leaf_inits  # None: not given
