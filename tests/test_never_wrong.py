@@ -626,6 +626,8 @@ def test_whatever_the_report_claims_verify_confirms(case, transplant):
     new = transplant(old, plan, fresh)
     x = jax.random.normal(jax.random.key(case["seed"] + 7), (128, n_old))
     check_claims(plan, lambda v: old_m.apply(old, v), lambda v: new_m.apply(new, v), x)
+    if transplant is not fs.transplant:
+        return  # the state's move does not depend on how `transplant` runs: checked in the eager run
     opt = OPTIMIZERS[case["optimizer"]]()
     _, state = trained_state(opt, old["params"], steps=2)
     new_state = fs.transplant_state(state, plan, opt.init(fresh["params"]))
