@@ -219,7 +219,7 @@ def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping,
               scratch: tuple, empty: Buffer) -> tuple:
     """One new-phase arm's ``train`` arguments after the key, a leading seed axis on each:
     ``(params, target_params, opt_state, buffer, steps, updates)``; only the networks where the
-    trainer keeps no buffer or counters (the host path's), which then cannot continue."""
+    trainer returns no buffer or counters, which then cannot continue."""
     c = continuation
     networks = scratch if c.preset is None else transplanted[c.preset]
     if old.steps is None:
