@@ -264,3 +264,38 @@ def test_host_experiment_runs_the_continue_arms(tmp_path):
     assert arms["control"]["first_return"] == pytest.approx(arms["old"]["final_return"])
     assert summary["continuation"]["old_steps"] == [TINY.total_steps] * 2
     assert summary["continuation"]["buffer_dropped"] == [0, 0]
+
+
+def test_experiment_arms_from_another_rule_s_transplant(tmp_path):
+    """An experiment's own start (the new action a copy of an old one, a margin below it) and
+    its own arm continuing from it: the greedy policy is kept, so the arm starts at the old
+    agents' last return, and the plan's claim holds on samples."""
+    import flaxsurgery as fs
+
+    experiment = exp.Experiment(
+        name="tiny_host_copy",
+        old_view=HostView("CartPole-v1", action_ids=("left",)),
+        new_view=HostView("CartPole-v1"),
+        old_hidden=(4,),
+        new_hidden=(4,),
+        config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+        starts={"copy": {"out": fs.copy_of({"right": "left"}, offset="auto")}},
+        arms={"continue_copy": exp.Continuation("copy", buffer=True, counters=True)},
+    )
+    old_net, new_net = experiment.old_network, experiment.new_network
+    x = np.random.default_rng(0).standard_normal((1000, 4), np.float32)
+    old = old_net.init(jax.random.key(0), x[:1])
+    new = fs.transplant(old, exp.make_plan(experiment, "copy"), new_net.init(jax.random.key(1), x[:1]))
+    q_old, q_new = old_net.apply(old, x), new_net.apply(new, x)
+    np.testing.assert_allclose(q_new[:, 0], q_old[:, 0], atol=1e-6)  # "left" kept
+    assert (q_new[:, 1] < q_new[:, 0]).all()  # the copy, a margin below: never greedy
+    summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
+                                    "--arms", "scratch,continue_copy"],
+                       trainer=host.make_host_train)
+    arms = summary["arms"]
+    assert list(arms) == ["old", "scratch", "continue_copy"]
+    assert arms["continue_copy"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+    with pytest.raises(ValueError, match="unknown arms"):
+        exp.main(experiment, ["--seeds", "2", "--arms", "continue_mean"],
+                 trainer=host.make_host_train)
