@@ -1,8 +1,7 @@
 """Scratch-only tuning of the LunarLander DQN (host path): no transplant arm is trained here.
 
 Trains ``--seeds`` agents of the new network (all four actions) from their own initialisation
-with the settings of ``examples/lunarlander_add_actions.py``'s ``CONFIG``, changed by
-``--set field=value``, and appends one row (settings, greedy returns, wall time, load, command)
+with `BASE`, changed by ``--set field=value``, and appends one row (settings, greedy returns, wall time, load, command)
 to ``results/tuning_lunarlander/runs.json``. The experiment's settings were fixed from these
 rows before any transplant arm was run.
 
@@ -22,13 +21,28 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from examples.lunarlander_add_actions import CONFIG, EXPERIMENT
+from examples.lunarlander_add_actions import EXPERIMENT
 from experiments import results
 from experiments.common import Progress
-from flaxsurgery.rl import QNetwork
+from flaxsurgery.rl import DQNConfig, QNetwork
 from flaxsurgery.rl.host import make_host_train
 
 ROWS = Path("results/tuning_lunarlander/runs.json")
+
+# Where the tuning started: the experiment's earlier settings (64-64 network, 100,000 steps,
+# a 50,000-transition buffer, Adam at 6.3e-4, the target copied every 250 gradient steps,
+# epsilon 1 -> 0.1 over 12,000 steps, batch 64, 0.5 gradient steps per environment step).
+# Every row records its whole config.
+BASE = DQNConfig(
+    total_steps=100_000,
+    buffer_size=50_000,
+    learning_rate=6.3e-4,
+    target_period=250,
+    epsilon_end=0.1,
+    epsilon_steps=12_000,
+    eval_every=10_000,
+    eval_episodes=5,
+)
 
 
 def parse_value(text: str):
@@ -50,11 +64,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="the key of the run")
     parser.add_argument("--hidden", default=",".join(map(str, EXPERIMENT.new_hidden)))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a DQNConfig field changed from the example's CONFIG")
+                        help="a DQNConfig field changed from BASE")
     parser.add_argument("--name", default=None, help="the row's name")
     args = parser.parse_args(argv)
     changes = dict(item.split("=", 1) for item in args.set)
-    config = dataclasses.replace(CONFIG, **{k: parse_value(v) for k, v in changes.items()})
+    config = dataclasses.replace(BASE, **{k: parse_value(v) for k, v in changes.items()})
     hidden = tuple(int(h) for h in args.hidden.split(","))
     view = EXPERIMENT.new_view
     name = args.name or f"{'-'.join(map(str, hidden))} " + " ".join(args.set)
