@@ -12,7 +12,9 @@ on the host, and two jitted calls do the rest:
 
 A population of agents (seeds, or the arms of an experiment) trains at once: one vector
 environment holds ``num_envs`` environments per agent, and ``act`` and ``update`` are vmapped
-over agents, so a population costs one jitted call per step, not one per agent.
+over agents, so a population costs one jitted call per step, not one per agent. A run can go
+on from an earlier one, as [`make_train`][flaxsurgery.rl.make_train]'s can: ``train`` takes
+and returns the replay buffers and the step and update counters.
 
 gymnasium 1.x resets a finished environment by itself. The vector environment is made with
 ``AutoresetMode.SAME_STEP``: the step that ends an episode returns the next episode's first
