@@ -35,7 +35,8 @@ from flaxsurgery.rl.host import HostView, make_host_train
 # gradient step, more than two shared CPU cores allow), 200,000 steps with the step size
 # halved to 3e-4, 10 greedy evaluation episodes every 10,000 steps. Over 20 seeds from scratch
 # it ends at a mean of 192 (95% CI 161 to 223), still rising, short of the 200 the experiment
-# asks of its learner; at 6.3e-4 the mean ends at 183 after 200,000 steps, 129 after 100,000.
+# asks of its learner; at 6.3e-4 the mean ends at 183 after 200,000 steps, 129 after 100,000;
+# at 3e-4 over 300,000 steps it levels off between 169 and 201 and ends at 169.
 CONFIG = DQNConfig(
     total_steps=200_000,
     num_envs=4,
