@@ -4,32 +4,59 @@ gymnax has no LunarLander, so this experiment trains through the host path
 (:mod:`flaxsurgery.rl.host`): gymnasium's ``LunarLander-v3`` (Box2D) steps on the host, the
 network and its updates are jitted, and all agents of a phase train at once. The output space
 ``out`` has IDs (fire_left, fire_right) in the old network and (noop, fire_left, fire_main,
-fire_right) in the new one. The new actions' Q-values start as the mean of the old ones
-(preserving: the greedy action is kept) or fresh (seed rules).
+fire_right) in the new one.
 
-    python examples/lunarlander_add_actions.py --seeds 5 --steps 100000
+How the new actions (``noop``, ``fire_main``) start, by arm:
+
+- ``transplant`` / ``continue``: the mean of the old actions' rows, a margin below (the
+  preserving preset): never greedy; with two old actions it sits between them, the second
+  choice in every state. ``transplant`` restarts (empty buffer, epsilon from 1); ``continue``
+  goes on with the old run's buffer moved through the surgery (side-engine transitions keep
+  their actions by ID) and its counters (epsilon at its end value, 0.1).
+- ``transplant_seed`` / ``continue_seed``: fresh rows (the seeds' rule), which may be greedy.
+- ``continue_copy``: a copy of an old action's row, a margin below it (``noop`` copies
+  ``fire_left``, ``fire_main`` copies ``fire_right``: the pairing is arbitrary, neither is
+  closer in what it does): the second choice, by the margin, wherever its source is greedy.
+- ``scratch``: the new network's own initialisation.
+
+    python examples/lunarlander_add_actions.py --seeds 20
 """
 
-from experiments.dqn import Experiment, main
+import flaxsurgery as fs
+from experiments.dqn import Continuation, Experiment, main
 from flaxsurgery.rl import DQNConfig
 from flaxsurgery.rl.host import HostView, make_host_train
 
-# Fixed before any transplant arm was run: our DQN's defaults, with a larger buffer, 10%
-# final exploration and a 12,000-step decay, a smaller step size and a shorter target period
-# (as common LunarLander DQN settings have them), and 5 evaluation episodes every 10,000
-# steps to keep the host-side evaluation affordable (docs/host_envs.md).
+# Fixed on scratch-only runs, before any transplant arm was run with them
+# (results/tuning_lunarlander/runs.json, docs/host_envs.md): the rl-zoo DQN recipe for
+# LunarLander (learning rate 6.3e-4, batch 128, a 50,000-transition buffer, the target copied
+# every 250 gradient steps, one gradient step per environment step, epsilon 1 -> 0.1 over
+# 12,000 steps, gamma 0.99) on a 64-64 network (the recipe's 256-256 one costs 12x more per
+# gradient step, more than two shared CPU cores allow), 200,000 steps with the step size
+# halved to 3e-4, 10 greedy evaluation episodes every 10,000 steps. Over 20 seeds from scratch
+# it ends at a mean of 192 (95% CI 161 to 223), still rising, short of the 200 the experiment
+# asks of its learner; at 6.3e-4 the mean ends at 183 after 200,000 steps, 129 after 100,000;
+# at 3e-4 over 300,000 steps it levels off between 169 and 201 and ends at 169.
 CONFIG = DQNConfig(
-    total_steps=100_000,
+    total_steps=200_000,
+    num_envs=4,
+    collect_steps=25,
+    gradient_steps=100,
     buffer_size=50_000,
-    learning_rate=6.3e-4,
+    batch_size=128,
+    learning_rate=3e-4,
     target_period=250,
     epsilon_end=0.1,
     epsilon_steps=12_000,
     eval_every=10_000,
-    eval_episodes=5,
+    eval_episodes=10,
 )
 
 LUNAR_LANDER_THRESHOLD = 200.0
+
+# The arms a run trains unless --arms says otherwise: the restart protocol, the continuation,
+# and the new-action rules side by side under the continuation.
+ARMS = ("transplant", "transplant_seed", "scratch", "continue", "continue_seed", "continue_copy")
 
 EXPERIMENT = Experiment(
     name="lunarlander_add_actions",
@@ -39,7 +66,10 @@ EXPERIMENT = Experiment(
     new_hidden=(64, 64),
     config=CONFIG,
     threshold=LUNAR_LANDER_THRESHOLD,
+    starts={"copy": {"out": fs.copy_of({"noop": "fire_left", "fire_main": "fire_right"},
+                                       offset="auto")}},
+    arms={"continue_copy": Continuation("copy", buffer=True, counters=True)},
 )
 
 if __name__ == "__main__":
-    main(EXPERIMENT, trainer=make_host_train, default_seeds=5)
+    main(EXPERIMENT, trainer=make_host_train, arms=ARMS)

@@ -74,12 +74,19 @@ class Experiment(ViewChange):
         :class:`~flaxsurgery.rl.QNetwork` or the CNN :class:`~flaxsurgery.rl.ConvQNetwork`.
       spaces: unit IDs ``{space: (old IDs, new IDs)}`` that replace what the views say; empty
         for every honest experiment. A failure case uses it to keep IDs whose meaning changed.
+      starts: more transplants to start arms from, ``{name: rules}``: the preserving preset
+        with ``rules`` (``{space: Rule}``, e.g. ``{"out": fs.copy_of(...)}``) for its spaces;
+        a :class:`Continuation`'s ``preset`` names one of them as it names a preset.
+      arms: more new-phase arms, ``{name: Continuation}``, trained after :data:`NEW_ARMS`' when
+        asked for by name (e.g. the same continuation from another rule's transplant).
     """
 
     config: DQNConfig
     layer_map: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     network: Callable[[tuple[int, ...], int], nn.Module] = QNetwork
     spaces: Mapping[str, tuple[Sequence, Sequence]] = dataclasses.field(default_factory=dict)
+    starts: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
+    arms: Mapping[str, Continuation] = dataclasses.field(default_factory=dict)
 
     def build(self, hidden: tuple[int, ...], num_actions: int) -> nn.Module:
         return self.network(hidden, num_actions)
@@ -90,8 +97,9 @@ class Continuation(NamedTuple):
     and which parts of the old run it keeps. What it does not keep starts as in a fresh run.
 
     Attributes:
-      preset: the transplant's rules (:data:`~experiments.common.PRESETS`' values), or None
-        for the new network's own initialisation (scratch).
+      preset: the transplant's rules (:data:`~experiments.common.PRESETS`' values, or a name of
+        the experiment's ``starts``), or None for the new network's own initialisation
+        (scratch).
       buffer: the old run's replay buffer, moved through the plan; else an empty one.
       counters: the old run's environment-step and gradient-step counters; else zero. With a
         constant learning rate they drive only epsilon (kept: the schedule's end value) and
@@ -135,9 +143,23 @@ def make_plan(experiment: Experiment, preset: str) -> fs.Plan:
     """The transplant plan from the old network to the new one, by unit ID. The layouts are
     traced from the networks' forward passes: input space ``obs``, hidden spaces named after
     the layer that outputs them, output space ``out``. The views give the IDs of ``obs`` and
-    ``out`` unless ``experiment.spaces`` says otherwise."""
+    ``out`` unless ``experiment.spaces`` says otherwise. ``preset`` is a preset's name, or a
+    name of ``experiment.starts`` (the preserving preset with its rules)."""
+    rules = {}
+    if preset in experiment.starts:
+        preset, rules = "preserving", {"rules": dict(experiment.starts[preset])}
     return experiment.plan("out", experiment.spaces, layer_map=dict(experiment.layer_map),
-                           preset=preset)
+                           preset=preset, **rules)
+
+
+def all_arms(experiment: Experiment) -> dict[str, Continuation]:
+    """The new-phase arms ``experiment`` can train: :data:`NEW_ARMS`, then its own."""
+    return {**NEW_ARMS, **experiment.arms}
+
+
+def continuing(experiment: Experiment) -> tuple[str, ...]:
+    """The arms of ``experiment`` that go on from the old run (:data:`CONTINUE` and its own)."""
+    return tuple(arm for arm, c in all_arms(experiment).items() if c.buffer or c.counters)
 
 
 def transplant_agents(plan: fs.Plan, old: Trained, fresh_params, fresh_opt_state):
@@ -219,7 +241,7 @@ def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping,
               scratch: tuple, empty: Buffer) -> tuple:
     """One new-phase arm's ``train`` arguments after the key, a leading seed axis on each:
     ``(params, target_params, opt_state, buffer, steps, updates)``; only the networks where the
-    trainer keeps no buffer or counters (the host path's), which then cannot continue."""
+    trainer returns no buffer or counters, which then cannot continue."""
     c = continuation
     networks = scratch if c.preset is None else transplanted[c.preset]
     if old.steps is None:
@@ -233,11 +255,12 @@ def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping,
     return (*networks, buffer, *counters)
 
 
-def check_arms(arms: Sequence[str]) -> None:
-    """Every name in ``arms`` is a new-phase arm or ``control``; otherwise a ValueError."""
-    unknown = [arm for arm in arms if arm not in NEW_ARMS and arm != "control"]
+def check_arms(arms: Sequence[str], known: Mapping[str, Continuation] = NEW_ARMS) -> None:
+    """Every name in ``arms`` is a new-phase arm (of ``known``) or ``control``; otherwise a
+    ValueError."""
+    unknown = [arm for arm in arms if arm not in known and arm != "control"]
     if unknown:
-        raise ValueError(f"unknown arms {unknown}; the arms are {[*NEW_ARMS, 'control']}")
+        raise ValueError(f"unknown arms {unknown}; the arms are {[*known, 'control']}")
 
 
 def run(
@@ -264,12 +287,13 @@ def run(
       last, each returns array (seeds, evaluations) of mean greedy returns at
       ``experiment.config.eval_steps``.
     """
-    check_arms(arms)
+    known = all_arms(experiment)
+    check_arms(arms, known)
     config, name = experiment.config, experiment.name
     tx = make_optimizer(config)
     key_old, key_new, key_init = jax.random.split(jax.random.key(seed), 3)
-    new_arms = [arm for arm in NEW_ARMS if arm in arms]
-    continues = [NEW_ARMS[arm] for arm in new_arms if arm in CONTINUE] + (
+    new_arms = [arm for arm in known if arm in arms]
+    continues = [known[arm] for arm in new_arms if arm in continuing(experiment)] + (
         [Continuation(None, buffer=True, counters=True)] if "control" in arms else [])
 
     # Phase 1: the old network, on the old view.
@@ -279,7 +303,8 @@ def run(
     if earlier is not None:
         check_earlier(earlier, experiment, np.asarray(old.returns))
     if continues and old.buffer is None:
-        raise ValueError(f"arms {[a for a in arms if a in CONTINUE or a == 'control']} go on"
+        going_on = [a for a in arms if a in continuing(experiment) or a == "control"]
+        raise ValueError(f"arms {going_on} go on"
                          " from the old run's buffer and counters, which this trainer does not"
                          " return; train them with population_train")
 
@@ -289,7 +314,7 @@ def run(
     fresh = init_population(new_net, new_view.obs_shape, jax.random.split(key_init, seeds))
     fresh_opt = jax.vmap(tx.init)(fresh)
     transplanted, moved = {}, {}  # preset -> (params, target_params, opt_state) / buffers
-    for arm, preset in PRESETS.items():
+    for arm, preset in [*PRESETS.items(), *((start, start) for start in experiment.starts)]:
         plan = make_plan(experiment, preset)
         transplanted[preset] = transplant_agents(plan, old, fresh, fresh_opt)
         check = verify_first_seed(experiment, plan, old.params, transplanted[preset][0])
@@ -312,7 +337,7 @@ def run(
 
     # Phase 3: the new network from each start, every arm's seed i on the same key.
     empty = empty_buffers(config, new_view.obs_shape, seeds)
-    starts = {arm: arm_start(NEW_ARMS[arm], transplanted, moved, old, (fresh, fresh, fresh_opt),
+    starts = {arm: arm_start(known[arm], transplanted, moved, old, (fresh, fresh, fresh_opt),
                              empty) for arm in new_arms}
     progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
     train_new = trainer(config, new_view, new_net, progress)
@@ -374,7 +399,7 @@ def with_earlier_arms(returns: dict, earlier: dict, experiment: Experiment) -> d
     in :func:`run`'s order (``old``, :data:`NEW_ARMS`, ``control``), once
     :func:`check_earlier` accepts it."""
     check_earlier(earlier, experiment, returns["old"])
-    order = ["old", *NEW_ARMS, "control"]
+    order = ["old", *all_arms(experiment), "control"]
     merged = {**{arm: np.asarray(a["returns"]) for arm, a in earlier["arms"].items()}, **returns}
     return {arm: merged[arm] for arm in order if arm in merged}
 
@@ -440,7 +465,8 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path,
     }
     if "control" in returns:
         summary["paired_vs_control"] = paired_against(
-            {arm: r for arm, r in returns.items() if arm in CONTINUE or arm == "control"},
+            {arm: r for arm, r in returns.items()
+             if arm in continuing(experiment) or arm == "control"},
             "control", config.eval_steps, experiment.threshold)
         summary["targets"] = targets(summary)
     if info:
@@ -468,7 +494,7 @@ def main(
         steps=experiment.config.total_steps,
         steps_help="environment steps per phase (keeps the number of evaluations and the shares"
         " of the run that explore and that wait for learning to start)",
-        arms=arms, arms_help=f"new-phase arms to train, of {[*NEW_ARMS, 'control']}",
+        arms=arms, arms_help=f"new-phase arms to train, of {[*all_arms(experiment), 'control']}",
         reuse_help="an earlier summary.json of this experiment: its arms that --arms does not"
         " train are taken from it, after checking that its settings and seeds are this run's and"
         " that its old arm's returns equal this run's exactly",

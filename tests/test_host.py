@@ -171,3 +171,131 @@ def test_host_experiment_transplants_and_writes_results(tmp_path):
     assert json.loads((tmp_path / "tiny_host" / "summary.json").read_text())["env"] == "CartPole-v1"
     arms = summary["arms"]
     assert arms["transplant"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+
+
+# ---------------------------------------------------------------------------------- continuing
+
+
+def corridor_train(config, agents=2):
+    view = HostView("TestCorridor-v0", **CORRIDOR)
+    network = QNetwork((8,), view.num_actions)
+    return host.make_host_train(config, view, network), network, jax.random.split(
+        jax.random.key(1), agents)
+
+
+def expected_updates(config, start_count=0):
+    """Gradient steps of a run whose buffer starts with ``start_count`` transitions: G in every
+    iteration after whose collection the buffer holds ``learning_starts``."""
+    per_iteration = config.collect_steps * config.num_envs
+    counts = start_count + per_iteration * np.arange(1, config.total_steps // per_iteration + 1)
+    return config.gradient_steps * int((np.minimum(counts, config.buffer_size)
+                                        >= config.learning_starts).sum())
+
+
+def test_host_train_returns_its_buffer_and_counters():
+    train, _, keys = corridor_train(TINY)
+    out = train(keys)
+    np.testing.assert_array_equal(out.steps, [TINY.total_steps] * 2)
+    np.testing.assert_array_equal(out.buffer.count, [TINY.total_steps] * 2)
+    np.testing.assert_array_equal(out.updates, [expected_updates(TINY)] * 2)
+    held = np.asarray(out.buffer.data.obs)[:, :TINY.total_steps]  # (agents, steps, features)
+    np.testing.assert_array_equal(held[..., 1], held[..., 0] + 10)  # Corridor's observations
+
+
+def test_continued_run_extends_the_ring_and_leaves_the_caller_s_buffer_alone():
+    config = dataclasses.replace(TINY, buffer_size=600)
+    train, _, keys = corridor_train(config)
+    first = train(keys)
+    before = jax.tree.map(np.array, first.buffer)
+    second = train(keys, first.params, first.target_params, first.opt_state, first.buffer,
+                   first.steps, first.updates)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, first.buffer), before)
+    np.testing.assert_array_equal(second.buffer.count, [800, 800])
+    np.testing.assert_array_equal(second.steps, [800, 800])
+    # A plain ring of 600: the second run wrote slots 400..599 and 0..199; 200..399 are kept.
+    kept_slots = np.arange(200, 400)
+    for field in ("obs", "action", "reward", "next_obs", "terminated"):
+        np.testing.assert_array_equal(np.asarray(getattr(second.buffer.data, field))[:, kept_slots],
+                                      getattr(before.data, field)[:, kept_slots], err_msg=field)
+    # The first run's buffer was full enough to learn from at once.
+    np.testing.assert_array_equal(second.updates,
+                                  first.updates + expected_updates(config, start_count=400))
+
+
+def test_continued_run_explores_on_the_kept_step_count():
+    """With epsilon 1 -> 0 over the first 100 steps and a learning rate of 0 (the network never
+    changes), a run that goes on from step 1,000 acts greedily from its first step, and one from
+    step 0 does not: every stored action of the first is the argmax of the unchanged network."""
+    config = dataclasses.replace(TINY, learning_rate=0.0, epsilon_start=1.0, epsilon_end=0.0,
+                                 epsilon_steps=100, total_steps=200, eval_every=200)
+    train, network, keys = corridor_train(config)
+    params = train(keys).params
+    for init_steps, greedy in ((np.array([1_000, 1_000]), True), (None, False)):
+        out = train(keys, params, init_steps=init_steps)
+        stored = out.buffer.data
+        for agent in range(2):
+            obs = np.asarray(stored.obs[agent, :200])
+            own = jax.tree.map(lambda x, i=agent: x[i], params)
+            best = np.argmax(network.apply(own, obs), axis=-1)
+            same = np.array_equal(np.asarray(stored.action[agent, :200]), best)
+            assert same == greedy, (init_steps, agent)
+        if init_steps is not None:
+            np.testing.assert_array_equal(out.steps, init_steps + 200)
+
+
+def test_host_experiment_runs_the_continue_arms(tmp_path):
+    """The continue arm and the control on the host path: the continue arm starts from the
+    preserving transplant, so its first evaluation is the old agents' last one."""
+    experiment = exp.Experiment(
+        name="tiny_host_continue",
+        old_view=HostView("CartPole-v1", obs_ids=("theta", "theta_dot")),
+        new_view=HostView("CartPole-v1"),
+        old_hidden=(4,),
+        new_hidden=(4,),
+        config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+    )
+    summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
+                                    "--arms", "scratch,continue,control"],
+                       trainer=host.make_host_train)
+    arms = summary["arms"]
+    assert set(arms) == {"old", "scratch", "continue", "control"}
+    assert arms["continue"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+    assert arms["control"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+    assert summary["continuation"]["old_steps"] == [TINY.total_steps] * 2
+    assert summary["continuation"]["buffer_dropped"] == [0, 0]
+
+
+def test_experiment_arms_from_another_rule_s_transplant(tmp_path):
+    """An experiment's own start (the new action a copy of an old one, a margin below it) and
+    its own arm continuing from it: the greedy policy is kept, so the arm starts at the old
+    agents' last return, and the plan's claim holds on samples."""
+    import flaxsurgery as fs
+
+    experiment = exp.Experiment(
+        name="tiny_host_copy",
+        old_view=HostView("CartPole-v1", action_ids=("left",)),
+        new_view=HostView("CartPole-v1"),
+        old_hidden=(4,),
+        new_hidden=(4,),
+        config=dataclasses.replace(TINY, eval_episodes=1),
+        threshold=475.0,
+        starts={"copy": {"out": fs.copy_of({"right": "left"}, offset="auto")}},
+        arms={"continue_copy": exp.Continuation("copy", buffer=True, counters=True)},
+    )
+    old_net, new_net = experiment.old_network, experiment.new_network
+    x = np.random.default_rng(0).standard_normal((1000, 4), np.float32)
+    old = old_net.init(jax.random.key(0), x[:1])
+    new = fs.transplant(old, exp.make_plan(experiment, "copy"), new_net.init(jax.random.key(1), x[:1]))
+    q_old, q_new = old_net.apply(old, x), new_net.apply(new, x)
+    np.testing.assert_allclose(q_new[:, 0], q_old[:, 0], atol=1e-6)  # "left" kept
+    assert (q_new[:, 1] < q_new[:, 0]).all()  # the copy, a margin below: never greedy
+    summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
+                                    "--arms", "scratch,continue_copy"],
+                       trainer=host.make_host_train)
+    arms = summary["arms"]
+    assert list(arms) == ["old", "scratch", "continue_copy"]
+    assert arms["continue_copy"]["first_return"] == pytest.approx(arms["old"]["final_return"])
+    with pytest.raises(ValueError, match="unknown arms"):
+        exp.main(experiment, ["--seeds", "2", "--arms", "continue_mean"],
+                 trainer=host.make_host_train)

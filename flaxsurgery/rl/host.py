@@ -12,7 +12,9 @@ on the host, and two jitted calls do the rest:
 
 A population of agents (seeds, or the arms of an experiment) trains at once: one vector
 environment holds ``num_envs`` environments per agent, and ``act`` and ``update`` are vmapped
-over agents, so a population costs one jitted call per step, not one per agent.
+over agents, so a population costs one jitted call per step, not one per agent. A run can go
+on from an earlier one, as [`make_train`][flaxsurgery.rl.make_train]'s can: ``train`` takes
+and returns the replay buffers and the step and update counters.
 
 gymnasium 1.x resets a finished environment by itself. The vector environment is made with
 ``AutoresetMode.SAME_STEP``: the step that ends an episode returns the next episode's first
@@ -49,10 +51,10 @@ from flaxsurgery.rl.dqn import (
     Trained,
     Transition,
     buffer_add,
-    buffer_init,
     epsilon_greedy,
     make_learn,
     make_optimizer,
+    start_buffer,
     start_learner,
 )
 from flaxsurgery.rl.envs import UnitView
@@ -201,7 +203,7 @@ def make_evaluate(view: HostView, apply: Callable, agents: int, config: DQNConfi
 
 
 def collect(config: DQNConfig, view: HostView, act: Callable, env, agents: HostAgents,
-            obs: np.ndarray, step: int):
+            obs: np.ndarray, step: np.ndarray):
     """K steps of every environment of a population, epsilon-greedy.
 
     Args:
@@ -212,7 +214,7 @@ def collect(config: DQNConfig, view: HostView, act: Callable, env, agents: HostA
       env: a ``SAME_STEP`` vector environment with ``num_envs`` environments per agent.
       agents: the population.
       obs: (agents, num_envs, obs_size) the current observations.
-      step: environment steps each agent took so far.
+      step: (agents,) environment steps each agent took so far (epsilon's clock).
 
     Returns:
       ``(agents, transitions, obs, step)``: the agents with their next keys, the transitions
@@ -251,10 +253,14 @@ def make_host_train(
       progress: optional function called with the environment step after every evaluation.
 
     Returns:
-      ``train(keys, init_params=None, init_target=None, init_opt_state=None) -> Trained``:
-      one agent per key (``keys`` (agents,)); the ``init_*`` arguments, if given, have a leading
-      agent axis, and so has every leaf of the result, as with ``jax.vmap`` of
-      [`make_train`][flaxsurgery.rl.make_train].
+      ``train(keys, init_params=None, init_target=None, init_opt_state=None, init_buffer=None,
+      init_steps=None, init_updates=None) -> Trained``: one agent per key (``keys`` (agents,));
+      the ``init_*`` arguments, if given, have a leading agent axis, and so has every leaf of the
+      result, as with ``jax.vmap`` of [`make_train`][flaxsurgery.rl.make_train], whose
+      ``init_*`` arguments these are: a run goes on from an earlier one (its replay buffer, its
+      environment-step counter that drives epsilon, its gradient-step counter that drives the
+      target network's copies) and returns them where it ended. A given buffer is copied, never
+      changed.
     """
     tx = make_optimizer(config)
     apply = network.apply
@@ -275,38 +281,45 @@ def make_host_train(
         return buffer, HostAgents(learner.params, learner.target_params, learner.opt_state,
                                   learner.updates, key)
 
-    act = jax.jit(jax.vmap(act_one, in_axes=(0, 0, None, 0)))
+    act = jax.jit(jax.vmap(act_one))  # every agent on its own step count (epsilon's clock)
     update = jax.jit(jax.vmap(update_one), donate_argnums=0)  # the buffers are ours to reuse
 
-    def start_one(key, init_params, init_target, init_opt_state):
-        """One agent's initial state (as [`make_train`][flaxsurgery.rl.make_train]'s), its empty
-        buffer, and the seeds of its environments' first resets."""
+    def start_one(key, init_params, init_target, init_opt_state, init_buffer, init_updates):
+        """One agent's initial state (as [`make_train`][flaxsurgery.rl.make_train]'s), its
+        buffer (given, else empty), and the seeds of its environments' first resets."""
         key_init, key_reset, key_run = jax.random.split(key, 3)
         params, target, opt_state = start_learner(
             network, tx, view.obs_shape, key_init, init_params, init_target, init_opt_state
         )
-        agent = HostAgents(params, target, opt_state, jnp.int32(0), key_run)
+        updates = jnp.int32(0) if init_updates is None else jnp.asarray(init_updates, jnp.int32)
+        agent = HostAgents(params, target, opt_state, updates, key_run)
         seeds = jax.random.randint(key_reset, (config.num_envs,), 0, 2**31 - 1)
-        return agent, buffer_init(config.buffer_size, view.obs_shape), seeds
+        return agent, start_buffer(config, view.obs_shape, init_buffer), seeds
 
     start = jax.jit(jax.vmap(start_one))
 
-    def train(keys, init_params=None, init_target=None, init_opt_state=None) -> Trained:
-        agents, buffers, seeds = start(keys, init_params, init_target, init_opt_state)
+    def train(keys, init_params=None, init_target=None, init_opt_state=None, init_buffer=None,
+              init_steps=None, init_updates=None) -> Trained:
+        if init_buffer is not None:  # ``update`` donates the buffers: work on a copy
+            init_buffer = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), init_buffer)
+        agents, buffers, seeds = start(keys, init_params, init_target, init_opt_state,
+                                       init_buffer, init_updates)
         evaluate = make_evaluate(view, apply, len(keys), config)
         env = view.make_vector(seeds.size)
         first, _ = env.reset(seed=np.asarray(seeds).ravel().tolist())
         obs = view.observe(first).reshape(len(keys), config.num_envs, -1)
-        returns, step = [evaluate(agents.params)], 0
-        for _ in config.eval_steps[1:]:
+        step = np.zeros(len(keys), np.int32) if init_steps is None else np.array(init_steps, np.int32)
+        returns = [evaluate(agents.params)]
+        for evaluation_step in config.eval_steps[1:]:  # steps of this run, as make_train's
             for _ in range(iterations):
                 agents, transitions, obs, step = collect(config, view, act, env, agents, obs, step)
                 buffers, agents = update(buffers, agents, transitions)
             returns.append(evaluate(agents.params))
             if progress is not None:
-                progress(step)
+                progress(int(evaluation_step))
         env.close()
         return Trained(agents.params, agents.target_params, agents.opt_state,
-                       jnp.asarray(np.stack(returns, axis=1)))
+                       jnp.asarray(np.stack(returns, axis=1)), buffers, jnp.asarray(step),
+                       agents.updates)
 
     return train
