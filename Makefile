@@ -33,7 +33,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 # --durations lists the slowest tests, to keep the suite within its ten minutes.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The core alone, with a few property-test examples each, on two workers: a quick check while editing.
 test-fast: $(STAMP)
