@@ -107,10 +107,6 @@ class Spec:
         """This spec with `options` (any of its fields) changed."""
         return Spec.of(self, **options)
 
-    def options(self) -> dict[str, Any]:
-        """``{field: value}`` for every option."""
-        return {name: getattr(self, name) for name in OPTIONS}
-
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "the spec") -> Spec:
         """A Spec from what a JSON or YAML file holds: IDs as lists, rules by their registered

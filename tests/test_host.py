@@ -154,11 +154,10 @@ def test_host_dqn_learns_cartpole():
     assert mean[0] < 50.0 and mean[1:].max() > 100.0, out.returns
 
 
-def test_host_experiment_transplants_and_writes_results(tmp_path):
-    """The experiment runner with the host trainer; the preserving transplant keeps the greedy
-    policy, so it starts with the old agents' last return on the same evaluation episodes."""
-    experiment = exp.Experiment(
-        name="tiny_host",
+def tiny_cartpole_experiment(name: str) -> exp.Experiment:
+    """CartPole from two observation features to four, 4 hidden units, on the host path."""
+    return exp.Experiment(
+        name=name,
         old_view=HostView("CartPole-v1", obs_ids=("theta", "theta_dot")),
         new_view=HostView("CartPole-v1"),
         old_hidden=(4,),
@@ -166,6 +165,12 @@ def test_host_experiment_transplants_and_writes_results(tmp_path):
         config=dataclasses.replace(TINY, eval_episodes=1),
         threshold=475.0,
     )
+
+
+def test_host_experiment_transplants_and_writes_results(tmp_path):
+    """The experiment runner with the host trainer; the preserving transplant keeps the greedy
+    policy, so it starts with the old agents' last return on the same evaluation episodes."""
+    experiment = tiny_cartpole_experiment("tiny_host")
     summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path)],
                        trainer=host.make_host_train)
     assert json.loads((tmp_path / "tiny_host" / "summary.json").read_text())["env"] == "CartPole-v1"
@@ -246,15 +251,7 @@ def test_continued_run_explores_on_the_kept_step_count():
 def test_host_experiment_runs_the_continue_arms(tmp_path):
     """The continue arm and the control on the host path: the continue arm starts from the
     preserving transplant, so its first evaluation is the old agents' last one."""
-    experiment = exp.Experiment(
-        name="tiny_host_continue",
-        old_view=HostView("CartPole-v1", obs_ids=("theta", "theta_dot")),
-        new_view=HostView("CartPole-v1"),
-        old_hidden=(4,),
-        new_hidden=(4,),
-        config=dataclasses.replace(TINY, eval_episodes=1),
-        threshold=475.0,
-    )
+    experiment = tiny_cartpole_experiment("tiny_host_continue")
     summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
                                     "--arms", "scratch,continue,control"],
                        trainer=host.make_host_train)
