@@ -453,6 +453,11 @@ RULES: dict[str, Callable[..., Rule]] = {}
 def register_rule(name: str, factory: Callable[..., Rule]) -> None:
     """Makes a rule known by `name` to spec files (``{"rules": {"out": {name: {...}}}}``) and the
     command line: `factory` takes the keywords the file gives and returns a [`Rule`][flaxsurgery.Rule].
+    Registering changes no plan: a rule preserves what its own `preserves` says, checked by the
+    plan on its trees. A later registration under the same name replaces the earlier one.
+
+    Raises:
+      ValueError: for a name that is not a non-empty string, or a factory that is not callable.
 
     >>> register_rule("quiet_mean", lambda offset=-0.5: mean(offset=offset))
     >>> rule_from_text({"quiet_mean": {"offset": -1.0}}).offset
