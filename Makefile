@@ -31,13 +31,17 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 
 # Two workers (pytest-xdist): the suite is compile- and Python-bound, one core per worker.
 # --durations lists the slowest tests, to keep the suite within its ten minutes.
+# XLA compiles the tests' thousands of small programs without LLVM's optimisations: a sixth less
+# CPU for the whole suite (most of its time is compiling programs that then run once), the same
+# results (results/test_times/runs.json). Experiments, benches and the demo keep XLA's default.
 TEST_WORKERS ?= 2
+TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS="$(XLA_FLAGS) --xla_backend_optimization_level=0"
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The core alone, with a few property-test examples each, on two workers: a quick check while editing.
 test-fast: $(STAMP)
-	FLAXSURGERY_FAST=1 JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 $(CORE_TESTS)
+	FLAXSURGERY_FAST=1 $(TEST_ENV) $(BIN)/python -m pytest -q -n 2 $(CORE_TESTS)
 
 # Client libraries' agents (SBX, and the purejaxrl, Brax and rejax recipes) through fs.surgery:
 # tests/integrations/, never part of `make test`.

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from flaxsurgery.jaxprs import CALLS
 from flaxsurgery.layout import carries_units, leaf_entries, output_axis
 
 INF = math.inf
@@ -163,10 +164,6 @@ _ELEMENTWISE = frozenset([
     "select_n", "sign", "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh",
     "reduce_precision", "and", "or"])
 _READERS = frozenset(["dot_general", "conv_general_dilated"])  # the next layer reads the values
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-          "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr",
-          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-          "custom_vjp_call_jaxpr": "fun_jaxpr"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +219,8 @@ class _Follower:
     def _equation(self, eqn, args):
         name = eqn.primitive.name
         n_out = len(eqn.outvars)
-        if name in _CALLS and eqn.params.get(_CALLS[name]) is not None:
-            closed = eqn.params[_CALLS[name]]
+        if name in CALLS and eqn.params.get(CALLS[name]) is not None:
+            closed = eqn.params[CALLS[name]]
             inner, consts = (closed.jaxpr, [_Const(c) for c in closed.consts]) \
                 if isinstance(closed, jcore.ClosedJaxpr) else (closed, [])
             return self.walk(inner, consts, args)

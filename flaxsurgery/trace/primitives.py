@@ -12,6 +12,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Sequence
 
+from flaxsurgery.jaxprs import CALLS
 from flaxsurgery.trace.graph import AxisGraph
 from flaxsurgery.trace.shape_ops import SHAPE_HANDLERS, out_shapes
 
@@ -140,11 +141,6 @@ BUILTIN: types.MappingProxyType[str, Handler] = types.MappingProxyType({
     **SHAPE_HANDLERS,
 })
 
-# Primitives that call a sub-jaxpr with the equation's operands, returning its outputs.
-CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-         "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr",
-         "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-         "custom_vjp_call_jaxpr": "fun_jaxpr"}
 # Primitives the walker follows into their sub-jaxprs itself (no handler can replace it).
 WALKED = frozenset([*CALLS, "scan", "while", "cond"])
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from jax.extend import core as jcore
 
+from flaxsurgery.jaxprs import CALLS
 from flaxsurgery.trace.graph import AxisGraph
-from flaxsurgery.trace.primitives import CALLS, handler_for, is_parameter
+from flaxsurgery.trace.primitives import handler_for, is_parameter
 
 try:  # Only for error messages; private, so its absence must not break tracing.
     from jax._src import source_info_util as _source_info
