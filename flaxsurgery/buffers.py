@@ -395,9 +395,9 @@ def _compaction(keep, write, size, capacity: int):
     Returns:
       (source slot per slot, kept count, new write position). With nothing dropped the source
       is each slot itself and the write position is kept; otherwise the kept transitions fill
-      slots ``0..kept-1`` in age order and writing resumes at ``kept``. Slots past the kept
-      ones keep their own content (never sampled). One prefix sum and one scatter of slot
-      numbers: every field is then gathered with the same source.
+      slots ``0..kept-1`` in age order, the rest (dropped or never written, never sampled)
+      follow, and writing resumes at ``kept``. One prefix sum and one scatter of slot numbers:
+      every field is then gathered with the same source.
     """
     ages = jnp.arange(capacity, dtype=jnp.int32)
     oldest = write - size  # slot of age a: (oldest + a) % capacity
@@ -408,9 +408,11 @@ def _compaction(keep, write, size, capacity: int):
     kept = ranks[-1]
     new_write = jnp.where(kept == size, write, kept).astype(jnp.int32)
     shift = new_write - kept  # rank r goes to slot (r + shift) % capacity; 0 once compacted
-    # Dropped ones go past the end (each to its own index, so all indices stay unique): none.
-    destination = jnp.where(keep_age, (ranks - 1 + shift) % capacity, capacity + ages)
-    source = ages.at[destination].set((oldest + ages) % capacity, mode="drop",
+    # The others follow the kept ones in age order (ages - ranks counts those before), so the
+    # destinations are a permutation of the slots: an in-bounds scatter, several times faster
+    # on CPU than one that drops the slots it does not place.
+    destination = (jnp.where(keep_age, ranks - 1, kept + ages - ranks) + shift) % capacity
+    source = ages.at[destination].set((oldest + ages) % capacity, mode="clip",
                                       unique_indices=True)
     return source, kept, new_write
 

@@ -72,8 +72,8 @@ def reference_ring(data, write, size, obs=OBS, actions=ACTIONS, fill=None):
 
     rows = [moved(slot) for slot in range(capacity)]
     kept = [slot for slot in ages if rows[slot]["action"] is not None]
-    # Nothing dropped: the same layout. Else the kept ones first, oldest first; later slots keep
-    # their own content.
+    # Nothing dropped: the same layout. Else the kept ones first, oldest first (the slots after
+    # them are never sampled, and not compared).
     order = list(range(capacity)) if len(kept) == size else kept + list(range(len(kept), capacity))
     out = {k: np.asarray([0 if rows[slot][k] is None else rows[slot][k] for slot in order],
                          data[k].dtype) for k in data}
