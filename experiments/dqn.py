@@ -266,6 +266,7 @@ def check_arms(arms: Sequence[str], known: Mapping[str, Continuation] = NEW_ARMS
 def run(
     experiment: Experiment, seeds: int = 20, seed: int = 0, trainer: Callable = population_train,
     arms: Sequence[str] = RESTART_ARMS, info: dict | None = None, earlier: dict | None = None,
+    phase_wall_s: dict | None = None,
 ) -> dict:
     """Run all phases of ``experiment`` with ``seeds`` seeds per arm; ``trainer`` builds each
     phase's population training function (:func:`population_train`'s signature).
@@ -281,6 +282,9 @@ def run(
         counters (``old_steps``, ``old_updates``).
       earlier: an earlier summary whose arms will join this run's (:func:`with_earlier_arms`):
         checked (:func:`check_earlier`) as soon as the old phase has trained, before the rest.
+      phase_wall_s: when given, filled with each phase's wall time in seconds, compilation
+        included: ``old``, ``surgery`` (every plan's transplant and buffer move), ``new`` (all
+        new-phase arms at once) and ``control``.
 
     Returns:
       ``{arm: returns}``, ``old`` and then ``arms`` in :data:`NEW_ARMS`' order and ``control``
@@ -297,9 +301,11 @@ def run(
         [Continuation(None, buffer=True, counters=True)] if "control" in arms else [])
 
     # Phase 1: the old network, on the old view.
+    clock = _PhaseClock(phase_wall_s)
     progress = Progress(name, "old", seeds, config.total_steps)
     train_old = trainer(config, experiment.old_view, experiment.old_network, progress)
-    old = train_old(jax.random.split(key_old, seeds))
+    old = jax.block_until_ready(train_old(jax.random.split(key_old, seeds)))
+    clock.lap("old")
     if earlier is not None:
         check_earlier(earlier, experiment, np.asarray(old.returns))
     if continues and old.buffer is None:
@@ -334,6 +340,7 @@ def run(
     if info is not None and continues:
         info["old_steps"] = [int(s) for s in old.steps]
         info["old_updates"] = [int(u) for u in old.updates]
+    clock.lap("surgery")
 
     # Phase 3: the new network from each start, every arm's seed i on the same key.
     empty = empty_buffers(config, new_view.obs_shape, seeds)
@@ -342,7 +349,8 @@ def run(
     progress = Progress(name, " + ".join(new_arms), len(new_arms) * seeds, config.total_steps)
     train_new = trainer(config, new_view, new_net, progress)
     stacked, keys = stack_arms(starts, key_new, seeds)
-    new = train_new(keys, *stacked)
+    new = jax.block_until_ready(train_new(keys, *stacked))
+    clock.lap("new")
     out = {"old": np.asarray(old.returns), **split_arms(new_arms, np.asarray(new.returns), seeds)}
 
     # Phase 4: the old agent going on without surgery, on the same keys as every arm's seeds.
@@ -355,7 +363,22 @@ def run(
         control = train_control(jax.random.split(key_new, seeds), old.params, old.target_params,
                                 old.opt_state, old.buffer, old.steps, old.updates)
         out["control"] = np.asarray(control.returns)
+        clock.lap("control")
     return out
+
+
+class _PhaseClock:
+    """Writes the seconds since its last lap into ``laps[name]`` (nothing when ``laps`` is
+    None)."""
+
+    def __init__(self, laps: dict | None):
+        self.laps, self.last = laps, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.laps is not None:
+            self.laps[name] = now - self.last
+        self.last = now
 
 
 # ---------------------------------------------------------------------------------- report
@@ -438,8 +461,9 @@ def targets(summary: dict) -> dict:
 
 
 def report(experiment: Experiment, returns: dict, wall_s: float, out: Path,
-           info: dict | None = None) -> dict:
-    """Write ``summary.json`` and ``curves.png`` under ``out / experiment.name``; print the table."""
+           info: dict | None = None, phase_wall_s: dict | None = None) -> dict:
+    """Write ``summary.json`` and ``curves.png`` under ``out / experiment.name``; print the table.
+    ``phase_wall_s``, each phase's seconds (:func:`run`), is written beside the whole run's."""
     config = experiment.config
     seeds = returns["old"].shape[0]
     summary = {
@@ -449,6 +473,7 @@ def report(experiment: Experiment, returns: dict, wall_s: float, out: Path,
         "steps_per_phase": config.total_steps,
         "threshold": experiment.threshold,
         "wall_s": wall_s,
+        **({"phase_wall_s": phase_wall_s} if phase_wall_s else {}),
         "config": {
             "dqn": dataclasses.asdict(config),
             "old": _view_config(experiment.old_view, experiment.old_hidden, experiment.old_network),
@@ -503,13 +528,15 @@ def main(
         experiment = dataclasses.replace(experiment, config=scaled(experiment.config, args.steps))
     start = time.perf_counter()
     info: dict = {}
+    phase_wall_s: dict = {}
     earlier = None if args.reuse is None else json.loads(args.reuse.read_text())
     returns = run(experiment, seeds=args.seeds, trainer=trainer, arms=args.arms, info=info,
-                  earlier=earlier)
+                  earlier=earlier, phase_wall_s=phase_wall_s)
     if earlier is not None:
         returns = with_earlier_arms(returns, earlier, experiment)
         info["reused"] = {"from": str(args.reuse), "wall_s": earlier["wall_s"],
+                          "phase_wall_s": earlier.get("phase_wall_s"),
                           "arms": [arm for arm in returns if arm not in args.arms and arm != "old"],
                           # the earlier run's own provenance, when it reused arms too
                           "earlier": earlier.get("continuation", {}).get("reused")}
-    return report(experiment, returns, time.perf_counter() - start, args.out, info)
+    return report(experiment, returns, time.perf_counter() - start, args.out, info, phase_wall_s)

@@ -260,6 +260,9 @@ def test_continue_arms_and_control_go_on_from_the_old_run(tmp_path):
     dip = summary["targets"]["dip"]
     assert dip["floor"] == pytest.approx(got["control"]["lowest_return"] - 0.05 * abs(old_final))
     assert dip["met"] == (got["continue"]["lowest_return"] >= dip["floor"])
+    phases = summary["phase_wall_s"]  # every phase timed; together at most the whole run
+    assert list(phases) == ["old", "surgery", "new", "control"]
+    assert all(s > 0 for s in phases.values()) and sum(phases.values()) <= summary["wall_s"]
 
 
 def test_arms_trained_apart_equal_arms_trained_together_and_merge(tmp_path):
