@@ -200,6 +200,17 @@ def test_new_features_from_normalizer_mean_and_from_a_function(how):
     np.testing.assert_array_equal(got[: kept.sum(), :2], old[kept][:, [2, 0]])
 
 
+@pytest.mark.parametrize("how", MOVE)
+@pytest.mark.parametrize("added", [7, 23])  # part-filled, wrapped: compacted either way
+def test_new_features_at_the_normalizer_mean_in_a_compacted_ring(how, added):
+    """New features at a constant other than 0 while dropped transitions are compacted away."""
+    buffer = filled_buffer(capacity=12, added=added)
+    stats = {"mean": jnp.array([0.0, 0.0, 2.5, -1.5]), "var": jnp.ones(4), "count": jnp.float32(9)}
+    result = MOVE[how](buffer, make_plan(), normalizer=stats)
+    assert int(result.dropped) > 0
+    assert_matches_reference(result, buffer, fill={"omega": 2.5, "theta_dot": -1.5})
+
+
 def test_user_object_normalizer_with_mean_attribute():
     class Stats:
         mean = np.array([0.0, 0.0, -1.0, 4.0])
