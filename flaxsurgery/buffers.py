@@ -400,21 +400,24 @@ def _compaction(keep, write, size, capacity: int):
       follow, and writing resumes at ``kept``. One prefix sum and one scatter of slot numbers:
       every field is then gathered with the same source.
     """
-    ages = jnp.arange(capacity, dtype=jnp.int32)
-    oldest = write - size  # slot of age a: (oldest + a) % capacity
-    keep_age = jnp.roll(keep, -oldest) & (ages < size)
-    # An inclusive prefix sum: the rank of each kept transition among the kept ones, plus one.
-    # (associative_scan is a log-depth tree of adds; jnp.cumsum is several times slower on CPU.)
-    ranks = jax.lax.associative_scan(jnp.add, keep_age.astype(jnp.int32))
-    kept = ranks[-1]
+    slots = jnp.arange(capacity, dtype=jnp.int32)
+    oldest = (write - size) % capacity  # the slot of age 0
+    ages = (slots - oldest) % capacity
+    keep = keep & (ages < size)
+    # An inclusive prefix sum in slot order (associative_scan is a log-depth tree of adds;
+    # jnp.cumsum is several times slower on CPU), turned into each kept transition's rank in age
+    # order, plus one, without rolling the ring: the slots from `oldest` on come first.
+    in_slots = jax.lax.associative_scan(jnp.add, keep.astype(jnp.int32))
+    kept = in_slots[-1]
+    before = jnp.where(oldest > 0, in_slots[oldest - 1], 0)  # kept in slots 0..oldest-1
+    ranks = jnp.where(slots >= oldest, in_slots - before, in_slots + kept - before)
     new_write = jnp.where(kept == size, write, kept).astype(jnp.int32)
     shift = new_write - kept  # rank r goes to slot (r + shift) % capacity; 0 once compacted
     # The others follow the kept ones in age order (ages - ranks counts those before), so the
     # destinations are a permutation of the slots: an in-bounds scatter, several times faster
     # on CPU than one that drops the slots it does not place.
-    destination = (jnp.where(keep_age, ranks - 1, kept + ages - ranks) + shift) % capacity
-    source = ages.at[destination].set((oldest + ages) % capacity, mode="clip",
-                                      unique_indices=True)
+    destination = (jnp.where(keep, ranks - 1, kept + ages - ranks) + shift) % capacity
+    source = slots.at[destination].set(slots, mode="clip", unique_indices=True)
     return source, kept, new_write
 
 
