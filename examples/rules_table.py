@@ -67,11 +67,14 @@ def main(argv=None) -> str:
     paths = sorted(args.results.glob("*/summary.json"))
     if not paths:
         parser.error(f"no */summary.json under {args.results}")
-    summaries = [json.loads(path.read_text()) for path in paths]
-    # The DQN and digits transplant experiments: the defaults' scratch-only runs have no old
-    # agent, and PPO's and the transformer's summaries have arms of their own (docs/ppo.md,
-    # docs/transformer.md tabulate them).
-    summaries = [s for s in summaries if {"old", "transplant", "transplant_seed"} <= set(s.get("arms", {}))
+    # The DQN and digits transplant experiments, each from the folder named after it (the
+    # demo's run and earlier runs kept beside it are not rows): the defaults' scratch-only runs
+    # have no old agent, and PPO's and the transformer's summaries have arms of their own
+    # (docs/ppo.md, docs/transformer.md tabulate them). A run may lack some arms (one trained in
+    # parts): its rows are the arms it has.
+    summaries = [s for path in paths for s in [json.loads(path.read_text())]
+                 if path.parent.name == s.get("experiment")
+                 and {"old", "scratch"} <= set(s.get("arms", {}))
                  and s.get("learner", "dqn") != "ppo"]
     if args.continuation:
         table = results.continuation_table(summaries)
