@@ -72,8 +72,8 @@ def main(argv=None) -> str:
     # have no old agent, and PPO's and the transformer's summaries have arms of their own
     # (docs/ppo.md, docs/transformer.md tabulate them). A run may lack some arms (one trained in
     # parts): its rows are the arms it has.
-    summaries = [s for path in paths for s in [json.loads(path.read_text())]
-                 if path.parent.name == s.get("experiment")
+    loaded = [(path, json.loads(path.read_text())) for path in paths]
+    summaries = [s for path, s in loaded if path.parent.name == s.get("experiment")
                  and {"old", "scratch"} <= set(s.get("arms", {}))
                  and s.get("learner", "dqn") != "ppo"]
     if args.continuation:
