@@ -7,11 +7,15 @@ short table, ``--continuation`` the dip after the transplant against the control
 with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment,
 ``--aggregates`` the IQM and P(arm > scratch) of the restarted and continued transplants
 (experiments with a ``continue`` arm), ``--falls NAME`` how many of one experiment's seeds fall
-below 300 within 100,000 steps of first reaching its threshold.
+below 300 within 100,000 steps of first reaching its threshold, ``--starts NAME`` one
+experiment's rules for new actions under the continuation, each paired by seed with the
+preserving rule (``continue``); it also writes ``starts.json`` (the table's figures) and
+``starts.png`` (their curves) beside the experiment's summary.
 
     python examples/rules_table.py [--results results] [--headline | --continuation
                                     | --ablation cartpole_add_units | --aggregates
-                                    | --falls cartpole_add_observations]
+                                    | --falls cartpole_add_observations
+                                    | --starts lunarlander_add_actions]
 """
 
 import argparse
@@ -33,6 +37,16 @@ KEEPS = {
     "scratch": "nothing, fresh network",
 }
 
+# How each continued arm starts its new actions (the rest of the run is the same: the old
+# network's rows, its buffer moved and its counters kept), for the starts table; scratch beside.
+STARTS = {
+    "continue": "the mean of the old actions' rows, a margin below (preserving)",
+    "continue_copy": "a copy of one old action's row, a margin below",
+    "continue_seed": "fresh rows (the seeds' rule)",
+    "scratch": "(a fresh network, epsilon from 1)",
+}
+STARTS_BASE = "continue"
+
 # A seed "falls back" when, within this many steps of first reaching the threshold, an
 # evaluation returns less than this (CartPole: well under the 475 it had reached).
 FALL_WINDOW = 100_000
@@ -51,6 +65,9 @@ def main(argv=None) -> str:
                        help="one experiment's arms with what each keeps of the old run")
     which.add_argument("--falls", metavar="NAME",
                        help="one experiment's seeds that fall back after reaching its threshold")
+    which.add_argument("--starts", metavar="NAME",
+                       help="one experiment's new-action rules under the continuation, against "
+                            "the preserving one; writes starts.json and starts.png")
     which.add_argument("--aggregates", action="store_true",
                        help="IQM and P(arm > scratch) with bootstrap intervals, continued runs")
     args = parser.parse_args(argv)
@@ -59,6 +76,8 @@ def main(argv=None) -> str:
         table = results.arms_table(summary, KEEPS)
         print(table)
         return table
+    if args.starts:
+        return starts(args.results / args.starts)
     if args.falls:
         summary = json.loads((args.results / args.falls / "summary.json").read_text())
         table = results.falls_table(summary, floor=FALL_FLOOR, window=FALL_WINDOW)
@@ -83,6 +102,31 @@ def main(argv=None) -> str:
                                          arms=("transplant", "continue", "scratch"))
     else:
         table = (results.headline_table if args.headline else results.rules_table)(summaries)
+    print(table)
+    return table
+
+
+def starts(folder: Path) -> str:
+    """The starts table of the run in `folder` (:data:`STARTS`, paired with
+    :data:`STARTS_BASE`); writes its figures to ``starts.json`` and the arms' curves, the old
+    agents' before them, to ``starts.png``."""
+    summary = json.loads((folder / "summary.json").read_text())
+    missing = [arm for arm in (STARTS_BASE, "old") if arm not in summary["arms"]]
+    if missing:
+        raise SystemExit(f"{folder / 'summary.json'} has no arm {', '.join(missing)}: the starts "
+                         f"are compared with {STARTS_BASE!r}, after the old agents")
+    pairs = results.versus(summary, STARTS_BASE, tuple(STARTS))
+    table = results.versus_table(summary, STARTS, STARTS_BASE, pairs)
+    (folder / "starts.json").write_text(json.dumps(
+        {"experiment": summary["experiment"], "source": "summary.json",
+         "command": f"python examples/rules_table.py --starts {folder.name}",
+         "base": STARTS_BASE, "starts": {a: STARTS[a] for a in STARTS if a in summary["arms"]},
+         "versus_base": pairs}, indent=2) + "\n")
+    shown = {**summary, "arms": {arm: a for arm, a in summary["arms"].items()
+                                 if arm == "old" or arm in STARTS}}
+    results.plot(shown, folder / "starts.png", xlabel="environment steps (0 = transplant)",
+                 ylabel="greedy evaluation return",
+                 title=f"{summary['experiment']}: how new actions start")
     print(table)
     return table
 

@@ -295,6 +295,56 @@ def aggregates_table(summaries: list[dict], arms: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def versus(summary: dict, base: str, arms: tuple[str, ...]) -> dict:
+    """Each of `arms` that `summary` has, against arm `base` of the same run: its paired
+    differences seed by seed (:func:`paired_difference`: AUC, final return, steps to the
+    threshold) and its probability of improving on `base` (P(arm > base) of AUC and of final
+    return, stratified-bootstrap 95% intervals, as :func:`aggregates` against scratch)."""
+    found = summary["arms"]
+    base_returns = np.asarray(found[base]["returns"], float)
+    steps = np.asarray(found[base]["steps"])
+    out = {}
+    for arm in arms:
+        if arm not in found or arm == base:
+            continue
+        returns = np.asarray(found[arm]["returns"], float)
+        scores, base_scores = per_seed_scores(found[arm]), per_seed_scores(found[base])
+        out[arm] = {**paired_difference(returns, base_returns, steps, summary["threshold"]),
+                    "probability_of_improvement": {
+                        m: _estimate(probability_of_improvement, scores[m], base_scores[m])
+                        for m in ("auc", "final")}}
+    return out
+
+
+def versus_table(summary: dict, labels: dict[str, str], base: str, pairs: dict) -> str:
+    """The arms `labels` names, in its order, each with its label: seeds that reach the
+    threshold, first return, AUC and final return (95% intervals), and `pairs`
+    (:func:`versus`): the paired AUC and final differences from `base` and P(arm > base) on
+    AUC."""
+    f = f"{{:.{_decimals(summary)}f}}".format
+    g = f"{{:+.{_decimals(summary)}f}}".format
+    p = "{:.2f}".format
+    lines = [
+        (f"| arm | new actions start as | seeds reaching {summary['threshold']:g} | first return "
+         f"| AUC (95% CI) | AUC - {base} | final (95% CI) | final - {base} "
+         f"| P(arm > {base}), AUC |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, label in labels.items():
+        a = summary["arms"].get(arm)
+        if a is None:
+            continue
+        paired = pairs.get(arm)
+        better = paired["probability_of_improvement"]["auc"] if paired else None
+        lines.append(
+            f"| {arm} | {label} | {reached_cell(a)} | {f(a['first_return'])} "
+            f"| {f(a['auc'])} ({f(a['auc_ci95'][0])}, {f(a['auc_ci95'][1])}) "
+            f"| {_paired_cell(paired, 'auc', g)} "
+            f"| {f(a['final_return'])} ({f(a['final_ci95'][0])}, {f(a['final_ci95'][1])}) "
+            f"| {_paired_cell(paired, 'final', g)} | {_estimate_cell(better, p)} |")
+    return "\n".join(lines)
+
+
 def _steps(value) -> str:
     return "never" if value is None else f"{value:,.0f}"
 

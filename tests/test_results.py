@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +81,58 @@ def test_rules_table_has_one_row_per_experiment_and_rules():
     assert rows[0].endswith("| +0.000 (+0.000, +0.000) | 0.600 |")
     assert rows[3].startswith("| large (0.6) | 60.0 | preserving | 2/2 | 0 | n/a | 20.0 | 40.0 (")
     assert rows[3].endswith("| n/a | 60.0 |") and "| scratch |" in rows[5]
+
+
+def test_versus_pairs_each_arm_with_the_base_by_seed():
+    steps = np.array([0, 10])
+    base = np.array([[0.0, 2.0], [0.0, 4.0], [0.0, 6.0]])
+    better = base + np.array([[1.0], [2.0], [3.0]])  # above the base on every seed, by 1, 2, 3
+    summary = {"threshold": 5.0, "arms": {
+        "continue": results.summarise_arm(steps, base, 5.0),
+        "continue_copy": results.summarise_arm(steps, better, 5.0),
+        "old": results.summarise_arm(steps, base, 5.0)}}
+    pairs = results.versus(summary, "continue", ("continue", "continue_copy", "continue_seed"))
+    assert list(pairs) == ["continue_copy"]  # the base itself and absent arms are left out
+    pair = pairs["continue_copy"]
+    assert pair["auc"]["mean"] == pytest.approx(2.0) and pair["final"]["mean"] == pytest.approx(2.0)
+    # Paired: the seeds' differences (1, 2, 3) have sd 1, so the interval is t(0.975, 2) / sqrt(3)
+    # wide each side; unpaired, the arms' spread (2 per seed) would hide the lead.
+    assert pair["auc"]["ci95"] == pytest.approx([2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5])
+    # P(copy > continue) on final returns (3, 6, 9) against (2, 4, 6): 6 pairs won, one tied.
+    assert pair["probability_of_improvement"]["final"]["value"] == pytest.approx(6.5 / 9)
+    # Seeds reaching 5: copy at step 10 on seeds 2 and 3 (6, 9), the base on seed 3 only.
+    assert pair["steps_to_threshold"]["censored"] == {"arm_only": 0, "scratch_only": 1, "both": 1}
+
+    table = results.versus_table(summary, {"continue": "mean", "continue_copy": "copy",
+                                           "continue_seed": "fresh"}, "continue", pairs)
+    rows = table.splitlines()
+    assert "| AUC - continue |" in rows[0] and "| P(arm > continue), AUC |" in rows[0]
+    assert len(rows) == 4 and rows[2].startswith("| continue | mean | 1/3 |")
+    assert rows[2].endswith("| n/a | n/a |") and "| +2.00 (" in rows[3]
+
+
+def test_starts_table_writes_its_figures_and_curves_beside_the_summary(tmp_path):
+    steps = np.array([0, 10])
+    base = np.array([[0.0, 2.0], [0.0, 4.0]])
+    arms = {"old": base, "scratch": base + 1, "continue": base, "continue_seed": base + 2}
+    folder = tmp_path / "grow"
+    summary = {"experiment": "grow", "seeds": 2, "steps_per_phase": 10, "threshold": 5.0,
+               "arms": {arm: results.summarise_arm(steps, r, 5.0) for arm, r in arms.items()}}
+    results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
+    script = Path(__file__).parents[1] / "examples" / "rules_table.py"
+    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--starts",
+                          "grow"], capture_output=True, text=True, check=True)
+    written = json.loads((folder / "starts.json").read_text())
+    assert written["base"] == "continue" and set(written["versus_base"]) == {"continue_seed", "scratch"}
+    assert written["versus_base"]["continue_seed"]["auc"]["mean"] == pytest.approx(2.0)
+    assert (folder / "starts.png").stat().st_size > 0
+    assert run.stdout.splitlines()[2].startswith("| continue |")
+
+    del summary["arms"]["continue"]
+    results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
+    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--starts",
+                          "grow"], check=False, capture_output=True, text=True)
+    assert run.returncode != 0 and "has no arm continue" in run.stderr
 
 
 def test_steps_to_threshold_counts_seeds_that_never_reach_it_as_censored():
