@@ -47,6 +47,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("docs/agents_sbx.md", "1,500"): "the old DQN's training steps, set in the test",
     ("docs/agents_sbx.md", "1,536"): "the old PPO's training steps, set in the test",
     ("docs/agents_sbx.md", "1,537"): "the old PPO's normaliser count: its 1,536 steps plus one",
+    # Printed by examples/digits_classes.py, not in its summary.json: an UNBACKED debt that a
+    # LunarLander figure now matches by chance, so the unbacked list cannot hold it.
+    ("docs/digits.md", "0.34"): "digits_classes.py's printed accuracy at step 5 (unbacked)",
 }
 
 # (page, figure as written): measured, printed by the command named, but not yet written to a
@@ -63,7 +66,7 @@ UNBACKED: dict[tuple[str, str], str] = {
        for f in ("0.67", "0.73", "1.0e-09", "2.4e-07")},
     ("docs/agents_recipes.md", "1.0e-9"): "pytest -s tests/integrations/test_jax_recipes.py",
     **{("docs/digits.md", f): "python examples/digits_classes.py (printed, not in its summary.json)"
-       for f in ("0.34", "0.51", "0.57", "0.65", "0.73", "0.88", "0.979", "0.988")},
+       for f in ("0.51", "0.57", "0.65", "0.73", "0.88", "0.979", "0.988")},
     **{("docs/minatar.md", f): "python examples/minatar_add_channel.py and its budget runs (printed)"
        for f in ("1.8e-7", "2.4e-6", "3.80", "4.45", "78.7%")},
     **{("docs/experiments.md", f): "per-seed returns, checks and bench runs the page quotes"
