@@ -302,13 +302,14 @@ def versus(summary: dict, base: str, arms: tuple[str, ...]) -> dict:
     return, stratified-bootstrap 95% intervals, as :func:`aggregates` against scratch)."""
     found = summary["arms"]
     base_returns = np.asarray(found[base]["returns"], float)
+    base_scores = per_seed_scores(found[base])
     steps = np.asarray(found[base]["steps"])
     out = {}
     for arm in arms:
         if arm not in found or arm == base:
             continue
         returns = np.asarray(found[arm]["returns"], float)
-        scores, base_scores = per_seed_scores(found[arm]), per_seed_scores(found[base])
+        scores = per_seed_scores(found[arm])
         out[arm] = {**paired_difference(returns, base_returns, steps, summary["threshold"]),
                     "probability_of_improvement": {
                         m: _estimate(probability_of_improvement, scores[m], base_scores[m])
