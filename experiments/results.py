@@ -299,7 +299,12 @@ def versus(summary: dict, base: str, arms: tuple[str, ...]) -> dict:
     """Each of `arms` that `summary` has, against arm `base` of the same run: its paired
     differences seed by seed (:func:`paired_difference`: AUC, final return, steps to the
     threshold) and its probability of improving on `base` (P(arm > base) of AUC and of final
-    return, stratified-bootstrap 95% intervals, as :func:`aggregates` against scratch)."""
+    return, stratified-bootstrap 95% intervals, as :func:`aggregates` against scratch).
+
+    Raises:
+      KeyError: where `summary` has no arm `base`, or a compared arm keeps no per-seed
+        ``returns`` (a summary written before they were kept); callers check the base first.
+    """
     found = summary["arms"]
     base_returns = np.asarray(found[base]["returns"], float)
     base_scores = per_seed_scores(found[base])
