@@ -17,6 +17,10 @@ How the new actions (``noop``, ``fire_main``) start, by arm:
 - ``continue_copy``: a copy of an old action's row, a margin below it (``noop`` copies
   ``fire_left``, ``fire_main`` copies ``fire_right``: the pairing is arbitrary, neither is
   closer in what it does): the second choice, by the margin, wherever its source is greedy.
+- ``transplant_features``: the preserving transplant's hidden layers only; the output layer
+  (every action's row) and Adam's state as in scratch, and restarted like ``transplant``.
+  Against scratch it asks whether the old agents' features help; against ``transplant``,
+  whether their output layer and optimizer state cost.
 - ``scratch``: the new network's own initialisation.
 
     python examples/lunarlander_add_actions.py --seeds 20
@@ -56,8 +60,9 @@ CONFIG = DQNConfig(
 LUNAR_LANDER_THRESHOLD = 200.0
 
 # The arms a run trains unless --arms says otherwise: the restart protocol, the continuation,
-# and the new-action rules side by side under the continuation.
-ARMS = ("transplant", "transplant_seed", "scratch", "continue", "continue_seed", "continue_copy")
+# the new-action rules side by side under the continuation, and the old agents' features alone.
+ARMS = ("transplant", "transplant_seed", "scratch", "continue", "continue_seed", "continue_copy",
+        "transplant_features")
 
 EXPERIMENT = Experiment(
     name="lunarlander_add_actions",
@@ -69,7 +74,8 @@ EXPERIMENT = Experiment(
     threshold=LUNAR_LANDER_THRESHOLD,
     starts={"copy": {"out": fs.copy_of({"noop": "fire_left", "fire_main": "fire_right"},
                                        offset="auto")}},
-    arms={"continue_copy": Continuation("copy", buffer=True, counters=True)},
+    arms={"continue_copy": Continuation("copy", buffer=True, counters=True),
+          "transplant_features": Continuation("preserving", layers=("Dense_0", "Dense_1"))},
 )
 
 if __name__ == "__main__":

@@ -104,11 +104,16 @@ class Continuation(NamedTuple):
       counters: the old run's environment-step and gradient-step counters; else zero. With a
         constant learning rate they drive only epsilon (kept: the schedule's end value) and
         the target network's copy cadence.
+      layers: the layers (parameter names, e.g. ``("Dense_0", "Dense_1")``) taken from the
+        transplant, the rest of the network and the whole optimizer state as in scratch; None
+        takes the whole transplant. An arm that keeps part of the old network says which
+        part carries what it learned.
     """
 
     preset: str | None
     buffer: bool = False
     counters: bool = False
+    layers: tuple[str, ...] | None = None
 
 
 # Every arm of the new phase, settings fixed before any result was seen (docs/experiments.md).
@@ -244,6 +249,8 @@ def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping,
     trainer returns no buffer or counters, which then cannot continue."""
     c = continuation
     networks = scratch if c.preset is None else transplanted[c.preset]
+    if c.layers is not None:
+        networks = with_layers(transplanted[c.preset], scratch, c.layers)
     if old.steps is None:
         if c.buffer or c.counters:
             raise ValueError("this trainer returns no replay buffer or counters to continue from: "
@@ -253,6 +260,28 @@ def arm_start(continuation: Continuation, transplanted: Mapping, moved: Mapping,
     zeros = jnp.zeros_like(old.steps)
     counters = (old.steps, old.updates) if c.counters else (zeros, zeros)
     return (*networks, buffer, *counters)
+
+
+def with_layers(transplanted: tuple, scratch: tuple, layers: Sequence[str]) -> tuple:
+    """``(params, target_params, opt_state)`` with the parameters of ``layers`` from
+    ``transplanted`` and everything else, the whole optimizer state included, from
+    ``scratch``."""
+
+    def names(path):
+        return {getattr(key, "key", None) for key in path}
+
+    present = set().union(*(names(path) for path, _ in
+                            jax.tree_util.tree_flatten_with_path(scratch[0])[0]))
+    if missing := sorted(set(layers) - present):
+        raise ValueError(f"layers {missing} are not in the new network, whose parameters are"
+                         f" under {sorted(n for n in present if isinstance(n, str))}")
+
+    def pick(path, kept, fresh):
+        return kept if names(path) & set(layers) else fresh
+
+    params, target = (jax.tree_util.tree_map_with_path(pick, t, s)
+                      for t, s in zip(transplanted[:2], scratch[:2]))
+    return params, target, scratch[2]
 
 
 def check_arms(arms: Sequence[str], known: Mapping[str, Continuation] = NEW_ARMS) -> None:

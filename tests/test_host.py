@@ -266,7 +266,8 @@ def test_host_experiment_runs_the_continue_arms(tmp_path):
 def test_experiment_arms_from_another_rule_s_transplant(tmp_path):
     """An experiment's own start (the new action a copy of an old one, a margin below it) and
     its own arm continuing from it: the greedy policy is kept, so the arm starts at the old
-    agents' last return, and the plan's claim holds on samples."""
+    agents' last return, and the plan's claim holds on samples. An arm keeping only the hidden
+    layer trains alongside."""
     import flaxsurgery as fs
 
     experiment = exp.Experiment(
@@ -278,7 +279,8 @@ def test_experiment_arms_from_another_rule_s_transplant(tmp_path):
         config=dataclasses.replace(TINY, eval_episodes=1),
         threshold=475.0,
         starts={"copy": {"out": fs.copy_of({"right": "left"}, offset="auto")}},
-        arms={"continue_copy": exp.Continuation("copy", buffer=True, counters=True)},
+        arms={"continue_copy": exp.Continuation("copy", buffer=True, counters=True),
+              "transplant_features": exp.Continuation("preserving", layers=("Dense_0",))},
     )
     old_net, new_net = experiment.old_network, experiment.new_network
     x = np.random.default_rng(0).standard_normal((1000, 4), np.float32)
@@ -288,10 +290,10 @@ def test_experiment_arms_from_another_rule_s_transplant(tmp_path):
     np.testing.assert_allclose(q_new[:, 0], q_old[:, 0], atol=1e-6)  # "left" kept
     assert (q_new[:, 1] < q_new[:, 0]).all()  # the copy, a margin below: never greedy
     summary = exp.main(experiment, ["--seeds", "2", "--out", str(tmp_path),
-                                    "--arms", "scratch,continue_copy"],
+                                    "--arms", "scratch,continue_copy,transplant_features"],
                        trainer=host.make_host_train)
     arms = summary["arms"]
-    assert list(arms) == ["old", "scratch", "continue_copy"]
+    assert list(arms) == ["old", "scratch", "continue_copy", "transplant_features"]
     assert arms["continue_copy"]["first_return"] == pytest.approx(arms["old"]["final_return"])
     with pytest.raises(ValueError, match="unknown arms"):
         exp.main(experiment, ["--seeds", "2", "--arms", "continue_mean"],

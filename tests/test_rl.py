@@ -285,6 +285,38 @@ def test_arms_trained_apart_equal_arms_trained_together_and_merge(tmp_path):
     assert apart["continuation"]["reused"]["arms"] == ["transplant", "transplant_seed", "scratch"]
 
 
+def test_an_arm_keeping_some_layers_takes_the_rest_from_scratch():
+    """``Continuation(layers=...)``: the named layers' parameters (and target) come from the
+    transplant, every other parameter and the whole optimizer state from scratch; a name the
+    network lacks is refused with the names it has."""
+    experiment = exp.Experiment(
+        name="t", old_view=EnvView("CartPole-v1", action_ids=("left",)),
+        new_view=EnvView("CartPole-v1"), old_hidden=(4,), new_hidden=(4,), config=TINY,
+        threshold=475.0,
+    )
+    tx = dqn.make_optimizer(TINY)
+    keys = jax.random.split(jax.random.key(0), 2)
+    old = exp.init_population(experiment.old_network, (4,), keys)
+    fresh = exp.init_population(experiment.new_network, (4,), jax.random.split(keys[0], 2))
+    old_opt, fresh_opt = jax.vmap(tx.init)(old), jax.vmap(tx.init)(fresh)
+    old_opt = jax.tree.map(lambda leaf: leaf + 1 if leaf.dtype == jnp.float32 else leaf, old_opt)
+    plan = exp.make_plan(experiment, "preserving")
+    transplanted = exp.transplant_agents(
+        plan, exp.Trained(old, old, old_opt, np.zeros((2, 1))), fresh, fresh_opt)
+    params, target, opt_state = exp.with_layers(transplanted, (fresh, fresh, fresh_opt),
+                                                ("Dense_0",))
+    for got in (params, target):
+        jax.tree.map(np.testing.assert_array_equal, got["params"]["Dense_0"],
+                     old["params"]["Dense_0"])
+        jax.tree.map(np.testing.assert_array_equal, got["params"]["Dense_1"],
+                     fresh["params"]["Dense_1"])
+    assert not np.array_equal(transplanted[0]["params"]["Dense_1"]["kernel"],
+                              fresh["params"]["Dense_1"]["kernel"])  # the test can fail
+    jax.tree.map(np.testing.assert_array_equal, opt_state, fresh_opt)
+    with pytest.raises(ValueError, match=r"\['Dense_9'\] are not in the new network.*'Dense_1'"):
+        exp.with_layers(transplanted, (fresh, fresh, fresh_opt), ("Dense_0", "Dense_9"))
+
+
 def test_reuse_refuses_an_earlier_run_whose_old_agents_differ():
     experiment = exp.Experiment(
         name="t", old_view=EnvView("CartPole-v1"), new_view=EnvView("CartPole-v1"),
