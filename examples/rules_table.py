@@ -10,12 +10,15 @@ with a ``control`` arm), ``--ablation NAME`` the continue arms of one experiment
 below 300 within 100,000 steps of first reaching its threshold, ``--starts NAME`` one
 experiment's rules for new actions under the continuation, each paired by seed with the
 preserving rule (``continue``); it also writes ``starts.json`` (the table's figures) and
-``starts.png`` (their curves) beside the experiment's summary.
+``starts.png`` (their curves) beside the experiment's summary. ``--kept NAME`` does the same
+(``kept.json``, ``kept.png``) for the restarted arms by what they keep of the old network,
+each paired by seed with the whole preserving transplant (``transplant``).
 
     python examples/rules_table.py [--results results] [--headline | --continuation
                                     | --ablation cartpole_add_units | --aggregates
                                     | --falls cartpole_add_observations
-                                    | --starts lunarlander_add_actions]
+                                    | --starts lunarlander_add_actions
+                                    | --kept lunarlander_add_actions]
 """
 
 import argparse
@@ -47,6 +50,16 @@ STARTS = {
 }
 STARTS_BASE = "continue"
 
+# What each restarted arm keeps of the old network (the rest as in scratch; every one starts
+# with an empty buffer and epsilon from 1), for the kept table.
+KEPT = {
+    "transplant": "all of it and Adam's state; new actions' rows the mean, a margin below",
+    "transplant_seed": "all of it and Adam's state; new actions' rows fresh (the seeds' rules)",
+    "transplant_features": "the hidden layers only; output layer and Adam's state fresh",
+    "scratch": "nothing (a fresh network)",
+}
+KEPT_BASE = "transplant"
+
 # A seed "falls back" when, within this many steps of first reaching the threshold, an
 # evaluation returns less than this (CartPole: well under the 475 it had reached).
 FALL_WINDOW = 100_000
@@ -68,6 +81,9 @@ def main(argv=None) -> str:
     which.add_argument("--starts", metavar="NAME",
                        help="one experiment's new-action rules under the continuation, against "
                             "the preserving one; writes starts.json and starts.png")
+    which.add_argument("--kept", metavar="NAME",
+                       help="one experiment's restarted arms by what they keep of the old "
+                            "network, against the whole transplant; writes kept.json and kept.png")
     which.add_argument("--aggregates", action="store_true",
                        help="IQM and P(arm > scratch) with bootstrap intervals, continued runs")
     args = parser.parse_args(argv)
@@ -77,7 +93,11 @@ def main(argv=None) -> str:
         print(table)
         return table
     if args.starts:
-        return starts(args.results / args.starts)
+        return versus(args.results / args.starts, "starts", STARTS, STARTS_BASE,
+                      column="new actions start as", title="how new actions start")
+    if args.kept:
+        return versus(args.results / args.kept, "kept", KEPT, KEPT_BASE,
+                      column="keeps of the old network", title="what the restart keeps")
     if args.falls:
         summary = json.loads((args.results / args.falls / "summary.json").read_text())
         table = results.falls_table(summary, floor=FALL_FLOOR, window=FALL_WINDOW)
@@ -106,27 +126,30 @@ def main(argv=None) -> str:
     return table
 
 
-def starts(folder: Path) -> str:
-    """The starts table of the run in `folder` (:data:`STARTS`, paired with
-    :data:`STARTS_BASE`); writes its figures to ``starts.json`` and the arms' curves, the old
-    agents' before them, to ``starts.png``."""
+def versus(folder: Path, name: str, labels: dict[str, str], base: str, column: str,
+           title: str) -> str:
+    """The arms `labels` names of the run in `folder`, each paired by seed with `base`; writes
+    the table's figures to ``{name}.json`` and the arms' curves, the old agents' before them,
+    to ``{name}.png``."""
+    if not (folder / "summary.json").is_file():
+        raise SystemExit(f"no {folder / 'summary.json'}: name an experiment's folder under"
+                         " --results")
     summary = json.loads((folder / "summary.json").read_text())
-    missing = [arm for arm in (STARTS_BASE, "old") if arm not in summary["arms"]]
+    missing = [arm for arm in (base, "old") if arm not in summary["arms"]]
     if missing:
-        raise SystemExit(f"{folder / 'summary.json'} has no arm {', '.join(missing)}: the starts "
-                         f"are compared with {STARTS_BASE!r}, after the old agents")
-    pairs = results.versus(summary, STARTS_BASE, tuple(STARTS))
-    table = results.versus_table(summary, STARTS, STARTS_BASE, pairs)
-    (folder / "starts.json").write_text(json.dumps(
+        raise SystemExit(f"{folder / 'summary.json'} has no arm {', '.join(missing)}: the arms "
+                         f"are compared with {base!r}, after the old agents")
+    pairs = results.versus(summary, base, tuple(labels))
+    table = results.versus_table(summary, labels, base, pairs, column=column)
+    (folder / f"{name}.json").write_text(json.dumps(
         {"experiment": summary["experiment"], "source": "summary.json",
-         "command": f"python examples/rules_table.py --starts {folder.name}",
-         "base": STARTS_BASE, "starts": {a: STARTS[a] for a in STARTS if a in summary["arms"]},
+         "command": f"python examples/rules_table.py --{name} {folder.name}",
+         "base": base, name: {a: labels[a] for a in labels if a in summary["arms"]},
          "versus_base": pairs}, indent=2) + "\n")
     shown = {**summary, "arms": {arm: a for arm, a in summary["arms"].items()
-                                 if arm == "old" or arm in STARTS}}
-    results.plot(shown, folder / "starts.png", xlabel="environment steps (0 = transplant)",
-                 ylabel="greedy evaluation return",
-                 title=f"{summary['experiment']}: how new actions start")
+                                 if arm == "old" or arm in labels}}
+    results.plot(shown, folder / f"{name}.png", xlabel="environment steps (0 = transplant)",
+                 ylabel="greedy evaluation return", title=f"{summary['experiment']}: {title}")
     print(table)
     return table
 

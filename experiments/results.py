@@ -322,16 +322,17 @@ def versus(summary: dict, base: str, arms: tuple[str, ...]) -> dict:
     return out
 
 
-def versus_table(summary: dict, labels: dict[str, str], base: str, pairs: dict) -> str:
-    """The arms `labels` names, in its order, each with its label: seeds that reach the
-    threshold, first return, AUC and final return (95% intervals), and `pairs`
-    (:func:`versus`): the paired AUC and final differences from `base` and P(arm > base) on
-    AUC."""
+def versus_table(summary: dict, labels: dict[str, str], base: str, pairs: dict,
+                 column: str = "new actions start as") -> str:
+    """The arms `labels` names, in its order, each with its label (under the heading
+    `column`): seeds that reach the threshold, first return, AUC and final return (95%
+    intervals), and `pairs` (:func:`versus`): the paired AUC and final differences from `base`
+    and P(arm > base) on AUC."""
     f = f"{{:.{_decimals(summary)}f}}".format
     g = f"{{:+.{_decimals(summary)}f}}".format
     p = "{:.2f}".format
     lines = [
-        (f"| arm | new actions start as | seeds reaching {summary['threshold']:g} | first return "
+        (f"| arm | {column} | seeds reaching {summary['threshold']:g} | first return "
          f"| AUC (95% CI) | AUC - {base} | final (95% CI) | final - {base} "
          f"| P(arm > {base}), AUC |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

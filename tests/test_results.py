@@ -135,6 +135,30 @@ def test_starts_table_writes_its_figures_and_curves_beside_the_summary(tmp_path)
     assert run.returncode != 0 and "has no arm continue" in run.stderr
 
 
+def test_kept_table_pairs_the_restarted_arms_with_the_whole_transplant(tmp_path):
+    steps = np.array([0, 10])
+    base = np.array([[0.0, 2.0], [0.0, 4.0]])
+    arms = {"old": base, "scratch": base + 3, "transplant": base, "transplant_features": base + 1}
+    folder = tmp_path / "grow"
+    summary = {"experiment": "grow", "seeds": 2, "steps_per_phase": 10, "threshold": 5.0,
+               "arms": {arm: results.summarise_arm(steps, r, 5.0) for arm, r in arms.items()}}
+    results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
+    script = Path(__file__).parents[1] / "examples" / "rules_table.py"
+    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--kept",
+                          "grow"], capture_output=True, text=True, check=True)
+    written = json.loads((folder / "kept.json").read_text())
+    assert written["base"] == "transplant"
+    assert set(written["kept"]) == {"transplant", "transplant_features", "scratch"}
+    assert written["versus_base"]["transplant_features"]["final"]["mean"] == pytest.approx(1.0)
+    assert written["versus_base"]["scratch"]["final"]["mean"] == pytest.approx(3.0)
+    assert (folder / "kept.png").stat().st_size > 0
+    header, _, first, *_ = run.stdout.splitlines()
+    assert "| keeps of the old network |" in header and first.startswith("| transplant |")
+    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--kept",
+                          "shrink"], check=False, capture_output=True, text=True)
+    assert run.returncode != 0 and "shrink/summary.json: name an experiment" in run.stderr
+
+
 def test_steps_to_threshold_counts_seeds_that_never_reach_it_as_censored():
     steps = np.array([0, 10, 20, 30])
     arm = np.array([[0, 6, 7, 8], [0, 0, 0, 5], [0, 0, 0, 0.0]])  # 10, 30, never
