@@ -50,6 +50,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     # Printed by examples/digits_classes.py, not in its summary.json: an UNBACKED debt that a
     # LunarLander figure now matches by chance, so the unbacked list cannot hold it.
     ("docs/digits.md", "0.34"): "digits_classes.py's printed accuracy at step 5 (unbacked)",
+    # The same for a printed PPO figure that a LunarLander return now matches by chance.
+    ("docs/ppo.md", "-151.1"): "a PPO experiment's printed figure (unbacked, as the PPO list below)",
 }
 
 # (page, figure as written): measured, printed by the command named, but not yet written to a
@@ -72,7 +74,7 @@ UNBACKED: dict[tuple[str, str], str] = {
     **{("docs/experiments.md", f): "per-seed returns, checks and bench runs the page quotes"
        for f in ("-175.6", "0.453", "1.35", "34,298", "99.6%", "99.8%")},
     **{("docs/ppo.md", f): "the PPO experiments' per-seed norms and the old arm's figures (printed)"
-       for f in ("+0.57", "-140.3", "-146.7", "-151.1", "-161.9", "-166.7", "-168.9", "-212.3",
+       for f in ("+0.57", "-140.3", "-146.7", "-161.9", "-166.7", "-168.9", "-212.3",
                  "-82.0", "0.28", "0.59", "2.42", "215,040", "287.5",
                  "344.7", "452.8", "473.6", "516.7")},
 }
@@ -128,11 +130,12 @@ def data_values(skip: tuple[str, ...] = (), files: list = DATA) -> list[float]:
 
 
 VALUES = data_values()
-# The summaries' rliable-style aggregates (probabilities of improvement and bootstrap bounds)
-# cover [0, 1] densely, every bench run moves its ratios, and every run records the machine's
-# load averages: an unbacked figure would match one of them by chance, so the check that a debt
+# The summaries' rliable-style aggregates (probabilities of improvement and bootstrap bounds,
+# also in the starts and kept tables' files) cover [0, 1] densely, every bench run moves its
+# ratios, and every run records the machine's load averages: an unbacked figure would match one of them by chance, so the check that a debt
 # has been paid reads the experiments' results without them (no unbacked figure is one of them).
-SPARSE_VALUES = data_values(skip=("aggregates", "load_average"), files=DATA[:-1])
+SPARSE_VALUES = data_values(skip=("aggregates", "probability_of_improvement", "load_average"),
+                            files=DATA[:-1])
 
 
 def matches(value: float, half_ulp: float, values: list[float] = VALUES) -> bool:
