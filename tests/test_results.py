@@ -111,17 +111,28 @@ def test_versus_pairs_each_arm_with_the_base_by_seed():
     assert rows[2].endswith("| n/a | n/a |") and "| +2.00 (" in rows[3]
 
 
-def test_starts_table_writes_its_figures_and_curves_beside_the_summary(tmp_path):
+def _write_grow(tmp_path, offsets: dict[str, float]) -> tuple[dict, Path]:
+    """A two-seed run "grow" under `tmp_path`, each arm the same curve raised by its offset."""
     steps = np.array([0, 10])
     base = np.array([[0.0, 2.0], [0.0, 4.0]])
-    arms = {"old": base, "scratch": base + 1, "continue": base, "continue_seed": base + 2}
     folder = tmp_path / "grow"
     summary = {"experiment": "grow", "seeds": 2, "steps_per_phase": 10, "threshold": 5.0,
-               "arms": {arm: results.summarise_arm(steps, r, 5.0) for arm, r in arms.items()}}
+               "arms": {arm: results.summarise_arm(steps, base + offset, 5.0)
+                        for arm, offset in offsets.items()}}
     results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
+    return summary, folder
+
+
+def _rules_table(tmp_path, *args, check=True) -> subprocess.CompletedProcess:
     script = Path(__file__).parents[1] / "examples" / "rules_table.py"
-    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--starts",
-                          "grow"], capture_output=True, text=True, check=True)
+    return subprocess.run([sys.executable, str(script), "--results", str(tmp_path), *args],
+                          capture_output=True, text=True, check=check)
+
+
+def test_starts_table_writes_its_figures_and_curves_beside_the_summary(tmp_path):
+    summary, folder = _write_grow(tmp_path, {"old": 0, "scratch": 1, "continue": 0,
+                                             "continue_seed": 2})
+    run = _rules_table(tmp_path, "--starts", "grow")
     written = json.loads((folder / "starts.json").read_text())
     assert written["base"] == "continue" and set(written["versus_base"]) == {"continue_seed", "scratch"}
     assert written["versus_base"]["continue_seed"]["auc"]["mean"] == pytest.approx(2.0)
@@ -130,22 +141,14 @@ def test_starts_table_writes_its_figures_and_curves_beside_the_summary(tmp_path)
 
     del summary["arms"]["continue"]
     results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
-    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--starts",
-                          "grow"], check=False, capture_output=True, text=True)
+    run = _rules_table(tmp_path, "--starts", "grow", check=False)
     assert run.returncode != 0 and "has no arm continue" in run.stderr
 
 
 def test_kept_table_pairs_the_restarted_arms_with_the_whole_transplant(tmp_path):
-    steps = np.array([0, 10])
-    base = np.array([[0.0, 2.0], [0.0, 4.0]])
-    arms = {"old": base, "scratch": base + 3, "transplant": base, "transplant_features": base + 1}
-    folder = tmp_path / "grow"
-    summary = {"experiment": "grow", "seeds": 2, "steps_per_phase": 10, "threshold": 5.0,
-               "arms": {arm: results.summarise_arm(steps, r, 5.0) for arm, r in arms.items()}}
-    results.write(summary, folder, xlabel="steps", ylabel="return", title="grow")
-    script = Path(__file__).parents[1] / "examples" / "rules_table.py"
-    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--kept",
-                          "grow"], capture_output=True, text=True, check=True)
+    _, folder = _write_grow(tmp_path, {"old": 0, "scratch": 3, "transplant": 0,
+                                       "transplant_features": 1})
+    run = _rules_table(tmp_path, "--kept", "grow")
     written = json.loads((folder / "kept.json").read_text())
     assert written["base"] == "transplant"
     assert set(written["kept"]) == {"transplant", "transplant_features", "scratch"}
@@ -154,8 +157,7 @@ def test_kept_table_pairs_the_restarted_arms_with_the_whole_transplant(tmp_path)
     assert (folder / "kept.png").stat().st_size > 0
     header, _, first, *_ = run.stdout.splitlines()
     assert "| keeps of the old network |" in header and first.startswith("| transplant |")
-    run = subprocess.run([sys.executable, str(script), "--results", str(tmp_path), "--kept",
-                          "shrink"], check=False, capture_output=True, text=True)
+    run = _rules_table(tmp_path, "--kept", "shrink", check=False)
     assert run.returncode != 0 and "shrink/summary.json: name an experiment" in run.stderr
 
 
