@@ -285,11 +285,16 @@ def with_layers(transplanted: tuple, scratch: tuple, layers: Sequence[str]) -> t
 
 
 def check_arms(arms: Sequence[str], known: Mapping[str, Continuation] = NEW_ARMS) -> None:
-    """Every name in ``arms`` is a new-phase arm (of ``known``) or ``control``; otherwise a
-    ValueError."""
+    """Every name in ``arms`` is a new-phase arm (of ``known``) or ``control``, and every arm
+    that keeps some layers names the transplant they come from; otherwise a ValueError."""
     unknown = [arm for arm in arms if arm not in known and arm != "control"]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; the arms are {[*known, 'control']}")
+    bare = [arm for arm in arms if arm in known and known[arm].preset is None
+            and known[arm].layers is not None]
+    if bare:
+        raise ValueError(f"arms {bare} keep layers of a transplant but name no preset to take"
+                         " them from")
 
 
 def run(

@@ -368,6 +368,8 @@ def test_buffers_move_along_the_views_ids():
 def test_unknown_arms_are_refused():
     with pytest.raises(ValueError, match="unknown arms \\['contineu'\\]"):
         exp.check_arms(["continue", "contineu"])
+    with pytest.raises(ValueError, match=r"arms \['half'\] keep layers .* name no preset"):
+        exp.check_arms(["half"], {"half": exp.Continuation(None, layers=("Dense_0",))})
 
 
 def test_experiment_spaces_replace_the_ids_the_views_give():
